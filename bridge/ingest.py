@@ -1,0 +1,157 @@
+"""The request path: verify, validate, dedupe, store and enqueue. Nothing else happens here."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from redis import Redis
+from redis.exceptions import RedisError, WatchError
+from rq import Queue
+
+from bridge.jobs import process_event
+from bridge.queue import CRASH_RETRY, FAILURE_TTL
+from bridge.store import EVENTS_INDEX, event_key, record_key, seen_key
+from mappings.config import BridgeConfig
+
+SIGNATURE_HEADER = "X-SalonBookIt-Signature"
+RETRY_AFTER_SECONDS = 30
+
+
+@dataclass
+class Outcome:
+    """The answer to one delivery, and a short label for logs and metrics."""
+
+    status: int
+    body: dict[str, Any]
+    label: str
+    headers: dict[str, str] = field(default_factory=dict)
+    envelope: dict[str, Any] | None = None
+
+
+def reject(status: int, message: str, label: str) -> Outcome:
+    return Outcome(status, {"error": message}, label)
+
+
+def signature_matches(secrets: list[str], body: bytes, header: str | None) -> bool:
+    """Constant-time check of `sha256=<hex>` against every configured secret (rotation)."""
+    if not header or not header.startswith("sha256="):
+        return False
+    given = header[len("sha256=") :].strip().lower().encode()
+    matched = False
+    for secret in secrets:
+        expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest().encode()
+        matched |= hmac.compare_digest(expected, given)
+    return matched
+
+
+def envelope_problem(envelope: Any) -> str | None:
+    """What is wrong with a parsed body, naming the field; None when it is a valid envelope."""
+    if not isinstance(envelope, dict):
+        return f"the body must be a JSON object, got {type(envelope).__name__}"
+    event_id = envelope.get("id")
+    if not isinstance(event_id, str) or not event_id.strip():
+        return "field 'id' must be a non-empty string"
+    if len(event_id) > 256:
+        return "field 'id' is longer than 256 characters"
+    if not isinstance(envelope.get("type"), str) or not envelope["type"]:
+        return "field 'type' must be a non-empty string"
+    created = envelope.get("created")
+    if not isinstance(created, str):
+        return "field 'created' must be an ISO 8601 date-time string"
+    try:
+        datetime.fromisoformat(created)
+    except ValueError:
+        return f"field 'created' is not an ISO 8601 date-time: {created[:40]!r}"
+    if not isinstance(envelope.get("tenant_id"), str):
+        return "field 'tenant_id' must be a string"
+    if not isinstance(envelope.get("data"), dict):
+        return "field 'data' must be a JSON object"
+    return None
+
+
+class Ingestor:
+    def __init__(self, config: BridgeConfig, redis: Redis, queue: Queue):
+        self.config = config
+        self.redis = redis
+        self.queue = queue
+
+    def handle(self, body: bytes, signature: str | None) -> Outcome:
+        webhook = self.config.webhook
+        if len(body) > webhook.max_body_bytes:
+            return reject(413, f"body is larger than {webhook.max_body_bytes} bytes", "too_large")
+        if not signature:
+            return reject(401, f"missing {SIGNATURE_HEADER} header", "unsigned")
+        if not signature_matches(webhook.secrets, body, signature):
+            return reject(
+                401, f"{SIGNATURE_HEADER} does not match the body (check the webhook secret)", "bad_signature"
+            )
+        try:
+            envelope = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return reject(400, f"body is not valid JSON: {exc}", "bad_json")
+        problem = envelope_problem(envelope)
+        if problem:
+            return reject(400, problem, "bad_envelope")
+
+        ignored = self.ignore_reason(envelope)
+        if ignored:
+            return Outcome(200, {"received": True, "ignored": ignored}, "ignored", envelope=envelope)
+        try:
+            accepted = self.store_and_enqueue(envelope, body)
+        except RedisError as exc:
+            outcome = reject(
+                503, f"cannot store the event right now ({type(exc).__name__}); retry later", "unavailable"
+            )
+            outcome.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+            return outcome
+        if not accepted:
+            return Outcome(200, {"received": True, "duplicate": True}, "duplicate", envelope=envelope)
+        return Outcome(202, {"received": True, "event_id": envelope["id"]}, "accepted", envelope=envelope)
+
+    def ignore_reason(self, envelope: dict[str, Any]) -> str | None:
+        tenants = self.config.webhook.tenants
+        if tenants and envelope["tenant_id"] not in tenants:
+            return f"tenant {envelope['tenant_id']!r} is not in webhook.tenants"
+        if not self.config.mappings_for(envelope["type"], envelope["tenant_id"]):
+            return f"no mapping handles {envelope['type']!r}"
+        return None
+
+    def store_and_enqueue(self, envelope: dict[str, Any], body: bytes) -> bool:
+        """Atomically: mark the id seen, store the event, enqueue its job. False for a duplicate.
+
+        WATCH + MULTI makes the three writes one transaction: on any Redis failure none of them
+        happened (so the platform's retry is accepted), and of two concurrent deliveries of one id
+        only one transaction commits.
+        """
+        key = event_key(envelope["id"])
+        retention = int(self.config.model.retention.events)
+        with self.redis.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(seen_key(key))
+                if pipe.exists(seen_key(key)):
+                    return False
+                now = time.time()
+                pipe.multi()
+                pipe.set(seen_key(key), now, ex=int(self.config.webhook.dedupe_window))
+                pipe.hset(record_key(key), mapping={"body": body, "received_at": now})
+                pipe.expire(record_key(key), retention)
+                pipe.zadd(EVENTS_INDEX, {key: now})
+                self.queue.enqueue_call(
+                    process_event,
+                    args=[key],
+                    job_id=key,
+                    retry=CRASH_RETRY,
+                    result_ttl=600,
+                    failure_ttl=FAILURE_TTL,
+                    pipeline=pipe,
+                )
+                pipe.execute()
+            except WatchError:
+                return False
+        return True

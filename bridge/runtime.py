@@ -1,0 +1,72 @@
+"""What a worker's jobs need: the loaded config, Redis, the queue, the event log and connectors.
+
+RQ calls plain functions, so the worker installs one Runtime per process before it starts
+working; a process that did not (a bare `rq worker`) loads it from SALON_BRIDGE_CONFIG.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from redis import Redis
+from rq import Queue
+
+from bridge.queue import connect, work_queue
+from bridge.store import EventStore
+from connectors.base import Connector
+from mappings.config import BridgeConfig, default_config_path, load_config
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@dataclass
+class Runtime:
+    config: BridgeConfig
+    redis: Redis
+    dry_run: bool = False
+    queue: Queue = field(init=False)
+    store: EventStore = field(init=False)
+    _connectors: dict[str, Connector] = field(default_factory=dict, init=False)
+
+    def __post_init__(self) -> None:
+        self.queue = work_queue(self.redis)
+        retention = self.config.model.retention
+        self.store = EventStore(self.redis, retention.events, retention.dead_letters)
+
+    @classmethod
+    def from_config(cls, config: BridgeConfig, redis_url: str | None = None, dry_run: bool = False) -> Runtime:
+        return cls(config, connect(redis_url or resolve_redis_url(config)), dry_run)
+
+    def connector(self, name: str) -> Connector:
+        """Connectors are built on first use and kept for the life of the worker (pooled sockets)."""
+        if name not in self._connectors:
+            self._connectors[name] = self.config.connectors[name].build()
+        return self._connectors[name]
+
+    def close(self) -> None:
+        for connector in self._connectors.values():
+            connector.close()
+        self._connectors.clear()
+
+
+def resolve_redis_url(config: BridgeConfig) -> str:
+    return config.model.redis_url or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
+
+
+_current: Runtime | None = None
+
+
+def install(runtime: Runtime | None) -> None:
+    global _current
+    if _current is not None and _current is not runtime:
+        _current.close()
+    _current = runtime
+
+
+def current() -> Runtime:
+    global _current
+    if _current is None:
+        config = load_config(default_config_path())
+        _current = Runtime.from_config(config, dry_run=os.environ.get("SALON_BRIDGE_DRY_RUN") == "1")
+    return _current

@@ -1,0 +1,177 @@
+"""The event log in Redis: accepted events, per-action state, dead letters.
+
+Keys (all under `sb:`):
+  sb:seen:<key>    dedupe mark of an accepted event id (expires after webhook.dedupe_window)
+  sb:event:<key>   hash: the raw body and envelope fields, plus one `a:<action id>` JSON field per action
+  sb:events        sorted set of event keys by time received (for listing)
+  sb:dead          sorted set of "<key> <action id>" by the time the action gave up
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from redis import Redis
+from redis.client import Pipeline
+
+PREFIX = "sb:"
+EVENTS_INDEX = PREFIX + "events"
+DEAD_INDEX = PREFIX + "dead"
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
+
+# Action statuses, as shown to people.
+PENDING = "pending"
+RETRYING = "retrying"
+DONE = "done"
+DEAD = "dead"
+DRY_RUN = "dry-run"
+SKIPPED = "skipped"
+FINAL_STATUSES = {DONE, DEAD, DRY_RUN, SKIPPED}
+
+
+def event_key(event_id: str) -> str:
+    """A Redis- and RQ-safe key for a platform event id (RQ job ids allow [A-Za-z0-9_-] only)."""
+    if _SAFE_ID.match(event_id):
+        return "e-" + event_id
+    return "h-" + hashlib.sha256(event_id.encode()).hexdigest()[:40]
+
+
+def seen_key(key: str) -> str:
+    return f"{PREFIX}seen:{key}"
+
+
+def record_key(key: str) -> str:
+    return f"{PREFIX}event:{key}"
+
+
+@dataclass
+class ActionState:
+    """What happened to one action of one event."""
+
+    status: str = PENDING
+    connector: str = ""
+    attempts: int = 0
+    last_error: str = ""
+    next_attempt_at: float | None = None
+    updated_at: float = 0.0
+    detail: str = ""
+    rendered: dict[str, Any] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False, default=str)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ActionState:
+        data = json.loads(text)
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+MAX_HISTORY = 20
+
+
+@dataclass
+class EventRecord:
+    key: str
+    envelope: dict[str, Any]
+    received_at: float
+    actions: dict[str, ActionState]
+
+    @property
+    def id(self) -> str:
+        return str(self.envelope.get("id", ""))
+
+    @property
+    def type(self) -> str:
+        return str(self.envelope.get("type", ""))
+
+    @property
+    def tenant_id(self) -> str:
+        return str(self.envelope.get("tenant_id", ""))
+
+
+class EventStore:
+    """Reads and writes the event log. The ingest path writes through `bridge.ingest` in one
+    transaction; everything else goes through here."""
+
+    def __init__(self, redis: Redis, retention: float, dead_retention: float):
+        self.redis = redis
+        self.retention = int(retention)
+        self.dead_retention = int(dead_retention)
+
+    def load(self, key: str) -> EventRecord | None:
+        raw = self.redis.hgetall(record_key(key))
+        return _record(key, raw) if raw else None
+
+    def find(self, event_id: str) -> EventRecord | None:
+        return self.load(event_key(event_id))
+
+    def action_state(self, key: str, action_id: str) -> ActionState | None:
+        raw = self.redis.hget(record_key(key), "a:" + action_id)
+        return ActionState.from_json(raw) if raw else None
+
+    def save_action(self, key: str, action_id: str, state: ActionState, pipe: Pipeline | None = None) -> None:
+        """Write one action's state (on `pipe` when given, to commit with other writes); a dead
+        action joins the dead letters and keeps its event for the dead-letter retention."""
+        state.updated_at = time.time()
+        state.history = state.history[-MAX_HISTORY:]
+        member = f"{key} {action_id}"
+        own_pipe = pipe is None
+        pipe = self.redis.pipeline(transaction=True) if pipe is None else pipe
+        pipe.hset(record_key(key), "a:" + action_id, state.to_json())
+        if state.status == DEAD:
+            pipe.zadd(DEAD_INDEX, {member: state.updated_at})
+            pipe.expire(record_key(key), self.dead_retention)
+        else:
+            pipe.zrem(DEAD_INDEX, member)
+        if own_pipe:
+            pipe.execute()
+
+    def recent(self, limit: int = 50, offset: int = 0) -> list[EventRecord]:
+        """Newest first; drops index entries whose event has expired."""
+        keys = [k.decode() for k in self.redis.zrevrange(EVENTS_INDEX, offset, offset + limit - 1)]
+        return self._load_many(keys, EVENTS_INDEX)
+
+    def dead_letters(self, limit: int = 100) -> list[tuple[EventRecord, str]]:
+        members = [m.decode() for m in self.redis.zrevrange(DEAD_INDEX, 0, limit - 1)]
+        pairs = [m.split(" ", 1) for m in members]
+        records = {r.key: r for r in self._load_many([p[0] for p in pairs], None)}
+        stale = [m for m, (k, _) in zip(members, pairs, strict=True) if k not in records]
+        if stale:
+            self.redis.zrem(DEAD_INDEX, *stale)
+        return [(records[k], a) for k, a in pairs if k in records]
+
+    def trim(self, now: float | None = None) -> None:
+        """Forget index entries older than the retention (the records themselves expire by TTL)."""
+        now = time.time() if now is None else now
+        self.redis.zremrangebyscore(EVENTS_INDEX, 0, now - self.retention)
+        self.redis.zremrangebyscore(DEAD_INDEX, 0, now - self.dead_retention)
+
+    def _load_many(self, keys: list[str], index: str | None) -> list[EventRecord]:
+        pipe = self.redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.hgetall(record_key(key))
+        records, missing = [], []
+        for key, raw in zip(keys, pipe.execute(), strict=True):
+            if raw:
+                records.append(_record(key, raw))
+            else:
+                missing.append(key)
+        if missing and index:
+            self.redis.zrem(index, *missing)
+        return records
+
+
+def _record(key: str, raw: dict[bytes, bytes]) -> EventRecord:
+    actions = {name.decode()[2:]: ActionState.from_json(value) for name, value in raw.items() if name.startswith(b"a:")}
+    return EventRecord(
+        key=key,
+        envelope=json.loads(raw[b"body"]),
+        received_at=float(raw.get(b"received_at", b"0")),
+        actions=actions,
+    )

@@ -1,0 +1,150 @@
+"""The connector interface: settings schema, action schemas, typed errors, and the registry."""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+EXCERPT_BYTES = 2000
+
+
+def excerpt(text: str | bytes | None, limit: int = EXCERPT_BYTES) -> str:
+    """A bounded piece of a remote answer, for logs and error reasons."""
+    if text is None:
+        return ""
+    if isinstance(text, bytes):
+        text = text[:limit].decode("utf-8", errors="replace")
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+class ConnectorError(Exception):
+    """Base of the errors a connector raises from `send`."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class TransientError(ConnectorError):
+    """Try again later: timeouts, connection errors, 408, 429, 5xx."""
+
+    def __init__(self, reason: str, retry_after: float | None = None):
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+class PermanentError(ConnectorError):
+    """Trying again will not help: the reason says what a person must change."""
+
+
+class ConnectorConfigError(Exception):
+    """A connector's settings are unusable (raised at config load, with a message for the owner)."""
+
+
+class Settings(BaseModel):
+    """Base of every connector's settings; unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str
+    dry_run: bool = False
+
+
+class ActionFields(BaseModel):
+    """Base of every action's fields. `template_fields` lists the fields whose strings are templates."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    template_fields: ClassVar[tuple[str, ...]] = ()
+    # How values from event data are escaped inside each template field (see mappings.templates).
+    escaping: ClassVar[dict[str, str]] = {}
+
+
+@dataclass(frozen=True)
+class ActionRequest:
+    """One rendered action, with what a connector needs to make its effect idempotent."""
+
+    action: str
+    fields: dict[str, Any]
+    event_id: str
+    event_type: str
+    event_created: str
+    tenant_id: str
+    action_id: str
+    context: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SendResult:
+    """What the destination answered, kept in the event log."""
+
+    detail: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class Connector(ABC):
+    """A destination. Built once per worker from validated settings; `send` does one action."""
+
+    type: ClassVar[str]
+    settings_model: ClassVar[type[Settings]]
+    # action name -> fields model; the first one is the default when a mapping names none.
+    actions: ClassVar[dict[str, type[ActionFields]]]
+    # settings fields whose values are secrets: never logged or shown.
+    secret_fields: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, name: str, settings: Settings):
+        self.name = name
+        self.settings = settings
+
+    @classmethod
+    def default_action(cls) -> str:
+        return next(iter(cls.actions))
+
+    @abstractmethod
+    def send(self, request: ActionRequest) -> SendResult:
+        """Perform the action or raise TransientError / PermanentError."""
+
+    def offline_check(self) -> list[str]:
+        """Problems that can be seen without the network (files, addresses); empty when fine."""
+        return []
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most connectors hold nothing to release
+        """Release sockets and clients."""
+
+
+def _registry(entries: list[tuple[str, str]]) -> dict[str, str]:
+    registry: dict[str, str] = {}
+    for type_name, target in entries:
+        if type_name in registry:
+            raise RuntimeError(f"connector type {type_name!r} listed twice")
+        registry[type_name] = target
+    return registry
+
+
+# The config `type` -> "module:Class". Imported on first use, so that a missing optional
+# dependency is a config error naming the package rather than an import failure at start-up.
+REGISTRY: dict[str, str] = _registry(
+    [
+        ("http", "connectors.http:HttpConnector"),
+    ]
+)
+
+
+def connector_class(type_name: str) -> type[Connector]:
+    """The class for a config `type`; ConnectorConfigError when unknown or not installed."""
+    target = REGISTRY.get(type_name)
+    if target is None:
+        raise ConnectorConfigError(f"unknown connector type {type_name!r} (known: {', '.join(sorted(REGISTRY))})")
+    module_name, class_name = target.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConnectorConfigError(
+            f"connector type {type_name!r} needs the Python package {exc.name!r}: pip install {exc.name}"
+        ) from exc
+    cls: type[Connector] = getattr(module, class_name)
+    return cls

@@ -1,0 +1,457 @@
+"""Load and validate config.yaml: environment expansion, schema, connectors, compiled templates.
+
+Every problem is reported as `file:line: key.path: message`, all of them at once.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+from connectors.base import ActionFields, Connector, ConnectorConfigError, Settings, connector_class
+from mappings.templates import CompiledTemplate, TemplateCompileError, TemplateEngine, compile_structure
+
+Path_ = tuple[str | int, ...]
+
+DEFAULT_RETRY_SCHEDULE = [30, 120, 600, 3600, 21600, 64800]  # sums to 25 h 12 min
+_ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false, so `on:` stays a key (YAML 1.1 reads it as True)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+class ConfigError(Exception):
+    """The config cannot be used; `problems` lists every `file:line: path: message`."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def parse_duration(value: Any) -> Any:
+    """'7d', '12h', '30m', '45s' or a number of seconds."""
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if not match:
+            raise ValueError(f"expected a duration like 30s, 10m, 12h or 7d, got {value!r}")
+        return float(match.group(1)) * _UNITS[match.group(2)]
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class WebhookModel(_Strict):
+    secrets: list[str] = Field(min_length=1)
+    tenants: list[str] = []
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    dedupe_window: Duration = 7 * 86400
+
+    @field_validator("secrets")
+    @classmethod
+    def _non_empty(cls, secrets: list[str]) -> list[str]:
+        for secret in secrets:
+            if not secret.strip():
+                raise ValueError("a webhook secret is empty: set SALONBOOKIT_WEBHOOK_SECRET")
+        return secrets
+
+
+class RetryModel(_Strict):
+    schedule: list[Duration] = Field(default_factory=lambda: list(DEFAULT_RETRY_SCHEDULE), min_length=1)
+    jitter: float = Field(default=0.1, ge=0, le=1)  # fraction of each step added at random
+
+
+class RetentionModel(_Strict):
+    events: Duration = 7 * 86400
+    dead_letters: Duration = 30 * 86400
+
+
+class MappingModel(_Strict):
+    name: str
+    on: list[str] = Field(min_length=1)
+    when: str | None = None
+    tenant: list[str] | None = None
+    actions: list[dict[str, Any]] = Field(min_length=1)
+
+    @field_validator("on", "tenant", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, name: str) -> str:
+        if not _NAME.match(name):
+            raise ValueError(f"use letters, digits, '-', '_' or '.', got {name!r}")
+        return name
+
+
+class ConfigModel(_Strict):
+    version: Literal[1]
+    timezone: str = "UTC"
+    webhook: WebhookModel
+    redis_url: str | None = None
+    retry: RetryModel = RetryModel()
+    retention: RetentionModel = RetentionModel()
+    connectors: dict[str, dict[str, Any]] = {}  # validated by each connector's own schema
+    mappings: list[dict[str, Any]] = []  # validated one by one (MappingModel)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, zone: str) -> str:
+        try:
+            ZoneInfo(zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {zone!r}, expected a name like Europe/Madrid") from None
+        return zone
+
+
+@dataclass
+class ActionSpec:
+    """One configured action of a mapping, validated and with its templates compiled."""
+
+    id: str  # "mapping-name/action-name", unique in the config
+    mapping: str
+    connector: str
+    action: str
+    fields: ActionFields
+    compiled: dict[str, Any]  # field -> value, with template strings compiled
+
+
+@dataclass
+class MappingSpec:
+    name: str
+    patterns: list[str]
+    tenants: list[str] | None
+    when: CompiledTemplate | None
+    actions: list[ActionSpec]
+
+    def matches(self, event_type: str, tenant_id: str) -> bool:
+        if self.tenants is not None and tenant_id not in self.tenants:
+            return False
+        return any(fnmatchcase(event_type, pattern) for pattern in self.patterns)
+
+
+@dataclass
+class ConnectorSpec:
+    name: str
+    cls: type[Connector]
+    settings: Settings
+
+    def build(self) -> Connector:
+        return self.cls(self.name, self.settings)
+
+
+@dataclass
+class BridgeConfig:
+    """A loaded config: the validated settings, connectors and compiled mappings."""
+
+    path: str
+    model: ConfigModel
+    engine: TemplateEngine
+    connectors: dict[str, ConnectorSpec]
+    mappings: list[MappingSpec]
+    redis_url_configured: bool = field(default=False)
+
+    @property
+    def webhook(self) -> WebhookModel:
+        return self.model.webhook
+
+    def mappings_for(self, event_type: str, tenant_id: str) -> list[MappingSpec]:
+        return [m for m in self.mappings if m.matches(event_type, tenant_id)]
+
+    def action(self, action_id: str) -> ActionSpec | None:
+        for mapping in self.mappings:
+            for action in mapping.actions:
+                if action.id == action_id:
+                    return action
+        return None
+
+
+def default_config_path(explicit: str | None = None) -> str:
+    return explicit or os.environ.get("SALON_BRIDGE_CONFIG") or "config.yaml"
+
+
+def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = None) -> BridgeConfig:
+    """Read, expand and validate a config file; raises ConfigError listing every problem."""
+    path = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: config file not found"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read the config file: {exc.strerror}"]) from None
+    return load_config_text(text, path, environ)
+
+
+def load_config_text(text: str, path: str = "config.yaml", environ: dict[str, str] | None = None) -> BridgeConfig:
+    environ = dict(os.environ) if environ is None else environ
+    try:
+        root = yaml.compose(text, Loader=_Loader)
+        raw = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{path}{line}: not valid YAML: {problem}"]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{path}:1: the config must be a mapping of keys (version, webhook, ...)"])
+
+    collector = _Problems(path, root)
+    redis_url_configured = raw.get("redis_url") is not None
+    raw = _expand_env(raw, (), environ, collector)
+    model: ConfigModel | None = None
+    try:
+        model = ConfigModel.model_validate(raw)
+    except ValidationError as exc:
+        collector.add_validation_error(exc, ())
+    # Connectors and mappings are checked even when the top level is wrong, to list every problem.
+    try:
+        engine = TemplateEngine(model.timezone if model else str(raw.get("timezone", "UTC")))
+    except (ValueError, KeyError):
+        engine = TemplateEngine("UTC")
+    raw_connectors = raw.get("connectors") or {}
+    raw_mappings = raw.get("mappings") or []
+    connectors = _load_connectors(raw_connectors, collector) if isinstance(raw_connectors, dict) else {}
+    broken = set(raw_connectors) - set(connectors) if isinstance(raw_connectors, dict) else set()
+    mappings = (
+        _load_mappings(raw_mappings, engine, connectors, broken, collector) if isinstance(raw_mappings, list) else []
+    )
+    if collector.problems or model is None:
+        raise ConfigError(collector.render())
+    return BridgeConfig(path, model, engine, connectors, mappings, redis_url_configured)
+
+
+def _expand_env(value: Any, where: Path_, environ: dict[str, str], problems: _Problems) -> Any:
+    if isinstance(value, str):
+
+        def substitute(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in environ and environ[name] != "":
+                return environ[name]
+            if default is not None:
+                return default
+            problems.add(where, f"environment variable {name} is not set or empty (and ${{{name}}} has no :-default)")
+            return match.group(0)
+
+        return _ENV_PATTERN.sub(substitute, value)
+    if isinstance(value, dict):
+        return {k: _expand_env(v, (*where, k), environ, problems) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v, (*where, i), environ, problems) for i, v in enumerate(value)]
+    return value
+
+
+def _load_connectors(raw_connectors: dict[str, Any], problems: _Problems) -> dict[str, ConnectorSpec]:
+    specs: dict[str, ConnectorSpec] = {}
+    for name, raw in raw_connectors.items():
+        where: Path_ = ("connectors", name)
+        if not _NAME.match(name):
+            problems.add(where, f"connector names use letters, digits, '-', '_' or '.', got {name!r}")
+        type_name = raw.get("type") if isinstance(raw, dict) else None
+        if not isinstance(type_name, str):
+            problems.add(where, "missing required key 'type' (e.g. type: http)")
+            continue
+        try:
+            cls = connector_class(type_name)
+        except ConnectorConfigError as exc:
+            problems.add((*where, "type"), str(exc))
+            continue
+        try:
+            settings = cls.settings_model.model_validate(raw)
+        except ValidationError as exc:
+            problems.add_validation_error(exc, where)
+            continue
+        specs[name] = ConnectorSpec(name, cls, settings)
+    return specs
+
+
+def _load_mappings(
+    raw_mappings: list[Any],
+    engine: TemplateEngine,
+    connectors: dict[str, ConnectorSpec],
+    broken: set[str],
+    problems: _Problems,
+) -> list[MappingSpec]:
+    """Validate mappings; actions on a connector that itself failed validation are not checked further."""
+    mappings: list[MappingSpec] = []
+    seen_names: set[str] = set()
+    for index, raw in enumerate(raw_mappings):
+        where: Path_ = ("mappings", index)
+        try:
+            mapping = MappingModel.model_validate(raw)
+        except ValidationError as exc:
+            problems.add_validation_error(exc, where)
+            continue
+        if mapping.name in seen_names:
+            problems.add((*where, "name"), f"another mapping is already named {mapping.name!r}")
+        seen_names.add(mapping.name)
+        when = None
+        if mapping.when is not None:
+            try:
+                when = engine.compile_condition(mapping.when, f"mappings[{index}].when")
+            except TemplateCompileError as exc:
+                problems.add((*where, "when"), str(exc))
+        actions: list[ActionSpec] = []
+        for position, raw_action in enumerate(mapping.actions):
+            if isinstance(raw_action, dict) and raw_action.get("connector") in broken:
+                continue
+            action = _load_action(
+                mapping.name, position, raw_action, (*where, "actions", position), engine, connectors, broken, problems
+            )
+            if action is None:
+                continue
+            if any(a.id == action.id for a in actions):
+                problems.add(
+                    (*where, "actions", position, "name"), f"two actions of this mapping are named {action.id!r}"
+                )
+            actions.append(action)
+        mappings.append(MappingSpec(mapping.name, mapping.on, mapping.tenant, when, actions))
+    return mappings
+
+
+_ACTION_KEYS = ("connector", "action", "name")
+
+
+def _load_action(
+    mapping_name: str,
+    position: int,
+    raw: dict[str, Any],
+    where: Path_,
+    engine: TemplateEngine,
+    connectors: dict[str, ConnectorSpec],
+    broken: set[str],
+    problems: _Problems,
+) -> ActionSpec | None:
+    known = ", ".join(sorted(set(connectors) | broken)) or "none configured"
+    connector_name = raw.get("connector")
+    if not isinstance(connector_name, str):
+        problems.add(where, f"missing required key 'connector' (known: {known})")
+        return None
+    spec = connectors.get(connector_name)
+    if spec is None:
+        problems.add((*where, "connector"), f"unknown connector {connector_name!r} (known: {known})")
+        return None
+    action_name = raw.get("action") or spec.cls.default_action()
+    fields_model = spec.cls.actions.get(action_name)
+    if fields_model is None:
+        known = ", ".join(spec.cls.actions)
+        problems.add(
+            (*where, "action"),
+            f"connector {connector_name!r} ({spec.cls.type}) has no action {action_name!r} (known: {known})",
+        )
+        return None
+    label = raw.get("name") or str(position)
+    if not isinstance(label, str) or not _NAME.match(label):
+        problems.add((*where, "name"), f"use letters, digits, '-', '_' or '.', got {label!r}")
+        return None
+    fields_raw = {k: v for k, v in raw.items() if k not in _ACTION_KEYS}
+    try:
+        fields = fields_model.model_validate(fields_raw)
+    except ValidationError as exc:
+        problems.add_validation_error(exc, where)
+        return None
+    compiled: dict[str, Any] = {}
+    for name in type(fields).model_fields:
+        value = getattr(fields, name)
+        if name in fields_model.template_fields and value is not None:
+            escaping = fields_model.escaping.get(name, "none")
+            try:
+                value = compile_structure(engine, value, f"mappings[{where[1]}].actions[{position}].{name}", escaping)
+            except TemplateCompileError as exc:
+                problems.add((*where, name), str(exc))
+                continue
+        compiled[name] = value
+    return ActionSpec(f"{mapping_name}/{label}", mapping_name, connector_name, action_name, fields, compiled)
+
+
+class _Problems:
+    """Collects problems with their key paths and turns them into `file:line: path: message`."""
+
+    def __init__(self, path: str, root: yaml.Node | None):
+        self.path = path
+        self.root = root
+        self.problems: list[tuple[Path_, str]] = []
+
+    def add(self, where: Path_, message: str) -> None:
+        self.problems.append((where, message))
+
+    def add_validation_error(self, exc: ValidationError, prefix: Path_) -> None:
+        for error in exc.errors():
+            where = (*prefix, *error["loc"])
+            self.add(where, _describe(error))
+
+    def render(self) -> list[str]:
+        return [
+            f"{self.path}:{self._line(where)}: {_format_path(where)}: {message}" for where, message in self.problems
+        ]
+
+    def _line(self, where: Path_) -> int:
+        node = self.root
+        line = node.start_mark.line + 1 if node is not None else 1
+        for part in where:
+            child = _child(node, part)
+            if child is None:
+                break
+            node = child
+            line = node.start_mark.line + 1
+        return line
+
+
+def _child(node: yaml.Node | None, part: str | int) -> yaml.Node | None:
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            if key.value == str(part):
+                # Point at the key for scalars, at the value for nested blocks.
+                return value if not isinstance(value, yaml.ScalarNode) else key
+    if isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+        return node.value[part]
+    return None
+
+
+def _format_path(where: Iterable[str | int]) -> str:
+    text = ""
+    for part in where:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text or "(top level)"
+
+
+def _describe(error: Any) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "missing required key"
+    message = error["msg"].removeprefix("Value error, ")
+    if kind in ("literal_error", "enum") or kind.endswith("_type") or kind.endswith("_parsing"):
+        return f"{message}, got {error['input']!r}"
+    return message

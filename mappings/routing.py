@@ -1,0 +1,35 @@
+"""Which configured actions an event triggers, and their rendered fields. No I/O here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mappings.config import ActionSpec, BridgeConfig
+from mappings.templates import RenderError, render_structure
+
+
+@dataclass
+class PlannedAction:
+    spec: ActionSpec
+    skip_reason: str | None = None  # set when the mapping's `when` excluded it
+
+
+def plan(config: BridgeConfig, envelope: dict[str, Any], context: dict[str, Any]) -> list[PlannedAction]:
+    """Every action of every mapping matching the event, in config order."""
+    planned: list[PlannedAction] = []
+    for mapping in config.mappings_for(envelope["type"], envelope["tenant_id"]):
+        reason = None
+        if mapping.when is not None:
+            try:
+                if mapping.when.render(context) != "true":
+                    reason = f"condition of mapping {mapping.name!r} is false: {mapping.when.source}"
+            except RenderError as exc:
+                reason = f"condition of mapping {mapping.name!r} could not be evaluated: {exc}"
+        planned.extend(PlannedAction(action, reason) for action in mapping.actions)
+    return planned
+
+
+def render_action(spec: ActionSpec, context: dict[str, Any]) -> dict[str, Any]:
+    """The action's fields with every template rendered; RenderError names template and field."""
+    return {name: render_structure(value, context) for name, value in spec.compiled.items()}
