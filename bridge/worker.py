@@ -18,8 +18,10 @@ def run_worker(config: BridgeConfig, burst: bool = False, dry_run: bool = False,
     rt = Runtime.from_config(config, dry_run=dry_run)
     runtime.install(rt)
     try:
-        worker = WORKER_CLASS([rt.queue], connection=rt.redis, serializer=JSONSerializer, name=name)
-        worker.work(burst=burst, with_scheduler=True, maintenance_interval=60)
+        worker = WORKER_CLASS(
+            [rt.queue], connection=rt.redis, serializer=JSONSerializer, name=name, maintenance_interval=60
+        )
+        worker.work(burst=burst, with_scheduler=True)
     finally:
         runtime.install(None)
         rt.close()

