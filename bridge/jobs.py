@@ -12,6 +12,7 @@ from typing import Any
 from bridge import runtime as runtime_module
 from bridge.queue import CRASH_RETRY, FAILURE_TTL
 from bridge.runtime import Runtime
+from bridge.state import RedisConnectorStore
 from bridge.store import DEAD, DONE, DRY_RUN, PENDING, RETRYING, SKIPPED, ActionState, EventRecord
 from connectors.base import ActionRequest, PermanentError, TransientError
 from mappings.config import ActionSpec
@@ -101,6 +102,7 @@ def attempt(rt: Runtime, record: EventRecord, spec: ActionSpec, state: ActionSta
                 tenant_id=record.tenant_id,
                 action_id=spec.id,
                 context=context,
+                store=RedisConnectorStore(rt.redis, spec.connector),
             )
             result = connector.send(request)
             state.status, state.detail, state.last_error = DONE, result.detail, ""

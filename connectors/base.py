@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
@@ -55,13 +55,35 @@ class Settings(BaseModel):
 
 
 class ActionFields(BaseModel):
-    """Base of every action's fields. `template_fields` lists the fields whose strings are templates."""
+    """Base of every action's fields, validated at config load.
+
+    `template_fields`: fields whose strings (at any depth) are Jinja templates, rendered per event.
+    `template_files`: fields that name a template file (relative to the config file, else shipped
+      in `templates/`); the file is compiled at load and the field is rendered to its output.
+    `escaping`: per field, how event values are escaped when inserted: "none", "slack" or "html".
+    `syncs_state`: the action writes the current state of an entity (a calendar entry), so an
+      event older than one already applied to that entity is skipped as stale.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     template_fields: ClassVar[tuple[str, ...]] = ()
-    # How values from event data are escaped inside each template field (see mappings.templates).
+    template_files: ClassVar[tuple[str, ...]] = ()
     escaping: ClassVar[dict[str, str]] = {}
+    syncs_state: ClassVar[bool] = False
+
+
+class ConnectorStore(Protocol):
+    """Small durable memory a connector keeps between actions (a Slack thread's ts, the calendar
+    an entry lives in). Namespaced per connector instance; values are strings."""
+
+    def get(self, key: str) -> str | None: ...
+
+    def set(self, key: str, value: str, ttl: float | None = None) -> None: ...
+
+    def set_if_absent(self, key: str, value: str, ttl: float | None = None) -> bool: ...
+
+    def delete(self, key: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -75,7 +97,10 @@ class ActionRequest:
     event_created: str
     tenant_id: str
     action_id: str
+    # The template context: event, data, type, tenant_id and the merged entity views
+    # booking, order, customer (None when unknown).
     context: dict[str, Any] = field(default_factory=dict)
+    store: ConnectorStore | None = None
 
 
 @dataclass

@@ -240,8 +240,11 @@ def load_config_text(text: str, path: str = "config.yaml", environ: dict[str, st
     raw_mappings = raw.get("mappings") or []
     connectors = _load_connectors(raw_connectors, collector) if isinstance(raw_connectors, dict) else {}
     broken = set(raw_connectors) - set(connectors) if isinstance(raw_connectors, dict) else set()
+    base_dir = Path(path).resolve().parent
     mappings = (
-        _load_mappings(raw_mappings, engine, connectors, broken, collector) if isinstance(raw_mappings, list) else []
+        _load_mappings(raw_mappings, engine, connectors, broken, base_dir, collector)
+        if isinstance(raw_mappings, list)
+        else []
     )
     if collector.problems or model is None:
         raise ConfigError(collector.render())
@@ -297,6 +300,7 @@ def _load_mappings(
     engine: TemplateEngine,
     connectors: dict[str, ConnectorSpec],
     broken: set[str],
+    base_dir: Path,
     problems: _Problems,
 ) -> list[MappingSpec]:
     """Validate mappings; actions on a connector that itself failed validation are not checked further."""
@@ -323,7 +327,15 @@ def _load_mappings(
             if isinstance(raw_action, dict) and raw_action.get("connector") in broken:
                 continue
             action = _load_action(
-                mapping.name, position, raw_action, (*where, "actions", position), engine, connectors, broken, problems
+                mapping.name,
+                position,
+                raw_action,
+                (*where, "actions", position),
+                engine,
+                connectors,
+                broken,
+                base_dir,
+                problems,
             )
             if action is None:
                 continue
@@ -347,6 +359,7 @@ def _load_action(
     engine: TemplateEngine,
     connectors: dict[str, ConnectorSpec],
     broken: set[str],
+    base_dir: Path,
     problems: _Problems,
 ) -> ActionSpec | None:
     known = ", ".join(sorted(set(connectors) | broken)) or "none configured"
@@ -380,15 +393,34 @@ def _load_action(
     compiled: dict[str, Any] = {}
     for name in type(fields).model_fields:
         value = getattr(fields, name)
-        if name in fields_model.template_fields and value is not None:
-            escaping = fields_model.escaping.get(name, "none")
-            try:
-                value = compile_structure(engine, value, f"mappings[{where[1]}].actions[{position}].{name}", escaping)
-            except TemplateCompileError as exc:
-                problems.add((*where, name), str(exc))
-                continue
+        field_label = f"mappings[{where[1]}].actions[{position}].{name}"
+        escaping = fields_model.escaping.get(name, "none")
+        try:
+            if name in fields_model.template_files and value is not None:
+                source_path = _find_template_file(value, base_dir)
+                value = engine.compile(source_path.read_text(encoding="utf-8"), f"{field_label} ({value})", escaping)
+            elif name in fields_model.template_fields and value is not None:
+                value = compile_structure(engine, value, field_label, escaping)
+        except TemplateCompileError as exc:
+            problems.add((*where, name), str(exc))
+            continue
+        except FileNotFoundError as exc:
+            problems.add((*where, name), str(exc))
+            continue
         compiled[name] = value
     return ActionSpec(f"{mapping_name}/{label}", mapping_name, connector_name, action_name, fields, compiled)
+
+
+SHIPPED_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+
+
+def _find_template_file(name: str, base_dir: Path) -> Path:
+    """A template file next to the config, else one shipped with salon-bridge."""
+    candidates = [base_dir / name, SHIPPED_TEMPLATES / name]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"template file {name!r} not found (looked in {', '.join(str(c) for c in candidates)})")
 
 
 class _Problems:

@@ -90,7 +90,9 @@ def _without(field: str):  # noqa: ANN202
         pytest.param(encode(_without("created")), "'created' must be an ISO 8601", id="no-created"),
         pytest.param(encode(sample("booking.created", created="yesterday")), "not an ISO 8601", id="bad-created"),
         pytest.param(encode(_without("tenant_id")), "'tenant_id' must be a string", id="no-tenant"),
-        pytest.param(encode(sample("booking.created", tenant_id=None)), "'tenant_id' must be a string", id="null-tenant"),
+        pytest.param(
+            encode(sample("booking.created", tenant_id=None)), "'tenant_id' must be a string", id="null-tenant"
+        ),
         pytest.param(encode(_without("data")), "'data' must be a JSON object", id="no-data"),
         pytest.param(encode(sample("booking.created", data=[])), "'data' must be a JSON object", id="list-data"),
     ],
@@ -154,7 +156,9 @@ def test_concurrent_deliveries_of_one_id_accept_exactly_one(bridge: Bridge) -> N
         barrier.wait()
         from tests.harness import sign
 
-        statuses.append(client.post("/webhooks", data=body, headers={"X-SalonBookIt-Signature": sign(body)}).status_code)
+        statuses.append(
+            client.post("/webhooks", data=body, headers={"X-SalonBookIt-Signature": sign(body)}).status_code
+        )
 
     threads = [threading.Thread(target=deliver) for _ in range(8)]
     for thread in threads:

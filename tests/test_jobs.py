@@ -180,7 +180,10 @@ def _worker_process(config: Path, redis_url: str, *extra: str) -> subprocess.Pop
     env = {**os.environ, "REDIS_URL": redis_url}
     return subprocess.Popen(
         [sys.executable, "-m", "bridge.cli", "worker", "--config", str(config), *extra],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
 
 

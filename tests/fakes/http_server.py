@@ -76,8 +76,9 @@ class CapturingServer:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
-    def respond_with(self, status: int = 200, body: bytes | str = b"{}", headers: dict[str, str] | None = None,
-                     delay: float = 0.0) -> None:
+    def respond_with(
+        self, status: int = 200, body: bytes | str = b"{}", headers: dict[str, str] | None = None, delay: float = 0.0
+    ) -> None:
         """Script the next answer (answers are used in the order they were scripted)."""
         if isinstance(body, str):
             body = body.encode()
