@@ -137,6 +137,11 @@ class Connector(ABC):
         """Problems that can be seen without the network (files, addresses); empty when fine."""
         return []
 
+    def online_check(self) -> list[str]:
+        """Reach the destination and confirm it will accept what the config sends (credentials,
+        channels, calendars); one line per problem, with what to do. Empty when fine."""
+        return []
+
     def close(self) -> None:  # noqa: B027 - optional hook, most connectors hold nothing to release
         """Release sockets and clients."""
 
@@ -155,6 +160,9 @@ def _registry(entries: list[tuple[str, str]]) -> dict[str, str]:
 REGISTRY: dict[str, str] = _registry(
     [
         ("http", "connectors.http:HttpConnector"),
+        ("slack", "connectors.slack:SlackConnector"),
+        ("email", "connectors.email:EmailConnector"),
+        ("google_calendar", "connectors.google_calendar:GoogleCalendarConnector"),
     ]
 )
 
