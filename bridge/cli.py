@@ -135,13 +135,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from bridge.jobs import template_context
+    from bridge.state import event_views
     from mappings.routing import plan, render_action
     from mappings.templates import RenderError
 
     config = _load(args)
     envelope = read_event(args.event)
     print(f"event {envelope.get('id')} ({envelope.get('type')}, tenant {envelope.get('tenant_id')})")
-    planned = plan(config, envelope, template_context(envelope))
+    context = template_context(envelope, event_views(envelope))
+    planned = plan(config, envelope, context)
     if not planned:
         print("  no mapping handles this event: it would be answered 200 ignored")
     for item in planned:
@@ -151,7 +153,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             print(f"  skipped: {item.skip_reason}")
             continue
         try:
-            fields = render_action(spec, template_context(envelope))
+            fields = render_action(spec, context)
         except RenderError as exc:
             print(f"  would fail permanently: {exc}")
             continue

@@ -16,6 +16,7 @@ from rq import Queue
 
 from bridge.jobs import process_event
 from bridge.queue import CRASH_RETRY, FAILURE_TTL
+from bridge.state import MEMORY_TYPES
 from bridge.store import EVENTS_INDEX, event_key, record_key, seen_key
 from mappings.config import BridgeConfig
 
@@ -118,7 +119,9 @@ class Ingestor:
         tenants = self.config.webhook.tenants
         if tenants and envelope["tenant_id"] not in tenants:
             return f"tenant {envelope['tenant_id']!r} is not in webhook.tenants"
-        if not self.config.mappings_for(envelope["type"], envelope["tenant_id"]):
+        if envelope["type"] not in MEMORY_TYPES and not self.config.mappings_for(
+            envelope["type"], envelope["tenant_id"]
+        ):
             return f"no mapping handles {envelope['type']!r}"
         return None
 

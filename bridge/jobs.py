@@ -6,43 +6,62 @@ import hashlib
 import logging
 import random
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bridge import runtime as runtime_module
 from bridge.queue import CRASH_RETRY, FAILURE_TTL
 from bridge.runtime import Runtime
-from bridge.state import RedisConnectorStore
-from bridge.store import DEAD, DONE, DRY_RUN, PENDING, RETRYING, SKIPPED, ActionState, EventRecord
+from bridge.state import RedisConnectorStore, event_time, primary_entity
+from bridge.store import (
+    DEAD,
+    DONE,
+    DRY_RUN,
+    PENDING,
+    RETRYING,
+    SENDING,
+    SKIPPED,
+    STALE,
+    ActionState,
+    EventRecord,
+)
 from connectors.base import ActionRequest, PermanentError, TransientError
 from mappings.config import ActionSpec
 from mappings.routing import plan, render_action
-from mappings.templates import RenderError
+from mappings.templates import EntityView, MissingDataError, RenderError
 
 log = logging.getLogger("salon_bridge.jobs")
 
+# Attempts during which a template's missing entity data counts as "not arrived yet" (retried on
+# the schedule) before it is a permanent failure.
+MISSING_DATA_RETRIES = 2
+POSSIBLE_DUPLICATES_KEY = "sb:stats:possible_duplicates"
+
 
 def process_event(key: str) -> str:
-    """First attempt of every action an accepted event triggers."""
+    """Remember what the event says, then make the first attempt of every action it triggers."""
     rt = runtime_module.current()
     record = rt.store.load(key)
     if record is None:
         log.warning("event %s expired before it was processed", key)
         return "expired"
-    context = template_context(record.envelope)
+    envelope = record.envelope
+    rt.memory.remember(envelope)
     outcomes = []
-    for planned in plan(rt.config, record.envelope, context):
-        spec = planned.spec
-        state = record.actions.get(spec.id)
-        if state is not None and state.status != PENDING:
-            continue  # already done, dead, skipped, or scheduled for a retry
-        state = state or ActionState(connector=spec.connector)
-        if planned.skip_reason:
-            state.status, state.detail = SKIPPED, planned.skip_reason
-            rt.store.save_action(key, spec.id, state)
-        else:
-            attempt(rt, record, spec, state, context)
-        outcomes.append(f"{spec.id}={state.status}")
+    with rt.ordering.lock(record.tenant_id, primary_entity(envelope)):
+        context = template_context(envelope, rt.memory.views(envelope))
+        for planned in plan(rt.config, envelope, context):
+            spec = planned.spec
+            state = record.actions.get(spec.id)
+            if state is not None and state.status not in (PENDING, SENDING):
+                continue  # the ledger: already done, dead, skipped, or scheduled for a retry
+            state = state or ActionState(connector=spec.connector)
+            if planned.skip_reason:
+                state.status, state.detail = SKIPPED, planned.skip_reason
+                rt.store.save_action(key, spec.id, state)
+            else:
+                attempt(rt, record, spec, state, context)
+            outcomes.append(f"{spec.id}={state.status}")
     return ", ".join(outcomes) or "no actions"
 
 
@@ -53,46 +72,57 @@ def run_action(key: str, action_id: str) -> str:
     if record is None:
         log.warning("event %s expired before action %s could run again", key, action_id)
         return "expired"
-    state = record.actions.get(action_id)
-    if state is None or state.status not in (PENDING, RETRYING):
-        return f"nothing to do ({state.status if state else 'unknown action'})"
-    spec = rt.config.action(action_id)
-    if spec is None:
-        state.status = DEAD
-        state.last_error = f"action {action_id!r} is no longer in the config"
-        rt.store.save_action(key, action_id, state)
-        return state.status
-    attempt(rt, record, spec, state, template_context(record.envelope))
+    with rt.ordering.lock(record.tenant_id, primary_entity(record.envelope)):
+        state = rt.store.action_state(key, action_id)
+        if state is None or state.status not in (PENDING, RETRYING, SENDING):
+            return f"nothing to do ({state.status if state else 'unknown action'})"
+        spec = rt.config.action(action_id)
+        if spec is None:
+            state.status = DEAD
+            state.last_error = f"action {action_id!r} is no longer in the config"
+            rt.store.save_action(key, action_id, state)
+            return state.status
+        context = template_context(record.envelope, rt.memory.views(record.envelope))
+        attempt(rt, record, spec, state, context)
     return state.status
 
 
-def template_context(envelope: dict[str, Any]) -> dict[str, Any]:
-    data = envelope["data"]
+def template_context(envelope: dict[str, Any], views: dict[str, EntityView | None]) -> dict[str, Any]:
     return {
         "event": envelope,
-        "data": data,
+        "data": envelope["data"],
         "type": envelope["type"],
         "tenant_id": envelope["tenant_id"],
-        "booking": data.get("booking"),
-        "order": data.get("order"),
-        "customer": data.get("customer") or data.get("cliente"),
+        **views,
     }
 
 
 def attempt(rt: Runtime, record: EventRecord, spec: ActionSpec, state: ActionState, context: dict[str, Any]) -> None:
     """Run one action once and record the outcome; schedule the next try on a transient error."""
+    if state.status == SENDING:
+        # A previous attempt died between sending and recording: the destination may have it.
+        rt.redis.incr(POSSIBLE_DUPLICATES_KEY)
+        log.warning("possible duplicate: event=%s action=%s was interrupted while sending", record.id, spec.id)
     state.attempts += 1
     state.connector = spec.connector
     started = time.monotonic()
     error: str | None = None
     retry_after: float | None = None
+    created = event_time(record.envelope)
+    target = _sync_target(spec, record)
     try:
         fields = render_action(spec, context)
         state.rendered = fields
         connector = rt.connector(spec.connector)
-        if rt.dry_run or connector.settings.dry_run:
+        newer = rt.ordering.newer_applied(target, created) if target else None
+        if newer is not None:
+            state.status = STALE
+            state.detail = f"stale: a newer event (created {_iso(newer)}) was already applied to {target}"
+        elif rt.dry_run or connector.settings.dry_run:
             state.status, state.detail = DRY_RUN, "would send (dry run): nothing left the machine"
         else:
+            state.status = SENDING
+            rt.store.save_action(record.key, spec.id, state)
             request = ActionRequest(
                 action=spec.action,
                 fields=fields,
@@ -106,6 +136,14 @@ def attempt(rt: Runtime, record: EventRecord, spec: ActionSpec, state: ActionSta
             )
             result = connector.send(request)
             state.status, state.detail, state.last_error = DONE, result.detail, ""
+            if target:
+                rt.ordering.mark_applied(target, created)
+    except MissingDataError as exc:
+        # Events arrive out of order: the one carrying this data may still come. Wait a little.
+        if state.attempts <= MISSING_DATA_RETRIES:
+            error = f"waiting for earlier events: {exc}"
+        else:
+            state.status, error = DEAD, str(exc)
     except (RenderError, PermanentError) as exc:
         state.status, error = DEAD, str(exc)
     except TransientError as exc:
@@ -151,6 +189,18 @@ def attempt(rt: Runtime, record: EventRecord, spec: ActionSpec, state: ActionSta
     rt.store.save_action(record.key, spec.id, state, pipe=pipe)
     pipe.execute()
     log_attempt(record, spec, state, duration, error)
+
+
+def _sync_target(spec: ActionSpec, record: EventRecord) -> str | None:
+    """The external object a state-syncing action writes (per connector and entity), else None."""
+    entity = primary_entity(record.envelope)
+    if not type(spec.fields).syncs_state or entity is None:
+        return None
+    return f"{spec.connector}:{record.tenant_id}:{entity[0]}:{entity[1]}"
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
 
 
 def next_delay(rt: Runtime, attempts: int, retry_after: float | None) -> float | None:

@@ -13,6 +13,7 @@ from redis import Redis
 from rq import Queue
 
 from bridge.queue import connect, work_queue
+from bridge.state import EntityMemory, Ordering
 from bridge.store import EventStore
 from connectors.base import Connector
 from mappings.config import BridgeConfig, default_config_path, load_config
@@ -27,12 +28,16 @@ class Runtime:
     dry_run: bool = False
     queue: Queue = field(init=False)
     store: EventStore = field(init=False)
+    memory: EntityMemory = field(init=False)
+    ordering: Ordering = field(init=False)
     _connectors: dict[str, Connector] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self.queue = work_queue(self.redis)
         retention = self.config.model.retention
         self.store = EventStore(self.redis, retention.events, retention.dead_letters)
+        self.memory = EntityMemory(self.redis, retention.entities)
+        self.ordering = Ordering(self.redis, retention.entities)
 
     @classmethod
     def from_config(cls, config: BridgeConfig, redis_url: str | None = None, dry_run: bool = False) -> Runtime:

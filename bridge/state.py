@@ -1,10 +1,226 @@
-"""Durable memory beside the event log: connector stores (and, below, entity memory)."""
+"""Durable memory beside the event log: what the platform said about each booking, order and
+customer (entity memory), which event was last applied to an external object (ordering), the
+per-entity lock, and the connectors' own key-value stores.
+
+Entity memory: one hash per (tenant, kind, id) at `sb:mem:<tenant>:<kind>:<id>`. Nested objects
+are flattened to dotted fields (`cliente.nombre`); each field keeps the `created` time of the
+event that set it (`~cliente.nombre`) and only a newer event overwrites it, atomically (Lua).
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
 from redis import Redis
+from redis.exceptions import LockError
 
 from bridge.store import PREFIX
+from mappings.templates import EntityView
+
+KINDS = ("booking", "order", "customer")
+
+# Event types accepted for memory even when no mapping acts on them (so later events can use them).
+MEMORY_TYPES = frozenset(
+    {
+        "booking.created",
+        "booking.updated",
+        "booking.cancelled",
+        "booking.completed",
+        "payment.completed",
+        "payment.failed",
+        "payment.refunded",
+        "order.created",
+        "customer.created",
+        "customer.updated",
+    }
+)
+
+_MERGE = """
+local ts = tonumber(ARGV[1])
+for i = 3, #ARGV, 2 do
+  local seen = redis.call('HGET', KEYS[1], '~' .. ARGV[i])
+  if (not seen) or tonumber(seen) <= ts then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1], '~' .. ARGV[i], ARGV[1])
+  end
+end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+_APPLY_IF_NEWER = """
+local seen = redis.call('GET', KEYS[1])
+if seen and tonumber(seen) > tonumber(ARGV[1]) then
+  return seen
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return false
+"""
+
+
+def event_time(envelope: dict[str, Any]) -> float:
+    """The envelope's `created` as epoch seconds (UTC when the string has no offset)."""
+    moment = datetime.fromisoformat(str(envelope["created"]))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def entity_parts(envelope: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The (kind, object) pairs an event carries, each with an `id`."""
+    data = envelope.get("data") or {}
+    parts: list[tuple[str, dict[str, Any]]] = []
+    for kind, obj in (("booking", data.get("booking")), ("order", data.get("order"))):
+        if isinstance(obj, dict) and "id" in obj:
+            parts.append((kind, obj))
+            cliente = obj.get("cliente")
+            if isinstance(cliente, dict) and "id" in cliente:
+                parts.append(("customer", cliente))
+    for obj in (data.get("customer"), data.get("cliente")):
+        if isinstance(obj, dict) and "id" in obj:
+            parts.append(("customer", obj))
+    return parts
+
+
+def event_views(envelope: dict[str, Any]) -> dict[str, EntityView | None]:
+    """The views an event alone gives (no memory): for `simulate`."""
+    views: dict[str, EntityView | None] = dict.fromkeys(KINDS)
+    for kind, obj in entity_parts(envelope):
+        if views[kind] is None:
+            views[kind] = EntityView(obj, kind, str(obj["id"]))
+    return views
+
+
+def primary_entity(envelope: dict[str, Any]) -> tuple[str, str] | None:
+    """The entity whose external objects an event may write: its booking, else order, else customer."""
+    parts = entity_parts(envelope)
+    for kind in KINDS:
+        for part_kind, obj in parts:
+            if part_kind == kind:
+                return kind, str(obj["id"])
+    return None
+
+
+def _flatten(obj: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in obj.items():
+        if isinstance(value, dict) and value:
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _unflatten(fields: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for dotted, value in sorted(fields.items()):
+        node = result
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = node[part] = {}
+            node = child
+        node[leaf] = value
+    return result
+
+
+class EntityMemory:
+    def __init__(self, redis: Redis, ttl: float):
+        self.redis = redis
+        self.ttl = int(ttl)
+        self._merge = redis.register_script(_MERGE)
+
+    def key(self, tenant: str, kind: str, entity_id: str) -> str:
+        return f"{PREFIX}mem:{tenant}:{kind}:{entity_id}"
+
+    def remember(self, envelope: dict[str, Any]) -> None:
+        """Merge what the event says into memory; each field keeps the newest event's value."""
+        created = repr(event_time(envelope))
+        pipe = self.redis.pipeline(transaction=False)
+        for kind, obj in entity_parts(envelope):
+            args: list[str] = [created, str(self.ttl)]
+            for name, value in _flatten(obj):
+                args += [name, json.dumps(value, ensure_ascii=False)]
+            self._merge(keys=[self.key(envelope["tenant_id"], kind, str(obj["id"]))], args=args, client=pipe)
+        pipe.execute()
+
+    def load(self, tenant: str, kind: str, entity_id: str) -> dict[str, Any] | None:
+        raw = self.redis.hgetall(self.key(tenant, kind, entity_id))
+        if not raw:
+            return None
+        fields = {k.decode(): json.loads(v) for k, v in raw.items() if not k.startswith(b"~")}
+        return _unflatten(fields)
+
+    def views(self, envelope: dict[str, Any]) -> dict[str, EntityView | None]:
+        """The merged `booking`, `order` and `customer` an event refers to (None when it refers to none)."""
+        tenant = envelope["tenant_id"]
+        ids: dict[str, str] = {}
+        for kind, obj in entity_parts(envelope):
+            ids.setdefault(kind, str(obj["id"]))
+        merged: dict[str, dict[str, Any] | None] = {
+            kind: self.load(tenant, kind, ids[kind]) if kind in ids else None for kind in ("booking", "order")
+        }
+        if "customer" not in ids:
+            for kind in ("booking", "order"):
+                cliente = (merged[kind] or {}).get("cliente")
+                if isinstance(cliente, dict) and "id" in cliente:
+                    ids["customer"] = str(cliente["id"])
+                    break
+        customer = self.load(tenant, "customer", ids["customer"]) if "customer" in ids else None
+        for kind in ("booking", "order"):
+            view = merged[kind]
+            cliente = (view or {}).get("cliente")
+            # The customer record holds the newest of everything said about that person.
+            if view is not None and customer is not None and isinstance(cliente, dict):
+                if str(cliente.get("id")) == ids.get("customer"):
+                    view["cliente"] = {**cliente, **customer}
+        merged["customer"] = customer
+        return {
+            kind: EntityView(value, kind, ids[kind]) if value is not None else None for kind, value in merged.items()
+        }
+
+
+class Ordering:
+    """Which event (by `created`) was last applied to each external object, and the lock that
+    keeps two workers from writing one entity's objects at the same time."""
+
+    def __init__(self, redis: Redis, ttl: float, lock_timeout: float = 150):
+        self.redis = redis
+        self.ttl = int(ttl)
+        self.lock_timeout = lock_timeout
+        self._apply = redis.register_script(_APPLY_IF_NEWER)
+
+    @contextmanager
+    def lock(self, tenant: str, entity: tuple[str, str] | None, wait: float = 10) -> Iterator[None]:
+        """Hold the entity's lock (expires by itself if this worker dies); no entity, no lock.
+        Not had within `wait`: LockError, and RQ runs the job again later (CRASH_RETRY)."""
+        if entity is None:
+            yield
+            return
+        lock = self.redis.lock(
+            f"{PREFIX}lock:{tenant}:{entity[0]}:{entity[1]}", timeout=self.lock_timeout, blocking_timeout=wait
+        )
+        if not lock.acquire():
+            raise LockError(f"{entity[0]} {entity[1]} is still locked by another worker after {wait:g} s")
+        try:
+            yield
+        finally:
+            try:
+                lock.release()
+            except LockError:
+                pass  # expired while we worked; nothing to release
+
+    def newer_applied(self, target: str, created: float) -> float | None:
+        """The `created` of a newer event already applied to `target`, or None (then nothing is recorded)."""
+        value = self.redis.get(f"{PREFIX}applied:{target}")
+        if value is not None and float(value) > created:
+            return float(value)
+        return None
+
+    def mark_applied(self, target: str, created: float) -> None:
+        self._apply(keys=[f"{PREFIX}applied:{target}"], args=[repr(created), self.ttl])
 
 
 class RedisConnectorStore:

@@ -26,12 +26,14 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 
 # Action statuses, as shown to people.
 PENDING = "pending"
+SENDING = "sending"  # handed to the connector; seen again only if that attempt died midway
 RETRYING = "retrying"
 DONE = "done"
 DEAD = "dead"
 DRY_RUN = "dry-run"
-SKIPPED = "skipped"
-FINAL_STATUSES = {DONE, DEAD, DRY_RUN, SKIPPED}
+SKIPPED = "skipped"  # the mapping's condition was false
+STALE = "stale"  # a newer event was already applied to the same external object
+FINAL_STATUSES = {DONE, DEAD, DRY_RUN, SKIPPED, STALE}
 
 
 def event_key(event_id: str) -> str:

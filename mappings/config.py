@@ -90,6 +90,7 @@ class RetryModel(_Strict):
 class RetentionModel(_Strict):
     events: Duration = 7 * 86400
     dead_letters: Duration = 30 * 86400
+    entities: Duration = 400 * 86400
 
 
 class MappingModel(_Strict):

@@ -10,10 +10,11 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError, nodes
+from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError
 from jinja2.exceptions import SecurityError, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from markupsafe import Markup, escape
+from jinja2.utils import missing
+from markupsafe import Markup
 
 MAX_OUTPUT_CHARS = 100_000  # per rendered field; a template cannot produce more
 MAX_POWER_EXPONENT = 100
@@ -31,6 +32,41 @@ class TemplateCompileError(Exception):
 
 class RenderError(Exception):
     """A template failed while rendering: a missing field, a sandbox violation, oversized output."""
+
+
+class MissingDataError(RenderError):
+    """A template read a field of a remembered entity that no event received so far carried."""
+
+
+class _MissingEntityField(UndefinedError):
+    pass
+
+
+class EntityView(dict[str, Any]):
+    """A remembered booking, order or customer (or a nested part of one), as templates see it.
+    Knows what it is, so that reading a field never seen says which entity and which event is missing."""
+
+    def __init__(self, data: dict[str, Any], kind: str, entity_id: str, path: str = ""):
+        super().__init__(
+            (k, EntityView(v, kind, entity_id, f"{path}{k}.") if isinstance(v, dict) else v) for k, v in data.items()
+        )
+        self.kind = kind
+        self.entity_id = entity_id
+        self.path = path
+
+    def missing(self, name: str) -> str:
+        return f"{self.kind} {self.entity_id}: {self.path}{name} unknown ({self.kind}.created not received)"
+
+
+class _Undefined(StrictUndefined):
+    """StrictUndefined that names the entity and the missing event when a remembered view lacks a field."""
+
+    __slots__ = ()
+
+    def __init__(self, hint: str | None = None, obj: Any = missing, name: str | None = None, exc: Any = UndefinedError):
+        if isinstance(obj, EntityView) and hint is None and isinstance(name, str):
+            hint, exc = obj.missing(name), _MissingEntityField
+        super().__init__(hint, obj, name, exc)
 
 
 class SlackRaw(str):
@@ -136,6 +172,8 @@ class CompiledTemplate:
     def render(self, context: dict[str, Any]) -> str:
         try:
             return self.render_fn(context)
+        except _MissingEntityField as exc:
+            raise MissingDataError(f"{self.where}: {exc}") from exc
         except UndefinedError as exc:
             raise RenderError(f"{self.where}: the template reads a field the event does not have ({exc})") from exc
         except SecurityError as exc:
@@ -158,9 +196,9 @@ class TemplateEngine:
             "longdate": clock.longdate,
         }
         self._envs: dict[str, _BoundedSandbox] = {
-            "none": _BoundedSandbox(undefined=StrictUndefined),
-            "slack": _BoundedSandbox(undefined=StrictUndefined, finalize=_finalize_slack),
-            "html": _BoundedSandbox(undefined=StrictUndefined, autoescape=True),
+            "none": _BoundedSandbox(undefined=_Undefined),
+            "slack": _BoundedSandbox(undefined=_Undefined, finalize=_finalize_slack),
+            "html": _BoundedSandbox(undefined=_Undefined, autoescape=True),
         }
         for _name, env in self._envs.items():
             env.filters.update(filters)
@@ -230,19 +268,3 @@ def render_structure(value: Any, context: dict[str, Any]) -> Any:
     if isinstance(value, list):
         return [render_structure(v, context) for v in value]
     return value
-
-
-__all__ = [
-    "ESCAPINGS",
-    "CompiledTemplate",
-    "RenderError",
-    "SlackRaw",
-    "TemplateCompileError",
-    "TemplateEngine",
-    "compile_structure",
-    "escape",
-    "money",
-    "nodes",
-    "render_structure",
-    "slack_escape",
-]

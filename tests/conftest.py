@@ -10,16 +10,39 @@ from redis import Redis
 from tests.fakes.http_server import CapturingServer
 from tests.harness import SECRET, Bridge
 
-TEST_REDIS_URL = os.environ.get("SALON_BRIDGE_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+CLAIM_KEY = "salon-bridge-tests:claimed-by"
+
+
+@pytest.fixture(scope="session")
+def test_redis_url() -> Iterator[str]:
+    """$SALON_BRIDGE_TEST_REDIS_URL, else a database of the local Redis (15 down to 1) that no other
+    test run has claimed, so that several runs on one machine never flush each other's data."""
+    if os.environ.get("SALON_BRIDGE_TEST_REDIS_URL"):
+        yield os.environ["SALON_BRIDGE_TEST_REDIS_URL"]
+        return
+    for db in range(15, 0, -1):
+        connection = Redis(host="127.0.0.1", port=6379, db=db)
+        if connection.set(CLAIM_KEY, os.getpid(), nx=True, ex=3600):
+            yield f"redis://127.0.0.1:6379/{db}"
+            connection.delete(CLAIM_KEY)
+            connection.close()
+            return
+        connection.close()
+    raise RuntimeError("every Redis database 1-15 is claimed by another test run")
 
 
 @pytest.fixture
-def redis_url() -> Iterator[str]:
-    """A dedicated Redis database, flushed before and after each test."""
-    connection = Redis.from_url(TEST_REDIS_URL)
+def redis_url(test_redis_url: str) -> Iterator[str]:
+    """A dedicated Redis database, flushed (all but the claim) before and after each test."""
+    connection = Redis.from_url(test_redis_url)
+    claim = connection.get(CLAIM_KEY)
     connection.flushdb()
-    yield TEST_REDIS_URL
+    if claim is not None:
+        connection.set(CLAIM_KEY, claim, ex=3600)
+    yield test_redis_url
     connection.flushdb()
+    if claim is not None:
+        connection.set(CLAIM_KEY, claim, ex=3600)
     connection.close()
 
 
