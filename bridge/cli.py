@@ -5,13 +5,24 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import re
 import sys
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
+from redis.exceptions import RedisError
+
+from bridge.runtime import Runtime, resolve_redis_url
+from bridge.samples import SAMPLES_DIR, sample_types
+from bridge.store import ActionState
 from mappings.config import BridgeConfig, ConfigError, default_config_path, load_config
 
+DEFAULT_WEBHOOK_URL = "http://127.0.0.1:8000/webhooks"
+STATUSES = ["pending", "sending", "retrying", "done", "dead", "dry-run", "skipped", "stale"]
 EPILOG_CONFIG = "The config path comes from --config, else $SALON_BRIDGE_CONFIG, else ./config.yaml."
 
 
@@ -83,6 +94,23 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--burst", action="store_true", help="process what is queued, then exit")
     worker.add_argument("--dry-run", action="store_true", help="render and record actions, send nothing")
 
+    up = command(
+        "up",
+        cmd_up,
+        "Run everything: web server, workers and (when no Redis is configured) an embedded Redis.",
+        "  salon-bridge up --dry-run            # try it: nothing leaves this machine\n"
+        "  salon-bridge up --port 8000 --workers 4\n"
+        "  REDIS_URL=redis://localhost:6379/0 salon-bridge up",
+    )
+    _config_option(up)
+    up.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    up.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    up.add_argument(
+        "--workers", type=_non_negative_int, default=2, help="worker processes (default 2; 0: run workers elsewhere)"
+    )
+    up.add_argument("--data-dir", default="./var", help="embedded Redis data folder (default ./var)")
+    up.add_argument("--dry-run", action="store_true", help="render and record actions, send nothing")
+
     check = command(
         "check-config",
         cmd_check_config,
@@ -91,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("path", nargs="?", help="config file (default: as for --config)")
     check.add_argument("--config", dest="config_option", help=argparse.SUPPRESS)
+    check.add_argument(
+        "--online", action="store_true", help="also reach each destination (Slack, Google, SMTP) and check access"
+    )
 
     simulate = command(
         "simulate",
@@ -100,21 +131,100 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _config_option(simulate)
     simulate.add_argument("event", help="a JSON file with a platform event, or an event type for the shipped sample")
+
+    events = command(
+        "events",
+        cmd_events,
+        "List recent events and what each of their actions did.",
+        "  salon-bridge events\n  salon-bridge events --type booking.created --limit 5\n"
+        "  salon-bridge events --status dead",
+    )
+    _config_option(events)
+    events.add_argument("--type", dest="event_type", help="only this event type, e.g. booking.created")
+    events.add_argument("--status", choices=STATUSES, help="only events with an action in this status")
+    events.add_argument("--limit", type=_positive_int, default=20, help="how many events (default 20)")
+
+    dead = command(
+        "dead-letters",
+        cmd_dead_letters,
+        "List the actions that gave up, with the reason.",
+        "  salon-bridge dead-letters\n  salon-bridge dead-letters --limit 100",
+    )
+    _config_option(dead)
+    dead.add_argument("--limit", type=_positive_int, default=50, help="how many (default 50)")
+
+    replay = command(
+        "replay",
+        cmd_replay,
+        "Run the dead actions of an event again (--force: also done ones).",
+        "  salon-bridge replay evt_abc123\n  salon-bridge replay evt_abc123 --action agenda/0\n"
+        "  salon-bridge replay evt_abc123 --force      # send a done action once more",
+    )
+    _config_option(replay)
+    replay.add_argument("event_id", help="the platform's event id (see `salon-bridge events`)")
+    replay.add_argument("--action", help="only this action (mapping-name/action-name)")
+    replay.add_argument("--force", action="store_true", help="also run actions that are done")
+
+    send = command(
+        "send-sample",
+        cmd_send_sample,
+        "Post the platform's sample events, signed as the platform signs, and print each answer.",
+        "  salon-bridge send-sample booking.created\n  salon-bridge send-sample all --url http://127.0.0.1:8000/webhooks\n"
+        '  salon-bridge send-sample payment.failed --secret "$SALONBOOKIT_WEBHOOK_SECRET" --tenant my-salon',
+    )
+    _config_option(send)
+    send.add_argument("event_type", metavar="TYPE", choices=[*sample_types(), "all"], help="an event type, or all")
+    send.add_argument("--url", default=DEFAULT_WEBHOOK_URL, help=f"where to post (default {DEFAULT_WEBHOOK_URL})")
+    send.add_argument("--secret", help="signing secret (default: $SALONBOOKIT_WEBHOOK_SECRET, else the config's)")
+    send.add_argument("--tenant", help="tenant_id to put in the events (default: the sample's)")
     return parser
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
 
 
 def _config_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="config file (default: $SALON_BRIDGE_CONFIG or ./config.yaml)")
 
 
-def _load(args: argparse.Namespace) -> BridgeConfig:
-    return load_config(default_config_path(getattr(args, "config", None)))
+def _load(args: argparse.Namespace, dry_run: bool = False) -> BridgeConfig:
+    config = load_config(default_config_path(getattr(args, "config", None)), dry_run=dry_run)
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return config
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     path = default_config_path(args.path or args.config_option)
     config = load_config(path)
-    print(f"{path}: OK ({len(config.connectors)} connectors, {len(config.mappings)} mappings)")
+    problems = []
+    for warning in config.warnings:
+        print(f"warning: {warning}")
+    for name, spec in config.connectors.items():
+        if spec.dry_run or spec.settings is None:
+            continue
+        connector = spec.build()
+        try:
+            found = connector.offline_check() + (connector.online_check() if args.online else [])
+        finally:
+            connector.close()
+        problems += [f"{path}: connectors.{name}: {problem}" for problem in found]
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
+        return 1
+    checked = " (destinations reached)" if args.online else ""
+    print(f"{path}: OK ({len(config.connectors)} connectors, {len(config.mappings)} mappings){checked}")
     return 0
 
 
@@ -129,8 +239,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from bridge.worker import run_worker
 
-    config = _load(args)
+    config = _load(args, dry_run=args.dry_run)
     return run_worker(config, burst=args.burst, dry_run=args.dry_run)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from bridge.up import Up, UpError, dev_secret
+
+    data_dir = Path(args.data_dir).resolve()
+    if args.dry_run and not os.environ.get("SALONBOOKIT_WEBHOOK_SECRET"):
+        os.environ["SALONBOOKIT_WEBHOOK_SECRET"] = dev_secret(data_dir)
+        print(f"SALONBOOKIT_WEBHOOK_SECRET is not set: this dry run uses the one in {data_dir / 'webhook-secret'}")
+    config = _load(args, dry_run=args.dry_run)
+    try:
+        return Up(config, args.host, args.port, args.workers, data_dir, args.dry_run).run()
+    except UpError as exc:
+        raise CommandError(str(exc)) from None
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -161,11 +285,94 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _runtime(args: argparse.Namespace) -> Runtime:
+    rt = Runtime.from_config(_load(args))
+    try:
+        rt.redis.ping()
+    except RedisError as exc:
+        raise CommandError(f"cannot reach Redis at {_redacted(resolve_redis_url(rt.config))}: {exc}") from None
+    return rt
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    from bridge.operations import matching_events
+
+    rt = _runtime(args)
+    records = matching_events(rt, args.event_type, args.status, args.limit)
+    if not records:
+        print("no events" + (" matching the filters" if args.event_type or args.status else " yet"))
+    clock = Clock(rt.config.model.timezone)
+    for record in records:
+        label = event_label(record.envelope)
+        print(f"{clock.show(record.received_at)}  {record.id}  {record.type}  tenant={record.tenant_id}{label}")
+        if not record.actions:
+            print("    (no actions yet: queued, or nothing to do)")
+        for action_id, state in sorted(record.actions.items()):
+            print(f"    {action_id}: {describe_state(state, clock)}")
+    return 0
+
+
+def cmd_dead_letters(args: argparse.Namespace) -> int:
+    rt = _runtime(args)
+    letters = rt.store.dead_letters(args.limit)
+    if not letters:
+        print("no dead letters")
+    clock = Clock(rt.config.model.timezone)
+    for record, action_id in letters:
+        state = record.actions[action_id]
+        print(f"{clock.show(state.updated_at)}  {record.id}  {record.type}{event_label(record.envelope)}")
+        print(f"    {action_id} ({state.connector}), {state.attempts} attempt(s): {state.last_error}")
+        print(f"    replay: salon-bridge replay {record.id} --action {action_id}")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from bridge.operations import ReplayError, replay
+
+    rt = _runtime(args)
+    try:
+        done = replay(rt, args.event_id, args.action, args.force)
+    except ReplayError as exc:
+        raise CommandError(str(exc)) from None
+    for action_id in done.action_ids:
+        print(f"queued again: {done.event_id} {action_id}")
+    return 0
+
+
+def cmd_send_sample(args: argparse.Namespace) -> int:
+    from bridge.samples import post_sample
+
+    secret = args.secret or os.environ.get("SALONBOOKIT_WEBHOOK_SECRET") or _dev_secret_if_any()
+    if not secret:
+        try:
+            secret = _load(args).webhook.secrets[0]
+        except ConfigError as exc:
+            raise CommandError(
+                "no signing secret: pass --secret, set SALONBOOKIT_WEBHOOK_SECRET, or fix the config "
+                f"({exc.problems[0]})"
+            ) from None
+    failures = 0
+    for event_type in sample_types() if args.event_type == "all" else [args.event_type]:
+        try:
+            event_id, status, answer = post_sample(args.url, event_type, secret, args.tenant)
+        except OSError as exc:
+            raise CommandError(f"cannot reach {args.url}: {exc}") from None
+        failures += not 200 <= status < 300
+        print(f"{event_type:<18} {event_id}  -> {status} {answer}")
+    return 1 if failures else 0
+
+
+def _dev_secret_if_any() -> str | None:
+    """The secret `up --dry-run` generated in ./var, for trying the bridge on one machine."""
+    path = Path("var") / "webhook-secret"
+    return path.read_text().strip() if path.is_file() else None
+
+
 def read_event(name: str) -> dict[str, Any]:
     """A platform event from a JSON file, or the shipped sample of an event type."""
     path = Path(name)
     if not path.exists():
-        sample = Path(__file__).parent / "samples" / f"{name}.json"
+        sample = SAMPLES_DIR / f"{name}.json"
         if not sample.exists():
             raise CommandError(f"{name}: no such file, and not a known event type ({', '.join(sample_types())})")
         path = sample
@@ -181,8 +388,41 @@ def read_event(name: str) -> dict[str, Any]:
     return event
 
 
-def sample_types() -> list[str]:
-    return sorted(p.stem for p in (Path(__file__).parent / "samples").glob("*.json"))
+def event_label(envelope: dict[str, Any]) -> str:
+    """The booking code or order number people know an event by."""
+    data = envelope.get("data") or {}
+    booking, order = data.get("booking") or {}, data.get("order") or {}
+    if isinstance(booking, dict) and booking.get("id") is not None:
+        return f"  booking {booking.get('codigo') or booking['id']}"
+    if isinstance(order, dict) and order.get("id") is not None:
+        return f"  order {order.get('numero') or order['id']}"
+    return ""
+
+
+def describe_state(state: ActionState, clock: Clock) -> str:
+    text = f"{state.status}, {state.attempts} attempt(s)"
+    if state.next_attempt_at:
+        text += f", next at {clock.show(state.next_attempt_at)}"
+    if state.last_error:
+        text += f", last error: {state.last_error}"
+    elif state.detail:
+        text += f" ({state.detail[:200]})"
+    return text
+
+
+class Clock:
+    """Shows timestamps in the salon's time zone."""
+
+    def __init__(self, zone: str):
+        self.zone = ZoneInfo(zone)
+
+    def show(self, timestamp: float) -> str:
+        return datetime.fromtimestamp(timestamp, self.zone).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _redacted(url: str) -> str:
+    """A Redis URL without its password."""
+    return re.sub(r"//([^:@/]*):[^@/]*@", r"//\1:***@", url)
 
 
 def _indent(text: str) -> str:

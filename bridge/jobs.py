@@ -113,14 +113,14 @@ def attempt(rt: Runtime, record: EventRecord, spec: ActionSpec, state: ActionSta
     try:
         fields = render_action(spec, context)
         state.rendered = fields
-        connector = rt.connector(spec.connector)
         newer = rt.ordering.newer_applied(target, created) if target else None
         if newer is not None:
             state.status = STALE
             state.detail = f"stale: a newer event (created {_iso(newer)}) was already applied to {target}"
-        elif rt.dry_run or connector.settings.dry_run:
+        elif rt.dry_run or rt.config.connectors[spec.connector].dry_run:
             state.status, state.detail = DRY_RUN, "would send (dry run): nothing left the machine"
         else:
+            connector = rt.connector(spec.connector)
             state.status = SENDING
             rt.store.save_action(record.key, spec.id, state)
             request = ActionRequest(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from redis import Redis
 from rq import Queue
@@ -56,7 +57,14 @@ class Runtime:
 
 
 def resolve_redis_url(config: BridgeConfig) -> str:
-    return config.model.redis_url or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
+    """`redis_url` from the config, else $REDIS_URL, else the Redis `salon-bridge up` embeds in
+    ./var (or $SALON_BRIDGE_DATA_DIR) when it is running, else a local Redis."""
+    if config.model.redis_url or os.environ.get("REDIS_URL"):
+        return config.model.redis_url or os.environ["REDIS_URL"]
+    socket = Path(os.environ.get("SALON_BRIDGE_DATA_DIR", "var")) / "redis.sock"
+    if socket.exists():
+        return f"unix://{socket.resolve()}?db=0"
+    return DEFAULT_REDIS_URL
 
 
 _current: Runtime | None = None

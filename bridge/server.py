@@ -32,7 +32,7 @@ def gunicorn_options(host: str, port: int, workers: int, threads: int) -> dict[s
         "threads": threads,
         "worker_class": "gthread" if threads > 1 else "sync",
         "timeout": 30,
-        "graceful_timeout": 10,
+        "graceful_timeout": 5,
         "keepalive": 5,
         "accesslog": None,
         "preload_app": True,

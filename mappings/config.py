@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -163,9 +163,12 @@ class MappingSpec:
 class ConnectorSpec:
     name: str
     cls: type[Connector]
-    settings: Settings
+    settings: Settings | None  # None: invalid, accepted only because the connector is in dry run
+    dry_run: bool = False
 
     def build(self) -> Connector:
+        if self.settings is None:
+            raise ConnectorConfigError(f"connector {self.name!r} is not configured (dry run only)")
         return self.cls(self.name, self.settings)
 
 
@@ -179,6 +182,7 @@ class BridgeConfig:
     connectors: dict[str, ConnectorSpec]
     mappings: list[MappingSpec]
     redis_url_configured: bool = field(default=False)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def webhook(self) -> WebhookModel:
@@ -199,8 +203,13 @@ def default_config_path(explicit: str | None = None) -> str:
     return explicit or os.environ.get("SALON_BRIDGE_CONFIG") or "config.yaml"
 
 
-def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = None) -> BridgeConfig:
-    """Read, expand and validate a config file; raises ConfigError listing every problem."""
+def load_config(
+    path: str | os.PathLike[str], environ: dict[str, str] | None = None, dry_run: bool = False
+) -> BridgeConfig:
+    """Read, expand and validate a config file; raises ConfigError listing every problem.
+
+    A connector in dry run (`dry_run: true`, or every connector when `dry_run` is passed) sends
+    nothing, so its unset variables and invalid settings are warnings, not errors."""
     path = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -208,10 +217,12 @@ def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = N
         raise ConfigError([f"{path}: config file not found"]) from None
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read the config file: {exc.strerror}"]) from None
-    return load_config_text(text, path, environ)
+    return load_config_text(text, path, environ, dry_run)
 
 
-def load_config_text(text: str, path: str = "config.yaml", environ: dict[str, str] | None = None) -> BridgeConfig:
+def load_config_text(
+    text: str, path: str = "config.yaml", environ: dict[str, str] | None = None, dry_run: bool = False
+) -> BridgeConfig:
     environ = dict(os.environ) if environ is None else environ
     try:
         root = yaml.compose(text, Loader=_Loader)
@@ -224,7 +235,10 @@ def load_config_text(text: str, path: str = "config.yaml", environ: dict[str, st
     if not isinstance(raw, dict):
         raise ConfigError([f"{path}:1: the config must be a mapping of keys (version, webhook, ...)"])
 
-    collector = _Problems(path, root)
+    lenient = _dry_run_connectors(raw, dry_run)
+    collector = _Problems(
+        path, root, lambda where: len(where) >= 2 and where[0] == "connectors" and where[1] in lenient
+    )
     redis_url_configured = raw.get("redis_url") is not None
     raw = _expand_env(raw, (), environ, collector)
     model: ConfigModel | None = None
@@ -239,7 +253,7 @@ def load_config_text(text: str, path: str = "config.yaml", environ: dict[str, st
         engine = TemplateEngine("UTC")
     raw_connectors = raw.get("connectors") or {}
     raw_mappings = raw.get("mappings") or []
-    connectors = _load_connectors(raw_connectors, collector) if isinstance(raw_connectors, dict) else {}
+    connectors = _load_connectors(raw_connectors, lenient, collector) if isinstance(raw_connectors, dict) else {}
     broken = set(raw_connectors) - set(connectors) if isinstance(raw_connectors, dict) else set()
     base_dir = Path(path).resolve().parent
     mappings = (
@@ -249,7 +263,18 @@ def load_config_text(text: str, path: str = "config.yaml", environ: dict[str, st
     )
     if collector.problems or model is None:
         raise ConfigError(collector.render())
-    return BridgeConfig(path, model, engine, connectors, mappings, redis_url_configured)
+    return BridgeConfig(path, model, engine, connectors, mappings, redis_url_configured, collector.render_warnings())
+
+
+def _dry_run_connectors(raw: dict[str, Any], everything: bool) -> set[str]:
+    connectors = raw.get("connectors")
+    if not isinstance(connectors, dict):
+        return set()
+    return {
+        name
+        for name, settings in connectors.items()
+        if everything or (isinstance(settings, dict) and settings.get("dry_run") is True)
+    }
 
 
 def _expand_env(value: Any, where: Path_, environ: dict[str, str], problems: _Problems) -> Any:
@@ -272,7 +297,9 @@ def _expand_env(value: Any, where: Path_, environ: dict[str, str], problems: _Pr
     return value
 
 
-def _load_connectors(raw_connectors: dict[str, Any], problems: _Problems) -> dict[str, ConnectorSpec]:
+def _load_connectors(
+    raw_connectors: dict[str, Any], lenient: set[str], problems: _Problems
+) -> dict[str, ConnectorSpec]:
     specs: dict[str, ConnectorSpec] = {}
     for name, raw in raw_connectors.items():
         where: Path_ = ("connectors", name)
@@ -287,12 +314,14 @@ def _load_connectors(raw_connectors: dict[str, Any], problems: _Problems) -> dic
         except ConnectorConfigError as exc:
             problems.add((*where, "type"), str(exc))
             continue
+        settings: Settings | None = None
         try:
             settings = cls.settings_model.model_validate(raw)
         except ValidationError as exc:
             problems.add_validation_error(exc, where)
-            continue
-        specs[name] = ConnectorSpec(name, cls, settings)
+            if name not in lenient:
+                continue
+        specs[name] = ConnectorSpec(name, cls, settings, dry_run=name in lenient)
     return specs
 
 
@@ -427,23 +456,30 @@ def _find_template_file(name: str, base_dir: Path) -> Path:
 class _Problems:
     """Collects problems with their key paths and turns them into `file:line: path: message`."""
 
-    def __init__(self, path: str, root: yaml.Node | None):
+    def __init__(self, path: str, root: yaml.Node | None, lenient: Callable[[Path_], bool] = lambda where: False):
         self.path = path
         self.root = root
+        self.lenient = lenient
         self.problems: list[tuple[Path_, str]] = []
+        self.warnings: list[tuple[Path_, str]] = []
 
     def add(self, where: Path_, message: str) -> None:
-        self.problems.append((where, message))
+        if self.lenient(where):
+            self.warnings.append((where, message + " (accepted: this connector is in dry run)"))
+        else:
+            self.problems.append((where, message))
 
     def add_validation_error(self, exc: ValidationError, prefix: Path_) -> None:
         for error in exc.errors():
             where = (*prefix, *error["loc"])
             self.add(where, _describe(error))
 
-    def render(self) -> list[str]:
-        return [
-            f"{self.path}:{self._line(where)}: {_format_path(where)}: {message}" for where, message in self.problems
-        ]
+    def render(self, entries: list[tuple[Path_, str]] | None = None) -> list[str]:
+        entries = self.problems if entries is None else entries
+        return [f"{self.path}:{self._line(where)}: {_format_path(where)}: {message}" for where, message in entries]
+
+    def render_warnings(self) -> list[str]:
+        return self.render(self.warnings)
 
     def _line(self, where: Path_) -> int:
         node = self.root
