@@ -49,6 +49,12 @@ class HttpSend(ActionFields):
     body: Any = None
 
 
+class HttpSync(HttpSend):
+    """The body carries the current state of the event's booking/order: stale events are skipped."""
+
+    syncs_state: ClassVar[bool] = True
+
+
 def parse_retry_after(value: str | None) -> float | None:
     """Seconds from a Retry-After header (delta-seconds or an HTTP date); None when absent or unreadable."""
     if not value:
@@ -74,7 +80,7 @@ def sign(secret: str, body: bytes) -> str:
 class HttpConnector(Connector):
     type = "http"
     settings_model = HttpSettings
-    actions: ClassVar[dict[str, type[ActionFields]]] = {"send": HttpSend}
+    actions: ClassVar[dict[str, type[ActionFields]]] = {"send": HttpSend, "sync": HttpSync}
     secret_fields = ("headers", "signing_secret")
 
     settings: HttpSettings

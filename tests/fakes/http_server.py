@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -37,6 +38,11 @@ class CapturingServer:
         self.replies: list[Reply] = []
         self.default = Reply()
         self.received = threading.Event()
+        # Optional: a key per request (e.g. the booking id in the body); the most requests with
+        # one key in progress at the same time is kept in `max_in_flight`.
+        self.key_of: Callable[[RecordedRequest], str] | None = None
+        self.max_in_flight: dict[str, int] = {}
+        self._in_flight: dict[str, int] = {}
         self._lock = threading.Lock()
         server = self
 
@@ -46,12 +52,20 @@ class CapturingServer:
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
+                recorded = RecordedRequest(self.command, self.path, dict(self.headers), body)
+                key = server.key_of(recorded) if server.key_of else None
                 with server._lock:
-                    server.requests.append(RecordedRequest(self.command, self.path, dict(self.headers), body))
+                    server.requests.append(recorded)
                     reply = server.replies.pop(0) if server.replies else server.default
+                    if key is not None:
+                        server._in_flight[key] = server._in_flight.get(key, 0) + 1
+                        server.max_in_flight[key] = max(server.max_in_flight.get(key, 0), server._in_flight[key])
                 server.received.set()
                 if reply.delay:
                     time.sleep(reply.delay)
+                if key is not None:
+                    with server._lock:
+                        server._in_flight[key] -= 1
                 try:
                     self.send_response(reply.status)
                     for name, value in reply.headers.items():

@@ -1,0 +1,225 @@
+"""Entity memory, ordering and the ledger: what makes out-of-order, repeated events come out right."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from redis import Redis
+
+from bridge.state import EntityMemory
+from bridge.store import DEAD, DONE, RETRYING, STALE, seen_key
+from tests.conftest import http_config
+from tests.fakes.http_server import CapturingServer
+from tests.harness import Bridge, sample
+
+SYNC = """
+  - name: crm-sync
+    on: ["booking.*"]
+    actions:
+      - connector: crm
+        action: sync
+        name: booking
+        body:
+          event: "{{ event.id }}"
+          estado: "{{ booking.estado }}"
+          fecha: "{{ booking.fecha }}"
+          hora: "{{ booking.hora_inicio }}"
+          cliente: "{{ booking.cliente.nombre }}"
+"""
+
+NO_SHOW_NOTICE = """
+  - name: no-shows
+    on: ["booking.no_show"]
+    actions:
+      - connector: crm
+        body: >-
+          {{ booking.cliente.nombre }} no vino el {{ booking.fecha | date }}
+          a las {{ booking.hora_inicio }} con {{ booking.profesional.nombre }}
+"""
+
+SHIPPED_NOTICE = """
+  - name: shipped
+    on: ["order.shipped"]
+    actions:
+      - connector: crm
+        body: {to: "{{ order.cliente.email }}", tracking: "{{ order.tracking_url }}"}
+"""
+
+
+def at(event: dict, created: str) -> dict:
+    event["created"] = created
+    return event
+
+
+def test_memory_keeps_the_newest_value_of_each_field(redis_url: str) -> None:
+    memory = EntityMemory(Redis.from_url(redis_url), ttl=3600)
+    created = at(sample("booking.created"), "2024-01-20T10:30:00Z")
+    updated = at(sample("booking.updated"), "2024-01-20T11:00:00Z")
+    memory.remember(updated)
+    memory.remember(created)  # older, arrives later: fills gaps, overwrites nothing newer
+    booking = memory.load("uuid-tenant", "booking", "12345")
+    assert booking is not None
+    assert (booking["fecha"], booking["hora_inicio"], booking["hora_fin"]) == ("2024-01-26", "11:00", "11:30")
+    assert booking["cliente"] == {
+        "id": 456,
+        "nombre": "Juan Pérez",
+        "email": "juan@email.com",
+        "telefono": "+34612345678",
+    }
+    assert booking["servicios"][0]["nombre"] == "Corte Clásico"
+    assert booking["estado"] == "confirmada"
+
+
+def test_customer_changes_reach_the_booking_view(redis_url: str) -> None:
+    memory = EntityMemory(Redis.from_url(redis_url), ttl=3600)
+    memory.remember(sample("booking.created"))
+    memory.remember(sample("customer.updated"))  # renames customer 456 two days later
+    views = memory.views(sample("booking.no_show"))
+    assert views["booking"]["cliente"]["nombre"] == "Juan Pérez García"
+    assert views["customer"]["nombre"] == "Juan Pérez García"
+    assert views["order"] is None
+
+
+def test_memory_is_per_tenant_and_expires(redis_url: str) -> None:
+    redis = Redis.from_url(redis_url)
+    memory = EntityMemory(redis, ttl=3600)
+    memory.remember(sample("order.created"))
+    assert memory.load("another-salon", "order", "789") is None
+    assert 3500 < redis.ttl(memory.key("uuid-tenant", "order", "789")) <= 3600
+
+
+def test_a_partial_event_is_filled_in_from_memory(make_bridge, destination: CapturingServer) -> None:  # noqa: ANN001
+    bridge: Bridge = make_bridge(http_config(destination.url, mappings=NO_SHOW_NOTICE))
+    bridge.post(sample("booking.created"))  # unmapped here, accepted for memory
+    bridge.post(sample("booking.no_show"))
+    bridge.drain()
+    assert [r.json() for r in destination.requests] == [
+        "Juan Pérez no vino el 25/01/2024 a las 10:30 con Carlos García"
+    ]
+
+
+def test_order_shipped_reaches_the_customer_remembered_from_order_created(make_bridge, destination) -> None:  # noqa: ANN001
+    bridge: Bridge = make_bridge(http_config(destination.url, mappings=SHIPPED_NOTICE))
+    bridge.post(sample("order.created"))
+    bridge.post(sample("order.shipped"))
+    bridge.drain()
+    assert [r.json() for r in destination.requests] == [
+        {"to": "juan@email.com", "tracking": "https://tracking.example.com/1Z999AA10123456784"}
+    ]
+
+
+def test_data_never_seen_fails_with_a_reason_a_person_understands(make_bridge, destination) -> None:  # noqa: ANN001
+    bridge: Bridge = make_bridge(http_config(destination.url, mappings=SHIPPED_NOTICE))
+    shipped = sample("order.shipped")
+    bridge.post(shipped)
+    bridge.drain()
+    assert destination.requests == []
+    state = bridge.record(shipped["id"]).actions["shipped/0"]
+    assert state.status == DEAD
+    assert state.attempts == 3  # waited twice for a late order.created
+    assert state.last_error == (
+        "mappings[0].actions[0].body.to: order 789: cliente unknown (order.created not received)"
+    )
+    assert [h["outcome"] for h in state.history] == [RETRYING, RETRYING, DEAD]
+
+
+def test_data_arriving_late_is_used_by_the_retry(make_bridge, destination) -> None:  # noqa: ANN001
+    config = http_config(destination.url, mappings=NO_SHOW_NOTICE).replace("[0.1, 0.1, 0.1]", "[1, 1, 1]")
+    bridge: Bridge = make_bridge(config)
+    no_show = sample("booking.no_show")
+    bridge.post(no_show)
+    from rq import SimpleWorker
+    from rq.serializers import JSONSerializer
+
+    SimpleWorker([bridge.runtime.queue], connection=bridge.redis, serializer=JSONSerializer).work(burst=True)
+    assert bridge.record(no_show["id"]).actions["no-shows/0"].status == RETRYING
+    bridge.post(sample("booking.created"))  # the platform delivers the earlier event late
+    bridge.drain()
+    assert [r.json() for r in destination.requests] == [
+        "Juan Pérez no vino el 25/01/2024 a las 10:30 con Carlos García"
+    ]
+    assert bridge.record(no_show["id"]).actions["no-shows/0"].status == DONE
+
+
+@pytest.mark.parametrize(
+    ("order", "stale"),
+    [
+        pytest.param(["created", "updated", "cancelled"], [], id="in-order"),
+        pytest.param(["created", "cancelled", "updated"], ["updated"], id="late-update-after-cancel"),
+        # updated and cancelled first lack the customer's name: they wait for booking.created, so the
+        # update's retry comes after the cancel has been applied, and is stale by then.
+        pytest.param(["updated", "created", "cancelled"], ["updated"], id="late-create-after-update"),
+        pytest.param(["cancelled", "updated", "created"], ["updated"], id="reversed"),
+    ],
+)
+def test_an_older_event_never_overwrites_a_newer_one(make_bridge, destination, order, stale) -> None:  # noqa: ANN001
+    bridge: Bridge = make_bridge(http_config(destination.url, mappings=SYNC))
+    events = {
+        "created": at(sample("booking.created"), "2024-01-20T10:30:00Z"),
+        "updated": at(sample("booking.updated"), "2024-01-20T11:00:00Z"),
+        "cancelled": at(sample("booking.cancelled"), "2024-01-20T12:00:00Z"),
+    }
+    for name in order:  # delivered in this order, processed as they come
+        bridge.post(events[name])
+    bridge.drain()
+    statuses = {name: bridge.record(e["id"]).actions["crm-sync/booking"].status for name, e in events.items()}
+    assert statuses["cancelled"] == DONE
+    assert sorted(name for name, status in statuses.items() if status == STALE) == stale
+    # The last write is the newest event's, and a cancelled booking stays cancelled.
+    last = destination.requests[-1].json()
+    assert (last["event"], last["estado"], last["cliente"]) == (events["cancelled"]["id"], "cancelada", "Juan Pérez")
+    for name in stale:
+        detail = bridge.record(events[name]["id"]).actions["crm-sync/booking"].detail
+        assert "a newer event (created 2024-01-20T12:00:00Z) was already applied" in detail
+        assert detail.endswith("to crm:uuid-tenant:booking:12345")
+
+
+def test_a_redelivery_after_the_dedupe_window_does_not_repeat_done_actions(bridge: Bridge, destination) -> None:  # noqa: ANN001
+    event = sample("booking.created")
+    bridge.post(event)
+    bridge.drain()
+    bridge.redis.delete(seen_key(bridge.record(event["id"]).key))  # the dedupe window has passed
+    assert bridge.post(event).status_code == 202  # accepted again: the platform is not told "duplicate"
+    bridge.drain()
+    assert len(destination.requests) == 1  # but the ledger remembers the action is done
+
+
+def test_one_bookings_events_never_run_at_the_same_time(make_bridge, destination, redis_url, write_config) -> None:  # noqa: ANN001
+    """Two worker processes, six events of each of two bookings, a slow destination: it never
+    sees two calls about the same booking at once."""
+    mappings = """
+  - name: per-booking
+    on: ["booking.*"]
+    actions:
+      - connector: crm
+        body: {booking: "{{ booking.id }}", event: "{{ event.id }}"}
+"""
+    text = http_config(destination.url, mappings=mappings).replace(
+        "connectors:", f'redis_url: "{redis_url}"\nconnectors:', 1
+    )
+    bridge: Bridge = make_bridge(text)
+    destination.default.delay = 0.1
+    destination.key_of = lambda request: request.json()["booking"]
+    for booking_id in (1001, 1002):
+        for event_type in ("booking.created", "booking.updated", "booking.completed") * 2:
+            event = sample(event_type)
+            event["data"]["booking"]["id"] = booking_id
+            assert bridge.post(event).status_code == 202
+    config = write_config(text, "workers.yaml")
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "bridge.cli", "worker", "--burst", "--config", str(config)],
+            env=os.environ,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    for worker in workers:
+        assert worker.wait(120) == 0
+    assert len(destination.requests) == 12
+    assert destination.max_in_flight == {"1001": 1, "1002": 1}
