@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from redis import Redis
-from redis.exceptions import RedisError, WatchError
+from redis.exceptions import RedisError
 from rq import Queue
 
 from bridge.jobs import process_event
@@ -76,11 +76,28 @@ def envelope_problem(envelope: Any) -> str | None:
     return None
 
 
+# KEYS[1]: the seen mark. ARGV: now, dedupe window, then commands as (argument count, arguments...).
+_STORE_IF_NEW = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+local i = 3
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  redis.call(unpack(ARGV, i + 1, i + n))
+  i = i + n + 1
+end
+return 1
+"""
+
+
 class Ingestor:
     def __init__(self, config: BridgeConfig, redis: Redis, queue: Queue):
         self.config = config
         self.redis = redis
         self.queue = queue
+        self._store_if_new = redis.register_script(_STORE_IF_NEW)
 
     def handle(self, body: bytes, signature: str | None) -> Outcome:
         webhook = self.config.webhook
@@ -126,35 +143,34 @@ class Ingestor:
         return None
 
     def store_and_enqueue(self, envelope: dict[str, Any], body: bytes) -> bool:
-        """Atomically: mark the id seen, store the event, enqueue its job. False for a duplicate.
+        """Atomically, in one round trip: mark the id seen, store the event, enqueue its job.
+        False for a duplicate (seen before, or a concurrent delivery won).
 
-        WATCH + MULTI makes the three writes one transaction: on any Redis failure none of them
-        happened (so the platform's retry is accepted), and of two concurrent deliveries of one id
-        only one transaction commits.
+        RQ's own enqueue (job hash, queue push, queue registry) is recorded on a pipeline that is
+        never executed; the commands go to a server-side script that runs them only when the id
+        is new. On any Redis failure none of them happened, so the platform's retry is accepted.
         """
         key = event_key(envelope["id"])
-        retention = int(self.config.model.retention.events)
-        with self.redis.pipeline(transaction=True) as pipe:
-            try:
-                pipe.watch(seen_key(key))
-                if pipe.exists(seen_key(key)):
-                    return False
-                now = time.time()
-                pipe.multi()
-                pipe.set(seen_key(key), now, ex=int(self.config.webhook.dedupe_window))
-                pipe.hset(record_key(key), mapping={"body": body, "received_at": now})
-                pipe.expire(record_key(key), retention)
-                pipe.zadd(EVENTS_INDEX, {key: now})
-                self.queue.enqueue_call(
-                    process_event,
-                    args=[key],
-                    job_id=key,
-                    retry=CRASH_RETRY,
-                    result_ttl=600,
-                    failure_ttl=FAILURE_TTL,
-                    pipeline=pipe,
-                )
-                pipe.execute()
-            except WatchError:
-                return False
-        return True
+        now = time.time()
+        recorder = self.redis.pipeline(transaction=True)
+        recorder.multi()  # RQ expects a pipeline already in MULTI
+        recorder.hset(record_key(key), mapping={"body": body, "received_at": now})
+        recorder.expire(record_key(key), int(self.config.model.retention.events))
+        recorder.zadd(EVENTS_INDEX, {key: now})
+        self.queue.enqueue_call(
+            process_event,
+            args=[key],
+            job_id=key,
+            retry=CRASH_RETRY,
+            result_ttl=600,
+            failure_ttl=FAILURE_TTL,
+            pipeline=recorder,
+        )
+        commands: list[Any] = []
+        for args, _options in recorder.command_stack:
+            commands += [len(args), *args]
+        recorder.reset()
+        accepted = self._store_if_new(
+            keys=[seen_key(key)], args=[now, int(self.config.webhook.dedupe_window), *commands]
+        )
+        return bool(accepted)
