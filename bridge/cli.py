@@ -215,8 +215,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         if spec.dry_run or spec.settings is None:
             continue
         connector = spec.build()
+        actions = {a.id: a.fields for m in config.mappings for a in m.actions if a.connector == name}
         try:
-            found = connector.offline_check() + (connector.online_check() if args.online else [])
+            found = connector.offline_check(actions) + (connector.online_check(actions) if args.online else [])
         finally:
             connector.close()
         problems += [f"{path}: connectors.{name}: {problem}" for problem in found]

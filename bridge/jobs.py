@@ -133,9 +133,10 @@ def attempt(rt: Runtime, record: EventRecord, spec: ActionSpec, state: ActionSta
                 action_id=spec.id,
                 context=context,
                 store=RedisConnectorStore(rt.redis, spec.connector),
+                forced=state.forced,
             )
             result = connector.send(request)
-            state.status, state.detail, state.last_error = DONE, result.detail, ""
+            state.status, state.detail, state.last_error, state.forced = DONE, result.detail, "", False
             if target:
                 rt.ordering.mark_applied(target, created)
     except MissingDataError as exc:

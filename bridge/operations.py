@@ -46,6 +46,7 @@ def replay(rt: Runtime, event_id: str, action: str | None = None, force: bool = 
     pipe.multi()  # explicit: RQ's enqueue on a pipeline expects one already in MULTI
     for action_id, state in chosen:
         state.history.append({"at": None, "attempt": state.attempts, "outcome": f"replay of {state.status}"})
+        state.forced = force and state.status != DEAD
         state.status, state.attempts, state.last_error, state.next_attempt_at = PENDING, 0, "", None
         rt.store.save_action(record.key, action_id, state, pipe=pipe)
         rt.queue.enqueue_call(

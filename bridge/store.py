@@ -64,6 +64,7 @@ class ActionState:
     detail: str = ""
     rendered: dict[str, Any] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    forced: bool = False  # queued again by `replay --force`
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False, default=str)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -101,6 +102,8 @@ class ActionRequest:
     # booking, order, customer (None when unknown).
     context: dict[str, Any] = field(default_factory=dict)
     store: ConnectorStore | None = None
+    # A replay with --force: the owner asks for the effect again, even if it was already done.
+    forced: bool = False
 
 
 @dataclass
@@ -133,11 +136,12 @@ class Connector(ABC):
     def send(self, request: ActionRequest) -> SendResult:
         """Perform the action or raise TransientError / PermanentError."""
 
-    def offline_check(self) -> list[str]:
-        """Problems that can be seen without the network (files, addresses); empty when fine."""
+    def offline_check(self, actions: Mapping[str, ActionFields] | None = None) -> list[str]:
+        """Problems that can be seen without the network (files, addresses); empty when fine.
+        `actions`: this connector's configured actions by id, for what they name (channels...)."""
         return []
 
-    def online_check(self) -> list[str]:
+    def online_check(self, actions: Mapping[str, ActionFields] | None = None) -> list[str]:
         """Reach the destination and confirm it will accept what the config sends (credentials,
         channels, calendars); one line per problem, with what to do. Empty when fine."""
         return []

@@ -89,6 +89,12 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
 
     intercepted_binops = frozenset(["*", "**"])
 
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        # Event data first: `order.items` is the order's items, not the dict method of that name.
+        if isinstance(obj, dict):
+            return self.getitem(obj, attribute)
+        return super().getattr(obj, attribute)
+
     def call_binop(self, context: Any, op: str, left: Any, right: Any) -> Any:
         if op == "*":
             for seq, count in ((left, right), (right, left)):

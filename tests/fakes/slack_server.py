@@ -114,6 +114,8 @@ class FakeSlack:
         self.webhook_posts: list[dict[str, Any]] = []
         self._failures: dict[str, list[Failure]] = {}
         self._webhook_failures: list[Failure] = []
+        self._slow: dict[str, list[float]] = {}
+        self.page_size = 1000  # Slack may return fewer channels per page than asked for
         self._ts = itertools.count(1)
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -171,6 +173,11 @@ class FakeSlack:
             for _ in range(times):
                 self._failures.setdefault(method, []).append(Failure(status, error, **kwargs))
 
+    def slow(self, method: str, seconds: float) -> None:
+        """Make the next successful call of `method` wait before answering (a race between workers)."""
+        with self._lock:
+            self._slow.setdefault(method, []).append(seconds)
+
     def fail_webhook(self, status: int, body: str, *, headers: dict[str, str] | None = None, times: int = 1) -> None:
         with self._lock:
             for _ in range(times):
@@ -219,6 +226,11 @@ class FakeSlack:
                     {"ok": False, "error": failure.error or "internal_error", **failure.extra}
                 ).encode()
             self._reply(request, failure.status, payload, {"Content-Type": "application/json", **failure.headers})
+            return
+        with self._lock:
+            delays = self._slow.get(method)
+            delay = delays.pop(0) if delays else 0.0
+        if delay and self._stopping.wait(delay):
             return
         with self._lock:
             answer = self._api(method, params, headers.get("Authorization", ""))
@@ -323,7 +335,7 @@ class FakeSlack:
             and (c.is_member or not c.is_private)
             and not (exclude_archived and c.is_archived)
         ]
-        limit = int(params.get("limit") or 100)
+        limit = min(int(params.get("limit") or 100), self.page_size)
         start = int(params.get("cursor") or 0)
         page = visible[start : start + limit]
         cursor = str(start + limit) if start + limit < len(visible) else ""

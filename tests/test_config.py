@@ -1,0 +1,214 @@
+"""Loading config.yaml: every problem listed with file, line and key path; env expansion; templates."""
+
+from __future__ import annotations
+
+import pytest
+
+from mappings.config import ConfigError, load_config_text
+
+BASE = """\
+version: 1
+timezone: Europe/Madrid
+webhook:
+  secrets: ["s3cret"]
+connectors:
+  crm:
+    type: http
+    url: "https://crm.example.com/hook"
+mappings:
+  - name: m
+    on: ["booking.*"]
+    actions:
+      - connector: crm
+        body: {id: "{{ event.id }}"}
+"""
+
+
+def problems(text: str, environ: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        load_config_text(text, "config.yaml", environ or {})
+    return caught.value.problems
+
+
+def test_the_base_config_loads() -> None:
+    config = load_config_text(BASE, "config.yaml", {})
+    assert list(config.connectors) == ["crm"]
+    assert [a.id for a in config.mappings[0].actions] == ["m/0"]
+    assert config.model.retry.schedule == [30, 120, 600, 3600, 21600, 64800]
+    assert sum(config.model.retry.schedule) >= 24 * 3600
+    assert config.model.webhook.dedupe_window == 7 * 86400
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        pytest.param("version: 1", "version: 2", "config.yaml:1: version: Input should be 1, got 2", id="version"),
+        pytest.param(
+            "timezone: Europe/Madrid",
+            "timezone: Mars/Base",
+            "config.yaml:2: timezone: unknown time zone 'Mars/Base', expected a name like Europe/Madrid",
+            id="zone",
+        ),
+        pytest.param(
+            'secrets: ["s3cret"]',
+            "secrets: []",
+            "config.yaml:4: webhook.secrets: List should have at least 1 item after validation, not 0",
+            id="no-secret",
+        ),
+        pytest.param(
+            'secrets: ["s3cret"]',
+            'secrets: ["s3cret"]\n  colour: red',
+            "config.yaml:5: webhook.colour: unknown key",
+            id="unknown-key",
+        ),
+        pytest.param(
+            'url: "https://crm.example.com/hook"',
+            'url: "ftp://crm"',
+            "config.yaml:8: connectors.crm.url: url must start with http:// or https://, got 'ftp://crm'",
+            id="url",
+        ),
+        pytest.param(
+            "type: http",
+            "type: htp",
+            "config.yaml:7: connectors.crm.type: unknown connector type 'htp' (known: email, google_calendar, http, slack)",
+            id="type",
+        ),
+        pytest.param(
+            "      - connector: crm",
+            "      - connector: slak",
+            "config.yaml:13: mappings[0].actions[0].connector: unknown connector 'slak' (known: crm)",
+            id="connector",
+        ),
+        pytest.param(
+            '        body: {id: "{{ event.id }}"}',
+            '        body: {id: "{{ event.id }"}',
+            "config.yaml:14: mappings[0].actions[0].body: template does not compile: unexpected '}' (template line 1)",
+            id="template",
+        ),
+        pytest.param(
+            '        body: {id: "{{ event.id }}"}',
+            "        body: {}\n        colour: red",
+            "config.yaml:15: mappings[0].actions[0].colour: unknown key",
+            id="unknown-action-field",
+        ),
+        pytest.param(
+            "      - connector: crm",
+            "      - connector: crm\n        action: explode",
+            "config.yaml:14: mappings[0].actions[0].action: connector 'crm' (http) has no action 'explode' (known: send, sync)",
+            id="action",
+        ),
+        pytest.param(
+            'on: ["booking.*"]',
+            'on: ["booking.*"]\n    when: "data.total >"',
+            "config.yaml:12: mappings[0].when: condition does not compile: unexpected 'end of print statement'",
+            id="condition",
+        ),
+    ],
+)
+def test_each_problem_names_file_line_and_key(old: str, new: str, expected: str) -> None:
+    assert old in BASE
+    found = problems(BASE.replace(old, new, 1))
+    assert expected in found, found
+
+
+def test_every_problem_is_listed_not_only_the_first() -> None:
+    text = (
+        BASE.replace("version: 1", "version: 3")
+        .replace("type: http", "type: htp")
+        .replace("name: m", "name: m\n    bogus: 1")
+    )
+    found = problems(text)
+    assert len(found) == 3, found
+    assert [p.split(": ")[1] for p in found] == ["version", "connectors.crm.type", "mappings[0].bogus"]
+
+
+def test_yaml_syntax_error_names_the_line() -> None:
+    found = problems(BASE.replace("  secrets:", "  secrets: [", 1))
+    assert len(found) == 1 and found[0].startswith("config.yaml:5: not valid YAML: expected ',' or ']'")
+
+
+def test_environment_expansion_and_defaults() -> None:
+    text = BASE.replace('["s3cret"]', '["${HOOK_SECRET}", "${OLD_SECRET:-legacy}"]').replace(
+        "https://crm.example.com/hook", "${CRM_URL:-https://fallback.example.com}"
+    )
+    config = load_config_text(text, "config.yaml", {"HOOK_SECRET": "from-env"})
+    assert config.webhook.secrets == ["from-env", "legacy"]
+    assert config.connectors["crm"].settings.url == "https://fallback.example.com"
+
+
+def test_unset_variable_is_an_error_naming_it() -> None:
+    found = problems(BASE.replace('["s3cret"]', '["${HOOK_SECRET}"]'))
+    assert found == [
+        "config.yaml:4: webhook.secrets[0]: environment variable HOOK_SECRET is not set or empty "
+        "(and ${HOOK_SECRET} has no :-default)"
+    ]
+
+
+def test_a_connector_in_dry_run_turns_its_problems_into_warnings() -> None:
+    text = BASE.replace("    type: http", "    type: http\n    dry_run: true").replace(
+        "https://crm.example.com/hook", "${CRM_URL}"
+    )
+    config = load_config_text(text, "config.yaml", {})
+    assert config.connectors["crm"].dry_run
+    assert any("CRM_URL is not set" in w and "accepted: this connector is in dry run" in w for w in config.warnings)
+    # Without dry_run the same thing is an error:
+    assert problems(BASE.replace("https://crm.example.com/hook", "${CRM_URL}"))
+
+
+def test_on_is_a_key_not_a_yaml_11_boolean() -> None:
+    config = load_config_text(BASE.replace('on: ["booking.*"]', "on: booking.created"), "config.yaml", {})
+    assert config.mappings[0].patterns == ["booking.created"]
+
+
+def test_durations_accept_units() -> None:
+    text = BASE.replace('secrets: ["s3cret"]', 'secrets: ["s3cret"]\n  dedupe_window: 36h')
+    text += "retry:\n  schedule: [10s, 5m, 2h]\nretention:\n  events: 14d\n"
+    config = load_config_text(text, "config.yaml", {})
+    assert config.webhook.dedupe_window == 36 * 3600
+    assert config.model.retry.schedule == [10, 300, 7200]
+    assert config.model.retention.events == 14 * 86400
+    found = problems(text.replace("36h", "a while"))
+    assert "expected a duration like 30s, 10m, 12h or 7d, got 'a while'" in found[0]
+
+
+def test_duplicate_mapping_and_action_names_are_errors() -> None:
+    text = (
+        BASE
+        + """  - name: m
+    on: ["order.*"]
+    actions:
+      - connector: crm
+        name: a
+        body: {}
+      - connector: crm
+        name: a
+        body: {}
+"""
+    )
+    found = problems(text)
+    assert "mappings[1].name: another mapping is already named 'm'" in found[0]
+    assert "mappings[1].actions[1].name: two actions of this mapping are named 'm/a'" in found[1]
+
+
+def test_template_file_missing_is_reported(tmp_path) -> None:  # noqa: ANN001
+    text = """\
+version: 1
+webhook: {secrets: [s]}
+connectors:
+  mailer: {type: email, host: localhost, port: 25, security: none, from: "a@example.com"}
+mappings:
+  - name: m
+    on: [order.shipped]
+    actions:
+      - connector: mailer
+        to: "x@example.com"
+        subject: "hi"
+        text_template: emails/nope.txt
+"""
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    from mappings.config import load_config
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, {})
+    assert any("text_template: template file 'emails/nope.txt' not found" in p for p in caught.value.problems)
