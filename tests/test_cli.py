@@ -11,7 +11,7 @@ import pytest
 from werkzeug.serving import make_server
 
 from bridge.cli import main
-from bridge.store import DEAD, DONE
+from bridge.store import DONE
 from tests.conftest import http_config
 from tests.harness import SECRET, Bridge, sample
 

@@ -70,7 +70,8 @@ def test_the_base_config_loads() -> None:
         pytest.param(
             "type: http",
             "type: htp",
-            "config.yaml:7: connectors.crm.type: unknown connector type 'htp' (known: email, google_calendar, http, slack)",
+            "config.yaml:7: connectors.crm.type: unknown connector type 'htp' "
+            "(known: email, google_calendar, http, slack)",
             id="type",
         ),
         pytest.param(
@@ -94,7 +95,8 @@ def test_the_base_config_loads() -> None:
         pytest.param(
             "      - connector: crm",
             "      - connector: crm\n        action: explode",
-            "config.yaml:14: mappings[0].actions[0].action: connector 'crm' (http) has no action 'explode' (known: send, sync)",
+            "config.yaml:14: mappings[0].actions[0].action: "
+            "connector 'crm' (http) has no action 'explode' (known: send, sync)",
             id="action",
         ),
         pytest.param(
