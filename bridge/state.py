@@ -18,7 +18,7 @@ from typing import Any
 from redis import Redis
 from redis.exceptions import LockError
 
-from bridge.store import PREFIX
+from bridge.store import PREFIX, text
 from mappings.templates import EntityView
 
 KINDS = ("booking", "order", "customer")
@@ -147,7 +147,7 @@ class EntityMemory:
         pipe.execute()
 
     def load(self, tenant: str, kind: str, entity_id: str) -> dict[str, Any] | None:
-        raw = self.redis.hgetall(self.key(tenant, kind, entity_id))
+        raw: dict[bytes, bytes] = self.redis.hgetall(self.key(tenant, kind, entity_id))  # type: ignore[assignment]
         if not raw:
             return None
         fields = {k.decode(): json.loads(v) for k, v in raw.items() if not k.startswith(b"~")}
@@ -232,7 +232,7 @@ class RedisConnectorStore:
 
     def get(self, key: str) -> str | None:
         value = self.redis.get(self.prefix + key)
-        return value.decode() if value is not None else None
+        return text(value) if value is not None else None
 
     def set(self, key: str, value: str, ttl: float | None = None) -> None:
         self.redis.set(self.prefix + key, value, ex=int(ttl) if ttl else None)

@@ -36,6 +36,11 @@ STALE = "stale"  # a newer event was already applied to the same external object
 FINAL_STATUSES = {DONE, DEAD, DRY_RUN, SKIPPED, STALE}
 
 
+def text(value: Any) -> str:
+    """A value read from Redis (bytes: the connection does not decode) as text."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def event_key(event_id: str) -> str:
     """A Redis- and RQ-safe key for a platform event id (RQ job ids allow [A-Za-z0-9_-] only)."""
     if _SAFE_ID.match(event_id):
@@ -108,7 +113,7 @@ class EventStore:
         self.dead_retention = int(dead_retention)
 
     def load(self, key: str) -> EventRecord | None:
-        raw = self.redis.hgetall(record_key(key))
+        raw: dict[bytes, bytes] = self.redis.hgetall(record_key(key))  # type: ignore[assignment]
         return _record(key, raw) if raw else None
 
     def find(self, event_id: str) -> EventRecord | None:
@@ -137,11 +142,11 @@ class EventStore:
 
     def recent(self, limit: int = 50, offset: int = 0) -> list[EventRecord]:
         """Newest first; drops index entries whose event has expired."""
-        keys = [k.decode() for k in self.redis.zrevrange(EVENTS_INDEX, offset, offset + limit - 1)]
+        keys = [text(k) for k in self.redis.zrevrange(EVENTS_INDEX, offset, offset + limit - 1)]
         return self._load_many(keys, EVENTS_INDEX)
 
     def dead_letters(self, limit: int = 100) -> list[tuple[EventRecord, str]]:
-        members = [m.decode() for m in self.redis.zrevrange(DEAD_INDEX, 0, limit - 1)]
+        members = [text(m) for m in self.redis.zrevrange(DEAD_INDEX, 0, limit - 1)]
         pairs = [m.split(" ", 1) for m in members]
         records = {r.key: r for r in self._load_many([p[0] for p in pairs], None)}
         stale = [m for m, (k, _) in zip(members, pairs, strict=True) if k not in records]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -118,9 +119,9 @@ class Connector(ABC):
     """A destination. Built once per worker from validated settings; `send` does one action."""
 
     type: ClassVar[str]
-    settings_model: ClassVar[type[Settings]]
+    settings_model: ClassVar[builtins.type[Settings]]
     # action name -> fields model; the first one is the default when a mapping names none.
-    actions: ClassVar[dict[str, type[ActionFields]]]
+    actions: ClassVar[dict[str, builtins.type[ActionFields]]]
     # settings fields whose values are secrets: never logged or shown.
     secret_fields: ClassVar[tuple[str, ...]] = ()
 

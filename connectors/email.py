@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+import builtins
 import hashlib
 import re
 import smtplib
 import ssl
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email import policy as email_policy
@@ -416,7 +418,7 @@ class EmailSend(ActionFields):
 class EmailConnector(Connector):
     type = "email"
     settings_model = EmailSettings
-    actions: ClassVar[dict[str, type[ActionFields]]] = {"send": EmailSend}
+    actions: ClassVar[dict[str, builtins.type[ActionFields]]] = {"send": EmailSend}
     secret_fields = ("password",)
 
     settings: EmailSettings
@@ -656,14 +658,14 @@ class EmailConnector(Connector):
 
     # -- checks ---------------------------------------------------------------------------------
 
-    def offline_check(self) -> list[str]:
+    def offline_check(self, actions: Mapping[str, ActionFields] | None = None) -> list[str]:
         try:
             self._tls_context()
         except PermanentError as exc:
             return [exc.reason]
         return []
 
-    def online_check(self) -> list[str]:
+    def online_check(self, actions: Mapping[str, ActionFields] | None = None) -> list[str]:
         """Connect, STARTTLS/SSL, log in, and ask whether the server takes mail from `from`; send nothing."""
         smtp: smtplib.SMTP | None = None
         polite = True

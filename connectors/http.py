@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import hmac
 import json
@@ -80,7 +81,7 @@ def sign(secret: str, body: bytes) -> str:
 class HttpConnector(Connector):
     type = "http"
     settings_model = HttpSettings
-    actions: ClassVar[dict[str, type[ActionFields]]] = {"send": HttpSend, "sync": HttpSync}
+    actions: ClassVar[dict[str, builtins.type[ActionFields]]] = {"send": HttpSend, "sync": HttpSync}
     secret_fields = ("headers", "signing_secret")
 
     settings: HttpSettings

@@ -9,6 +9,7 @@ events arrive in. Rate limits are raised as TransientError(retry_after=...), nev
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import re
 from collections.abc import Mapping
@@ -178,7 +179,7 @@ class PostMessage(ActionFields):
 class SlackConnector(Connector):
     type = "slack"
     settings_model = SlackSettings
-    actions: ClassVar[dict[str, type[ActionFields]]] = {"post_message": PostMessage}
+    actions: ClassVar[dict[str, builtins.type[ActionFields]]] = {"post_message": PostMessage}
     secret_fields = ("token", "webhook_url")
 
     settings: SlackSettings

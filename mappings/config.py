@@ -15,14 +15,14 @@ from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from connectors.base import ActionFields, Connector, ConnectorConfigError, Settings, connector_class
 from mappings.templates import CompiledTemplate, TemplateCompileError, TemplateEngine, compile_structure
 
 Path_ = tuple[str | int, ...]
 
-DEFAULT_RETRY_SCHEDULE = [30, 120, 600, 3600, 21600, 64800]  # sums to 25 h 12 min
+DEFAULT_RETRY_SCHEDULE: list[float] = [30, 120, 600, 3600, 21600, 64800]  # sums to 25 h 12 min
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -113,6 +113,47 @@ class MappingModel(_Strict):
         return name
 
 
+_PASSWORD_HASH = re.compile(r"^(scrypt|pbkdf2):[^$]+\$[^$]+\$[0-9a-f]+$")
+
+
+class AdminModel(_Strict):
+    """The event-log pages at /admin: off unless credentials are set here."""
+
+    username: str | None = None
+    password_hash: str | None = None  # from `salon-bridge hash-password`
+    token: str | None = Field(default=None, min_length=24)
+    session_secret: str | None = Field(default=None, min_length=32)  # default: a random key kept in Redis
+    session_lifetime: Duration = 12 * 3600
+    secure_cookie: bool | None = None  # None: Secure when the request came over HTTPS
+    login_max_failures: int = Field(default=5, ge=1)
+    login_window: Duration = 15 * 60
+
+    @field_validator("password_hash")
+    @classmethod
+    def _is_a_hash(cls, value: str | None) -> str | None:
+        if value is not None and not _PASSWORD_HASH.match(value):
+            raise ValueError(
+                "password_hash must be the hash printed by `salon-bridge hash-password` "
+                "(it starts with scrypt: or pbkdf2:), never the password itself"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _credentials(self) -> AdminModel:
+        if (self.username is None) != (self.password_hash is None):
+            raise ValueError("set both username and password_hash (from `salon-bridge hash-password`), or neither")
+        if self.password_hash is None and self.token is None:
+            raise ValueError("the admin needs username and password_hash, or token; remove `admin:` to keep it off")
+        return self
+
+
+class MetricsModel(_Strict):
+    """/metrics and /readyz."""
+
+    token: str | None = Field(default=None, min_length=24)  # when set, /metrics wants `Authorization: Bearer <token>`
+    max_queue_age: Duration = 300  # /readyz fails when the oldest queued job waited longer
+
+
 class ConfigModel(_Strict):
     version: Literal[1]
     timezone: str = "UTC"
@@ -120,6 +161,8 @@ class ConfigModel(_Strict):
     redis_url: str | None = None
     retry: RetryModel = RetryModel()
     retention: RetentionModel = RetentionModel()
+    admin: AdminModel | None = None
+    metrics: MetricsModel = MetricsModel()
     connectors: dict[str, dict[str, Any]] = {}  # validated by each connector's own schema
     mappings: list[dict[str, Any]] = []  # validated one by one (MappingModel)
 
