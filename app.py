@@ -29,7 +29,7 @@ def create_app(config: BridgeConfig | str | None = None, redis: Redis | None = N
     app.extensions["salon_bridge"] = {"config": config, "redis": redis}
 
     @app.post("/webhooks")
-    def webhooks():  # type: ignore[no-untyped-def]
+    def webhooks():
         started = time.perf_counter()
         outcome = ingestor.handle(request.get_data(cache=False), request.headers.get(SIGNATURE_HEADER))
         envelope = outcome.envelope or {}
@@ -46,11 +46,11 @@ def create_app(config: BridgeConfig | str | None = None, redis: Redis | None = N
         return jsonify(outcome.body), outcome.status, outcome.headers
 
     @app.get("/healthz")
-    def healthz():  # type: ignore[no-untyped-def]
+    def healthz():
         return jsonify({"status": "ok"})
 
     @app.errorhandler(HTTPException)
-    def http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
+    def http_error(exc: HTTPException):
         message = exc.description or exc.name
         if exc.code == 413:
             message = f"body is larger than {config.webhook.max_body_bytes} bytes"

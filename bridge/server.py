@@ -9,7 +9,7 @@ from gunicorn.app.base import BaseApplication
 from mappings.config import BridgeConfig
 
 
-class _Gunicorn(BaseApplication):  # type: ignore[misc]
+class _Gunicorn(BaseApplication):
     def __init__(self, config: BridgeConfig, options: dict[str, Any]):
         self.bridge_config = config
         self.options = options
