@@ -6,13 +6,15 @@ import hashlib
 import logging
 import random
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from bridge import metrics
 from bridge import runtime as runtime_module
 from bridge.queue import CRASH_RETRY, FAILURE_TTL
 from bridge.runtime import Runtime
-from bridge.state import RedisConnectorStore, event_time, primary_entity
+from bridge.state import EntityBusy, RedisConnectorStore, event_time, primary_entity
 from bridge.store import (
     DEAD,
     DONE,
@@ -36,6 +38,7 @@ log = logging.getLogger("salon_bridge.jobs")
 # the schedule) before it is a permanent failure.
 MISSING_DATA_RETRIES = 2
 POSSIBLE_DUPLICATES_KEY = "sb:stats:possible_duplicates"
+BUSY_DELAY = 2  # seconds before a job whose entity is locked by another worker runs again
 
 
 def process_event(key: str) -> str:
@@ -48,20 +51,24 @@ def process_event(key: str) -> str:
     envelope = record.envelope
     rt.memory.remember(envelope)
     outcomes = []
-    with rt.ordering.lock(record.tenant_id, primary_entity(envelope)):
-        context = template_context(envelope, rt.memory.views(envelope))
-        for planned in plan(rt.config, envelope, context):
-            spec = planned.spec
-            state = record.actions.get(spec.id)
-            if state is not None and state.status not in (PENDING, SENDING):
-                continue  # the ledger: already done, dead, skipped, or scheduled for a retry
-            state = state or ActionState(connector=spec.connector)
-            if planned.skip_reason:
-                state.status, state.detail = SKIPPED, planned.skip_reason
-                rt.store.save_action(key, spec.id, state)
-            else:
-                attempt(rt, record, spec, state, context)
-            outcomes.append(f"{spec.id}={state.status}")
+    try:
+        with rt.ordering.lock(record.tenant_id, primary_entity(envelope)) as renew_lock:
+            context = template_context(envelope, rt.memory.views(envelope))
+            for planned in plan(rt.config, envelope, context):
+                spec = planned.spec
+                state = rt.store.action_state(key, spec.id)
+                if state is not None and state.status not in (PENDING, SENDING):
+                    continue  # the ledger: already done, dead, skipped, or scheduled for a retry
+                state = state or ActionState(connector=spec.connector)
+                if planned.skip_reason:
+                    state.status, state.detail = SKIPPED, planned.skip_reason
+                    rt.store.save_action(key, spec.id, state)
+                else:
+                    renew_lock()
+                    attempt(rt, record, spec, state, context)
+                outcomes.append(f"{spec.id}={state.status}")
+    except EntityBusy as busy:
+        return _later(rt, process_event, key, busy)
     return ", ".join(outcomes) or "no actions"
 
 
@@ -72,19 +79,37 @@ def run_action(key: str, action_id: str) -> str:
     if record is None:
         log.warning("event %s expired before action %s could run again", key, action_id)
         return "expired"
-    with rt.ordering.lock(record.tenant_id, primary_entity(record.envelope)):
-        state = rt.store.action_state(key, action_id)
-        if state is None or state.status not in (PENDING, RETRYING, SENDING):
-            return f"nothing to do ({state.status if state else 'unknown action'})"
-        spec = rt.config.action(action_id)
-        if spec is None:
-            state.status = DEAD
-            state.last_error = f"action {action_id!r} is no longer in the config"
-            rt.store.save_action(key, action_id, state)
-            return state.status
-        context = template_context(record.envelope, rt.memory.views(record.envelope))
-        attempt(rt, record, spec, state, context)
+    try:
+        with rt.ordering.lock(record.tenant_id, primary_entity(record.envelope)):
+            state = rt.store.action_state(key, action_id)
+            if state is None or state.status not in (PENDING, RETRYING, SENDING):
+                return f"nothing to do ({state.status if state else 'unknown action'})"
+            spec = rt.config.action(action_id)
+            if spec is None:
+                state.status = DEAD
+                state.last_error = f"action {action_id!r} is no longer in the config"
+                rt.store.save_action(key, action_id, state)
+                return state.status
+            context = template_context(record.envelope, rt.memory.views(record.envelope))
+            attempt(rt, record, spec, state, context)
+    except EntityBusy as busy:
+        return _later(rt, run_action, key, busy, action_id)
     return state.status
+
+
+def _later(rt: Runtime, job: Callable[..., str], key: str, busy: EntityBusy, *args: str) -> str:
+    """Run this job again in a few seconds: the entity is locked by a worker processing another event."""
+    rt.queue.enqueue_in(
+        timedelta(seconds=BUSY_DELAY),
+        job,
+        key,
+        *args,
+        retry=CRASH_RETRY,
+        result_ttl=600,
+        failure_ttl=FAILURE_TTL,
+    )
+    log.info("event %s: %s; trying again in %d s", key, busy, BUSY_DELAY)
+    return f"busy, again in {BUSY_DELAY} s"
 
 
 def template_context(envelope: dict[str, Any], views: dict[str, EntityView | None]) -> dict[str, Any]:
@@ -188,6 +213,7 @@ def attempt(rt: Runtime, record: EventRecord, spec: ActionSpec, state: ActionSta
         }
     )
     rt.store.save_action(record.key, spec.id, state, pipe=pipe)
+    metrics.record_action(pipe, spec.connector, state.status, duration)
     pipe.execute()
     log_attempt(record, spec, state, duration, error)
 

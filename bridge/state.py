@@ -10,7 +10,7 @@ event that set it (`~cliente.nombre`) and only a newer event overwrites it, atom
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +22,9 @@ from bridge.store import PREFIX, text
 from mappings.templates import EntityView
 
 KINDS = ("booking", "order", "customer")
+# Seconds an entity lock lives without renewal: longer than one action (connector timeouts are
+# at most 60 s), short enough that a killed worker's lock frees the entity soon.
+LOCK_TIMEOUT = 75
 
 # Event types accepted for memory even when no mapping acts on them (so later events can use them).
 MEMORY_TYPES = frozenset(
@@ -182,30 +185,35 @@ class EntityMemory:
         }
 
 
+class EntityBusy(Exception):
+    """Another worker holds the entity's lock; the job is run again a little later."""
+
+
 class Ordering:
     """Which event (by `created`) was last applied to each external object, and the lock that
     keeps two workers from writing one entity's objects at the same time."""
 
-    def __init__(self, redis: Redis, ttl: float, lock_timeout: float = 150):
+    def __init__(self, redis: Redis, ttl: float, lock_timeout: float = LOCK_TIMEOUT):
         self.redis = redis
         self.ttl = int(ttl)
         self.lock_timeout = lock_timeout
         self._apply = redis.register_script(_APPLY_IF_NEWER)
 
     @contextmanager
-    def lock(self, tenant: str, entity: tuple[str, str] | None, wait: float = 10) -> Iterator[None]:
-        """Hold the entity's lock (expires by itself if this worker dies); no entity, no lock.
-        Not had within `wait`: LockError, and RQ runs the job again later (CRASH_RETRY)."""
+    def lock(self, tenant: str, entity: tuple[str, str] | None, wait: float = 5) -> Iterator[Callable[[], None]]:
+        """Hold the entity's lock; yields `renew`, to call before each action so that the lock only
+        has to outlive one action (it expires by itself if this worker dies). No entity, no lock.
+        Raises EntityBusy when another worker keeps it for `wait` seconds."""
         if entity is None:
-            yield
+            yield lambda: None
             return
         lock = self.redis.lock(
             f"{PREFIX}lock:{tenant}:{entity[0]}:{entity[1]}", timeout=self.lock_timeout, blocking_timeout=wait
         )
         if not lock.acquire():
-            raise LockError(f"{entity[0]} {entity[1]} is still locked by another worker after {wait:g} s")
+            raise EntityBusy(f"{entity[0]} {entity[1]} is being worked on by another worker")
         try:
-            yield
+            yield lock.reacquire
         finally:
             try:
                 lock.release()

@@ -224,3 +224,21 @@ def test_one_bookings_events_never_run_at_the_same_time(make_bridge, destination
         assert worker.wait(120) == 0
     assert len(destination.requests) == 12
     assert destination.max_in_flight == {"1001": 1, "1002": 1}
+
+
+def test_an_event_whose_booking_is_locked_waits_its_turn(bridge: Bridge, destination) -> None:  # noqa: ANN001
+    """Another worker holds booking 12345: the job is put back for later instead of failing."""
+    from rq import SimpleWorker
+    from rq.serializers import JSONSerializer
+
+    held = bridge.redis.lock("sb:lock:uuid-tenant:booking:12345", timeout=30)
+    assert held.acquire()
+    event = sample("booking.created")
+    bridge.post(event)
+    SimpleWorker([bridge.runtime.queue], connection=bridge.redis, serializer=JSONSerializer).work(burst=True)
+    assert destination.requests == []
+    assert bridge.runtime.queue.scheduled_job_registry.count == 1
+    held.release()
+    bridge.drain()
+    assert len(destination.requests) == 1
+    assert bridge.record(event["id"]).actions["all-to-crm/notify"].status == DONE
