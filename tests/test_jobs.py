@@ -223,7 +223,7 @@ def test_a_killed_workers_job_runs_again(make_bridge, destination, redis_url, wr
     interrupted = bridge.record(event["id"]).actions["all-to-crm/notify"]
     assert (interrupted.status, interrupted.attempts) == (SENDING, 1)  # handed over, never recorded
     # RQ's maintenance finds the job once its heartbeat expires; the dead scheduler's lock and the
-    # booking's lock expire by themselves (61 s, 150 s). Instead of waiting minutes, let that happen now.
+    # booking's lock expire by themselves (61 s, 75 s). Instead of waiting minutes, let that happen now.
     registry = StartedJobRegistry(queue=bridge.runtime.queue)
     assert registry.count == 1
     registry.cleanup(timestamp=int(time.time()) + 3600)
