@@ -7,14 +7,14 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from bridge import metrics
 from bridge import runtime as runtime_module
 from bridge.queue import CRASH_RETRY, FAILURE_TTL
 from bridge.runtime import Runtime
-from bridge.state import EntityBusy, RedisConnectorStore, event_time, primary_entity
+from bridge.state import EntityBusy, RedisConnectorStore, primary_entity
 from bridge.store import (
     DEAD,
     DONE,
@@ -53,7 +53,8 @@ def process_event(key: str) -> str:
     outcomes = []
     try:
         with rt.ordering.lock(record.tenant_id, primary_entity(envelope)) as renew_lock:
-            context = template_context(envelope, rt.memory.views(envelope))
+            version = rt.memory.version(envelope)  # before the views: never newer than what they show
+            context = template_context(rt.config.model.timezone, envelope, rt.memory.views(envelope))
             for planned in plan(rt.config, envelope, context):
                 spec = planned.spec
                 state = rt.store.action_state(key, spec.id)
@@ -62,10 +63,13 @@ def process_event(key: str) -> str:
                 state = state or ActionState(connector=spec.connector)
                 if planned.skip_reason:
                     state.status, state.detail = SKIPPED, planned.skip_reason
-                    rt.store.save_action(key, spec.id, state)
+                    pipe = rt.redis.pipeline(transaction=True)
+                    rt.store.save_action(key, spec.id, state, pipe=pipe)
+                    metrics.record_action(pipe, spec.connector, SKIPPED, None)
+                    pipe.execute()
                 else:
                     renew_lock()
-                    attempt(rt, record, spec, state, context)
+                    attempt(rt, record, spec, state, context, version)
                 outcomes.append(f"{spec.id}={state.status}")
     except EntityBusy as busy:
         return _later(rt, process_event, key, busy)
@@ -90,8 +94,9 @@ def run_action(key: str, action_id: str) -> str:
                 state.last_error = f"action {action_id!r} is no longer in the config"
                 rt.store.save_action(key, action_id, state)
                 return state.status
-            context = template_context(record.envelope, rt.memory.views(record.envelope))
-            attempt(rt, record, spec, state, context)
+            version = rt.memory.version(record.envelope)
+            context = template_context(rt.config.model.timezone, record.envelope, rt.memory.views(record.envelope))
+            attempt(rt, record, spec, state, context, version)
     except EntityBusy as busy:
         return _later(rt, run_action, key, busy, action_id)
     return state.status
@@ -112,18 +117,23 @@ def _later(rt: Runtime, job: Callable[..., str], key: str, busy: EntityBusy, *ar
     return f"busy, again in {BUSY_DELAY} s"
 
 
-def template_context(envelope: dict[str, Any], views: dict[str, EntityView | None]) -> dict[str, Any]:
+def template_context(timezone: str, envelope: dict[str, Any], views: dict[str, EntityView | None]) -> dict[str, Any]:
+    """What templates (and connectors, as `request.context`) see."""
     return {
         "event": envelope,
         "data": envelope["data"],
         "type": envelope["type"],
         "tenant_id": envelope["tenant_id"],
+        "timezone": timezone,
         **views,
     }
 
 
-def attempt(rt: Runtime, record: EventRecord, spec: ActionSpec, state: ActionState, context: dict[str, Any]) -> None:
-    """Run one action once and record the outcome; schedule the next try on a transient error."""
+def attempt(
+    rt: Runtime, record: EventRecord, spec: ActionSpec, state: ActionState, context: dict[str, Any], version: str
+) -> None:
+    """Run one action once and record the outcome; schedule the next try on a transient error.
+    `version`: what memory knows of the event's entity, for actions that sync its state."""
     if state.status == SENDING:
         # A previous attempt died between sending and recording: the destination may have it.
         rt.redis.incr(POSSIBLE_DUPLICATES_KEY)
@@ -133,15 +143,13 @@ def attempt(rt: Runtime, record: EventRecord, spec: ActionSpec, state: ActionSta
     started = time.monotonic()
     error: str | None = None
     retry_after: float | None = None
-    created = event_time(record.envelope)
     target = _sync_target(spec, record)
     try:
         fields = render_action(spec, context)
         state.rendered = fields
-        newer = rt.ordering.newer_applied(target, created) if target else None
-        if newer is not None:
+        if target and not state.forced and rt.ordering.is_synced(target, version):
             state.status = STALE
-            state.detail = f"stale: a newer event (created {_iso(newer)}) was already applied to {target}"
+            state.detail = f"stale: {target} already has everything known up to this event (version {version})"
         elif rt.dry_run or rt.config.connectors[spec.connector].dry_run:
             state.status, state.detail = DRY_RUN, "would send (dry run): nothing left the machine"
         else:
@@ -163,7 +171,7 @@ def attempt(rt: Runtime, record: EventRecord, spec: ActionSpec, state: ActionSta
             result = connector.send(request)
             state.status, state.detail, state.last_error, state.forced = DONE, result.detail, "", False
             if target:
-                rt.ordering.mark_applied(target, created)
+                rt.ordering.mark_synced(target, version)
     except MissingDataError as exc:
         # Events arrive out of order: the one carrying this data may still come. Wait a little.
         if state.attempts <= MISSING_DATA_RETRIES:
@@ -224,10 +232,6 @@ def _sync_target(spec: ActionSpec, record: EventRecord) -> str | None:
     if not type(spec.fields).syncs_state or entity is None:
         return None
     return f"{spec.connector}:{record.tenant_id}:{entity[0]}:{entity[1]}"
-
-
-def _iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
 
 
 def next_delay(rt: Runtime, attempts: int, retry_after: float | None) -> float | None:

@@ -42,25 +42,25 @@ MEMORY_TYPES = frozenset(
     }
 )
 
+# Per field: take the value when this event is at least as new as the one that set it. Counts the
+# fields whose value really changed and, if any did, bumps the entity's version.
 _MERGE = """
 local ts = tonumber(ARGV[1])
+local changed = 0
 for i = 3, #ARGV, 2 do
   local seen = redis.call('HGET', KEYS[1], '~' .. ARGV[i])
   if (not seen) or tonumber(seen) <= ts then
+    if redis.call('HGET', KEYS[1], ARGV[i]) ~= ARGV[i + 1] then
+      changed = changed + 1
+    end
     redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1], '~' .. ARGV[i], ARGV[1])
   end
 end
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-return 1
-"""
-
-_APPLY_IF_NEWER = """
-local seen = redis.call('GET', KEYS[1])
-if seen and tonumber(seen) > tonumber(ARGV[1]) then
-  return seen
+if changed > 0 then
+  redis.call('HINCRBY', KEYS[1], '~~version', 1)
 end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-return false
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return changed
 """
 
 
@@ -156,6 +156,21 @@ class EntityMemory:
         fields = {k.decode(): json.loads(v) for k, v in raw.items() if not k.startswith(b"~")}
         return _unflatten(fields)
 
+    def version(self, envelope: dict[str, Any]) -> str:
+        """What is known of the event's primary entity and its customer, as a version that changes
+        whenever memory learns something new about either."""
+        entity = primary_entity(envelope)
+        if entity is None:
+            return ""
+        tenant = envelope["tenant_id"]
+        key = self.key(tenant, *entity)
+        own, customer_id = self.redis.hmget(key, "~~version", "cliente.id")
+        versions = [text(own or b"0")]
+        if customer_id is not None and entity[0] != "customer":
+            customer = self.redis.hget(self.key(tenant, "customer", text(json.loads(customer_id))), "~~version")
+            versions.append(text(customer or b"0"))
+        return ".".join(versions)
+
     def views(self, envelope: dict[str, Any]) -> dict[str, EntityView | None]:
         """The merged `booking`, `order` and `customer` an event refers to (None when it refers to none)."""
         tenant = envelope["tenant_id"]
@@ -190,14 +205,13 @@ class EntityBusy(Exception):
 
 
 class Ordering:
-    """Which event (by `created`) was last applied to each external object, and the lock that
-    keeps two workers from writing one entity's objects at the same time."""
+    """The lock that keeps two workers from writing one entity's external objects at the same time,
+    and which version of the entity each external object was last written with."""
 
     def __init__(self, redis: Redis, ttl: float, lock_timeout: float = LOCK_TIMEOUT):
         self.redis = redis
         self.ttl = int(ttl)
         self.lock_timeout = lock_timeout
-        self._apply = redis.register_script(_APPLY_IF_NEWER)
 
     @contextmanager
     def lock(self, tenant: str, entity: tuple[str, str] | None, wait: float = 5) -> Iterator[Callable[[], None]]:
@@ -220,15 +234,13 @@ class Ordering:
             except LockError:
                 pass  # expired while we worked; nothing to release
 
-    def newer_applied(self, target: str, created: float) -> float | None:
-        """The `created` of a newer event already applied to `target`, or None (then nothing is recorded)."""
-        value = self.redis.get(f"{PREFIX}applied:{target}")
-        if value is not None and float(value) > created:
-            return float(value)
-        return None
+    def is_synced(self, target: str, version: str) -> bool:
+        """Whether `target` was already written with this version of what is known."""
+        value = self.redis.get(f"{PREFIX}synced:{target}")
+        return value is not None and text(value) == version
 
-    def mark_applied(self, target: str, created: float) -> None:
-        self._apply(keys=[f"{PREFIX}applied:{target}"], args=[repr(created), self.ttl])
+    def mark_synced(self, target: str, version: str) -> None:
+        self.redis.set(f"{PREFIX}synced:{target}", version, ex=self.ttl)
 
 
 class RedisConnectorStore:

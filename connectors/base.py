@@ -63,8 +63,8 @@ class ActionFields(BaseModel):
     `template_files`: fields that name a template file (relative to the config file, else shipped
       in `templates/`); the file is compiled at load and the field is rendered to its output.
     `escaping`: per field, how event values are escaped when inserted: "none", "slack" or "html".
-    `syncs_state`: the action writes the current state of an entity (a calendar entry), so an
-      event older than one already applied to that entity is skipped as stale.
+    `syncs_state`: the action writes the current state of an entity (a calendar entry) from the
+      merged views; an event that brings nothing new since the last write is skipped as stale.
     """
 
     model_config = ConfigDict(extra="forbid")

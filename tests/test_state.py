@@ -148,34 +148,37 @@ def test_data_arriving_late_is_used_by_the_retry(make_bridge, destination) -> No
     ("order", "stale"),
     [
         pytest.param(["created", "updated", "cancelled"], [], id="in-order"),
-        pytest.param(["created", "cancelled", "updated"], ["updated"], id="late-update-after-cancel"),
-        # Here updated (and cancelled) lack the customer's name until booking.created arrives and are
-        # retried: whether the update lands before the cancel or is stale after it depends on timing.
+        # The late update still brings the new date: it is written, and the booking stays cancelled.
+        pytest.param(["created", "cancelled", "updated"], [], id="late-update-after-cancel"),
         pytest.param(["updated", "created", "cancelled"], [], id="late-create-after-update"),
         pytest.param(["cancelled", "updated", "created"], [], id="reversed"),
+        # A redelivery under a new id, after everything: it brings nothing new and writes nothing.
+        pytest.param(["created", "updated", "cancelled", "created-again"], ["created-again"], id="late-repeat"),
     ],
 )
-def test_an_older_event_never_overwrites_a_newer_one(make_bridge, destination, order, stale) -> None:  # noqa: ANN001
+def test_the_last_write_is_always_the_newest_known_state(make_bridge, destination, order, stale) -> None:  # noqa: ANN001
     bridge: Bridge = make_bridge(http_config(destination.url, mappings=SYNC))
     events = {
         "created": at(sample("booking.created"), "2024-01-20T10:30:00Z"),
         "updated": at(sample("booking.updated"), "2024-01-20T11:00:00Z"),
         "cancelled": at(sample("booking.cancelled"), "2024-01-20T12:00:00Z"),
+        "created-again": at(sample("booking.created"), "2024-01-20T10:30:00Z"),
     }
     for name in order:  # delivered in this order, processed as they come
         bridge.post(events[name])
     bridge.drain()
-    statuses = {name: bridge.record(e["id"]).actions["crm-sync/booking"].status for name, e in events.items()}
-    assert statuses["cancelled"] == DONE
+    statuses = {name: bridge.record(events[name]["id"]).actions["crm-sync/booking"].status for name in order}
     assert set(statuses.values()) <= {DONE, STALE}
     assert all(statuses[name] == STALE for name in stale)
-    # The last write is the newest event's, and a cancelled booking stays cancelled.
+    # Whatever the order, the last write carries the newest value of every field, and a late
+    # event never brings a cancelled booking back.
     last = destination.requests[-1].json()
-    assert (last["event"], last["estado"], last["cliente"]) == (events["cancelled"]["id"], "cancelada", "Juan Pérez")
-    for name in (name for name, status in statuses.items() if status == STALE):
+    assert (last["estado"], last["fecha"], last["hora"], last["cliente"]) == (
+        "cancelada", "2024-01-26", "11:00", "Juan Pérez",
+    )  # fmt: skip
+    for name in stale:
         detail = bridge.record(events[name]["id"]).actions["crm-sync/booking"].detail
-        assert "a newer event (created 2024-01-20T12:00:00Z) was already applied" in detail
-        assert detail.endswith("to crm:uuid-tenant:booking:12345")
+        assert detail.startswith("stale: crm:uuid-tenant:booking:12345 already has everything known")
 
 
 def test_a_redelivery_after_the_dedupe_window_does_not_repeat_done_actions(bridge: Bridge, destination) -> None:  # noqa: ANN001

@@ -56,8 +56,9 @@ READ_ROLES = {"reader", "writer", "owner"}
 class Failure:
     """A scripted answer for the next matching request(s).
 
-    status 0 means "answer normally", which with `delay` makes a slow answer. With `apply`, the request
-    takes effect before the (late or failed) answer, as when Google did the work but the answer was lost.
+    status 0 with `delay` is a slow answer: with `apply` the request takes effect and its normal answer
+    comes late (Google did the work, the client may have given up); without, it never takes effect and
+    a late 503 follows. With a status, `apply` makes the request take effect before the error answer.
     """
 
     status: int
@@ -355,8 +356,10 @@ class FakeGoogle:
         with self.lock:
             self.requests.append(Recorded(method, parts.path, query, headers, body))
             failure = self._take_failure(target, method)
-        if failure is not None and failure.status and not failure.apply:
+        if failure is not None and not failure.apply:
             self._pause(failure.delay)
+            if not failure.status:
+                failure.status, failure.reason = 503, "backendError"
             return self._failure_answer(failure)
         if target == "token":
             answer = self._token(headers, body)
