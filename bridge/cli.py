@@ -267,7 +267,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     config = _load(args)
     envelope = read_event(args.event)
     print(f"event {envelope.get('id')} ({envelope.get('type')}, tenant {envelope.get('tenant_id')})")
-    context = template_context(envelope, event_views(envelope))
+    context = template_context(config.model.timezone, envelope, event_views(envelope))
     planned = plan(config, envelope, context)
     if not planned:
         print("  no mapping handles this event: it would be answered 200 ignored")
