@@ -1,14 +1,16 @@
-"""The Flask application: the webhook endpoint and health checks, nothing else."""
+"""The Flask application: the webhook endpoint, health checks, /metrics and the admin, nothing else."""
 
 from __future__ import annotations
 
 import logging
 import time
 
-from flask import Flask, jsonify, request
+from flask import Flask, Response, jsonify, request
 from redis import Redis
 from werkzeug.exceptions import HTTPException
 
+from bridge import metrics
+from bridge.admin import register_admin
 from bridge.ingest import SIGNATURE_HEADER, Ingestor
 from bridge.queue import connect, work_queue
 from bridge.runtime import resolve_redis_url
@@ -22,7 +24,10 @@ def create_app(config: BridgeConfig | str | None = None, redis: Redis | None = N
     if not isinstance(config, BridgeConfig):
         config = load_config(config or default_config_path())
     redis = redis if redis is not None else connect(resolve_redis_url(config))
-    ingestor = Ingestor(config, redis, work_queue(redis))
+    queue = work_queue(redis)
+    ingestor = Ingestor(config, redis, queue)
+    web_metrics = metrics.WebMetrics()
+    exposition = metrics.Exposition(web_metrics, redis, queue)
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = config.webhook.max_body_bytes
@@ -32,6 +37,8 @@ def create_app(config: BridgeConfig | str | None = None, redis: Redis | None = N
     def webhooks():
         started = time.perf_counter()
         outcome = ingestor.handle(request.get_data(cache=False), request.headers.get(SIGNATURE_HEADER))
+        elapsed = time.perf_counter() - started
+        web_metrics.observe(outcome.label, outcome.envelope, elapsed)
         envelope = outcome.envelope or {}
         log.info(
             "webhook event=%s type=%s tenant=%s outcome=%s status=%d duration_ms=%.1f%s",
@@ -40,7 +47,7 @@ def create_app(config: BridgeConfig | str | None = None, redis: Redis | None = N
             envelope.get("tenant_id", "-"),
             outcome.label,
             outcome.status,
-            (time.perf_counter() - started) * 1000,
+            elapsed * 1000,
             f" error={outcome.body['error']!r}" if "error" in outcome.body else "",
         )
         return jsonify(outcome.body), outcome.status, outcome.headers
@@ -48,6 +55,23 @@ def create_app(config: BridgeConfig | str | None = None, redis: Redis | None = N
     @app.get("/healthz")
     def healthz():
         return jsonify({"status": "ok"})
+
+    @app.get("/readyz")
+    def readyz():
+        result = metrics.readiness(redis, queue, config.model.metrics.max_queue_age)
+        body = {"status": "ready" if result.ready else "not ready", "problems": result.problems, **result.checks}
+        return jsonify(body), 200 if result.ready else 503
+
+    @app.get("/metrics")
+    def metrics_endpoint():
+        token = config.model.metrics.token
+        if token and not metrics.bearer_matches(request.headers.get("Authorization"), token):
+            message = "this endpoint needs `Authorization: Bearer <metrics.token>`"
+            return jsonify({"error": message}), 401, {"WWW-Authenticate": 'Bearer realm="metrics"'}
+        body, content_type = exposition.render(request.headers.get("Accept"))
+        return Response(body, content_type=content_type)
+
+    register_admin(app, config, redis)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
-import logging
 import os
 import re
 import sys
@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 
 from redis.exceptions import RedisError
 
+from bridge import logs
 from bridge.runtime import Runtime, resolve_redis_url
 from bridge.samples import SAMPLES_DIR, sample_types
 from bridge.store import ActionState
@@ -23,6 +24,7 @@ from mappings.config import BridgeConfig, ConfigError, default_config_path, load
 
 DEFAULT_WEBHOOK_URL = "http://127.0.0.1:8000/webhooks"
 STATUSES = ["pending", "sending", "retrying", "done", "dead", "dry-run", "skipped", "stale"]
+MIN_ADMIN_PASSWORD = 10
 EPILOG_CONFIG = "The config path comes from --config, else $SALON_BRIDGE_CONFIG, else ./config.yaml."
 
 
@@ -33,10 +35,7 @@ class CommandError(Exception):
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(args.log_level, args.log_format)
     try:
         result: int = args.handler(args)
         return result
@@ -57,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG_CONFIG,
     )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--log-format",
+        default=logs.default_format(),
+        choices=logs.FORMATS,
+        help=f"text for people, json for log collectors (default: ${logs.FORMAT_ENV}, else text)",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(
@@ -177,6 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--url", default=DEFAULT_WEBHOOK_URL, help=f"where to post (default {DEFAULT_WEBHOOK_URL})")
     send.add_argument("--secret", help="signing secret (default: $SALONBOOKIT_WEBHOOK_SECRET, else the config's)")
     send.add_argument("--tenant", help="tenant_id to put in the events (default: the sample's)")
+
+    command(
+        "hash-password",
+        cmd_hash_password,
+        "Ask for the admin password and print its hash, for admin.password_hash in the config.",
+        "  salon-bridge hash-password\n"
+        "  export ADMIN_PASSWORD_HASH='<the printed hash>'   # single quotes: the hash contains $",
+    )
     return parser
 
 
@@ -200,6 +213,7 @@ def _config_option(parser: argparse.ArgumentParser) -> None:
 
 def _load(args: argparse.Namespace, dry_run: bool = False) -> BridgeConfig:
     config = load_config(default_config_path(getattr(args, "config", None)), dry_run=dry_run)
+    logs.remember_secrets(logs.config_secrets(config))
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     return config
@@ -226,6 +240,21 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         return 1
     checked = " (destinations reached)" if args.online else ""
     print(f"{path}: OK ({len(config.connectors)} connectors, {len(config.mappings)} mappings){checked}")
+    return 0
+
+
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    from werkzeug.security import generate_password_hash
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("Admin password: ")
+        if password != getpass.getpass("Same password again: "):
+            raise CommandError("the two passwords differ; nothing printed")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if len(password) < MIN_ADMIN_PASSWORD:
+        raise CommandError(f"use at least {MIN_ADMIN_PASSWORD} characters (a few words are easy to remember)")
+    print(generate_password_hash(password))
     return 0
 
 

@@ -187,4 +187,6 @@ def configure(level: str = "info", fmt: str = "text") -> None:
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper()))
+    # At DEBUG, slack_sdk logs request URLs, and an incoming-webhook URL is a secret.
+    logging.getLogger("slack_sdk").setLevel(max(root.level, logging.INFO))
     os.environ[FORMAT_ENV] = fmt  # the processes `up` starts log the same way

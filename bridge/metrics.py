@@ -18,7 +18,6 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, values
@@ -29,10 +28,12 @@ from redis import Redis
 from redis.client import Pipeline
 from redis.exceptions import RedisError
 from rq import Queue
+from rq.job import Job
+from rq.utils import str_to_date
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from bridge.logs import mask
-from bridge.store import DEAD, DEAD_INDEX, DONE, EVENTS_INDEX, PREFIX, RETRYING
+from bridge.store import DEAD, DEAD_INDEX, DONE, EVENTS_INDEX, PREFIX, RETRYING, text
 
 ACTIONS_KEY = PREFIX + "metrics:actions"  # hash "<connector>|<outcome>" -> count
 ACTION_SECONDS_KEY = PREFIX + "metrics:action_seconds"  # hash "<connector>|<bucket index>" / "<connector>|sum"
@@ -109,10 +110,12 @@ def queue_status(queue: Queue, now: float | None = None) -> QueueStatus:
         alive = sum(check.execute())
     oldest_age = None
     if first:
-        job = queue.fetch_job(first[0].decode())
-        if job is not None and job.enqueued_at is not None:
-            enqueued = job.enqueued_at if job.enqueued_at.tzinfo else job.enqueued_at.replace(tzinfo=UTC)
-            oldest_age = max(0.0, now - enqueued.timestamp())
+        enqueued_at = redis.hget(Job.key_for(text(first[0])), "enqueued_at")
+        if enqueued_at:
+            try:
+                oldest_age = max(0.0, now - str_to_date(enqueued_at).timestamp())
+            except ValueError:
+                pass  # not a time RQ wrote: no age rather than a wrong one
     return QueueStatus(int(depth), int(scheduled), int(running), oldest_age, alive)
 
 
@@ -297,10 +300,6 @@ class Exposition:
         """The body and its content type, in the format the scraper asked for (Accept header)."""
         encoder, content_type = choose_encoder(accept or "")
         return encoder(self.registry), content_type
-
-
-def iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
 
 
 def bearer_matches(header: str | None, token: str) -> bool:

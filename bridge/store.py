@@ -143,12 +143,12 @@ class EventStore:
     def recent(self, limit: int = 50, offset: int = 0) -> list[EventRecord]:
         """Newest first; drops index entries whose event has expired."""
         keys = [text(k) for k in self.redis.zrevrange(EVENTS_INDEX, offset, offset + limit - 1)]
-        return self._load_many(keys, EVENTS_INDEX)
+        return self.load_many(keys, EVENTS_INDEX)
 
     def dead_letters(self, limit: int = 100) -> list[tuple[EventRecord, str]]:
         members = [text(m) for m in self.redis.zrevrange(DEAD_INDEX, 0, limit - 1)]
         pairs = [m.split(" ", 1) for m in members]
-        records = {r.key: r for r in self._load_many([p[0] for p in pairs], None)}
+        records = {r.key: r for r in self.load_many([p[0] for p in pairs], None)}
         stale = [m for m, (k, _) in zip(members, pairs, strict=True) if k not in records]
         if stale:
             self.redis.zrem(DEAD_INDEX, *stale)
@@ -160,7 +160,8 @@ class EventStore:
         self.redis.zremrangebyscore(EVENTS_INDEX, 0, now - self.retention)
         self.redis.zremrangebyscore(DEAD_INDEX, 0, now - self.dead_retention)
 
-    def _load_many(self, keys: list[str], index: str | None) -> list[EventRecord]:
+    def load_many(self, keys: list[str], index: str | None = None) -> list[EventRecord]:
+        """Records by key in one round trip; keys whose record expired are dropped from `index`."""
         pipe = self.redis.pipeline(transaction=False)
         for key in keys:
             pipe.hgetall(record_key(key))

@@ -32,7 +32,10 @@ def with_redis(text: str, redis_url: str) -> str:
 
 
 def test_every_command_has_help_with_examples(capsys) -> None:  # noqa: ANN001
-    commands = ["serve", "worker", "up", "check-config", "simulate", "events", "dead-letters", "replay", "send-sample"]
+    commands = [
+        "serve", "worker", "up", "check-config", "simulate", "events", "dead-letters", "replay", "send-sample",
+        "hash-password",
+    ]  # fmt: skip
     for command in commands:
         code, out, _ = run(capsys, command, "--help")
         assert code == 0

@@ -1,0 +1,30 @@
+"""The owner's event log at /admin: find an event, see what each action did, send it again.
+
+Off unless the config has an `admin:` section with credentials; then every page but the login
+form (and its stylesheet) needs a logged-in session, and every POST a CSRF token.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from flask import Flask
+from redis import Redis
+
+from bridge.admin.auth import AdminAuth, AdminSessionInterface
+from bridge.admin.views import blueprint, install_guard
+from bridge.runtime import Runtime
+from mappings.config import BridgeConfig
+
+
+def register_admin(app: Flask, config: BridgeConfig, redis: Redis) -> None:
+    """Mount /admin on the app when `admin:` is configured; without it there is no /admin at all."""
+    admin = config.model.admin
+    if admin is None:
+        return
+    auth = AdminAuth(admin, redis)
+    app.session_interface = AdminSessionInterface(auth)
+    app.permanent_session_lifetime = timedelta(seconds=admin.session_lifetime)
+    app.extensions["salon_bridge_admin"] = {"auth": auth, "runtime": Runtime(config, redis)}
+    install_guard(app)
+    app.register_blueprint(blueprint)
