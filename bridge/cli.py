@@ -23,6 +23,8 @@ from bridge.store import ActionState
 from mappings.config import BridgeConfig, ConfigError, default_config_path, load_config
 
 DEFAULT_WEBHOOK_URL = "http://127.0.0.1:8000/webhooks"
+SECRET_VARIABLE = "SALONBOOKIT_WEBHOOK_SECRET"
+WARNED_VARIABLE = "SALON_BRIDGE_CONFIG_WARNED"
 STATUSES = ["pending", "sending", "retrying", "done", "dead", "dry-run", "skipped", "stale"]
 MIN_ADMIN_PASSWORD = 10
 EPILOG_CONFIG = "The config path comes from --config, else $SALON_BRIDGE_CONFIG, else ./config.yaml."
@@ -211,11 +213,16 @@ def _config_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="config file (default: $SALON_BRIDGE_CONFIG or ./config.yaml)")
 
 
-def _load(args: argparse.Namespace, dry_run: bool = False) -> BridgeConfig:
+def _load(args: argparse.Namespace, dry_run: bool = False, try_out: bool = False) -> BridgeConfig:
+    """The config; `try_out`: a command for looking around (events, replay...), which may use the
+    webhook secret that `up --dry-run` generated in ./var when none is set."""
+    if try_out and not os.environ.get(SECRET_VARIABLE) and (dev_secret := _dev_secret_if_any()):
+        os.environ[SECRET_VARIABLE] = dev_secret
     config = load_config(default_config_path(getattr(args, "config", None)), dry_run=dry_run)
     logs.remember_secrets(logs.config_secrets(config))
-    for warning in config.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+    if not os.environ.get(WARNED_VARIABLE):  # `up` already showed them; its processes stay quiet
+        for warning in config.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
     return config
 
 
@@ -277,10 +284,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     from bridge.up import Up, UpError, dev_secret
 
     data_dir = Path(args.data_dir).resolve()
-    if args.dry_run and not os.environ.get("SALONBOOKIT_WEBHOOK_SECRET"):
-        os.environ["SALONBOOKIT_WEBHOOK_SECRET"] = dev_secret(data_dir)
+    if args.dry_run and not os.environ.get(SECRET_VARIABLE):
+        os.environ[SECRET_VARIABLE] = dev_secret(data_dir)
         print(f"SALONBOOKIT_WEBHOOK_SECRET is not set: this dry run uses the one in {data_dir / 'webhook-secret'}")
     config = _load(args, dry_run=args.dry_run)
+    os.environ[WARNED_VARIABLE] = "1"
     try:
         return Up(config, args.host, args.port, args.workers, data_dir, args.dry_run).run()
     except UpError as exc:
@@ -293,7 +301,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from mappings.routing import plan, render_action
     from mappings.templates import RenderError
 
-    config = _load(args)
+    config = _load(args, try_out=True)
     envelope = read_event(args.event)
     print(f"event {envelope.get('id')} ({envelope.get('type')}, tenant {envelope.get('tenant_id')})")
     context = template_context(config.model.timezone, envelope, event_views(envelope))
@@ -316,7 +324,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _runtime(args: argparse.Namespace) -> Runtime:
-    rt = Runtime.from_config(_load(args))
+    rt = Runtime.from_config(_load(args, try_out=True))
     try:
         rt.redis.ping()
     except RedisError as exc:
@@ -372,7 +380,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_send_sample(args: argparse.Namespace) -> int:
     from bridge.samples import post_sample
 
-    secret = args.secret or os.environ.get("SALONBOOKIT_WEBHOOK_SECRET") or _dev_secret_if_any()
+    secret = args.secret or os.environ.get(SECRET_VARIABLE) or _dev_secret_if_any()
     if not secret:
         try:
             secret = _load(args).webhook.secrets[0]

@@ -220,3 +220,22 @@ def test_send_sample_to_nothing_listening_is_one_line(capsys) -> None:  # noqa: 
     )
     assert code == 1
     assert err.startswith("salon-bridge send-sample: cannot reach http://127.0.0.1:1/webhooks")
+
+
+def test_looking_around_after_a_dry_run_uses_its_generated_secret(capsys, monkeypatch, tmp_path, redis_url) -> None:  # noqa: ANN001
+    """`up --dry-run` without a secret keeps one in ./var; events, replay and simulate use it there."""
+    monkeypatch.delenv("SALONBOOKIT_WEBHOOK_SECRET", raising=False)
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        with_redis(http_config("http://127.0.0.1:9"), redis_url).replace(SECRET, "${SALONBOOKIT_WEBHOOK_SECRET}")
+    )
+    code, _, err = run(capsys, "events", "--config", str(config))
+    assert code == 1 and "SALONBOOKIT_WEBHOOK_SECRET is not set" in err
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "webhook-secret").write_text("generated-for-the-dry-run\n")
+    code, out, _ = run(capsys, "events", "--config", str(config))
+    assert (code, out.strip()) == (0, "no events yet")
+    monkeypatch.delenv("SALONBOOKIT_WEBHOOK_SECRET")  # one command per process: start afresh
+    code, _, err = run(capsys, "serve", "--config", str(config), "--port", "1")
+    assert code == 1 and "SALONBOOKIT_WEBHOOK_SECRET is not set" in err  # serving never falls back
