@@ -20,13 +20,15 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from tests.fakes.http_server import LocalHTTPServer
 
 GOOGLE_TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"
 JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -228,16 +230,13 @@ class FakeGoogle:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
+        self._http = LocalHTTPServer(Handler)
 
     # --- set-up and inspection -------------------------------------------------------------
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return self._http.url
 
     @property
     def token_uri(self) -> str:
@@ -248,13 +247,13 @@ class FakeGoogle:
         return f"{self.url}/calendar/v3/"
 
     def start(self) -> FakeGoogle:
-        self._thread.start()
+        self._http.start()
         return self
 
     def stop(self) -> None:
         """Stop serving, cut short slow answers, close every connection and wait for the handlers."""
         self._stopping.set()
-        self._server.shutdown()
+        self._http.shutdown()
         with self.lock:
             for sock in list(self._open_sockets):
                 try:
@@ -264,7 +263,7 @@ class FakeGoogle:
             deadline = time.monotonic() + 5
             while self._active and time.monotonic() < deadline:
                 self._idle.wait(0.05)
-        self._server.server_close()
+        self._http.close()
 
     def add_service_account(
         self, email: str, public_key: rsa.RSAPublicKey, delegation_subjects: set[str] | None = None

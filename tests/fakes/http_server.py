@@ -11,6 +11,34 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 
+class LocalHTTPServer:
+    """A threaded HTTP server on a free 127.0.0.1 port: the plumbing every fake shares."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]):
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def shutdown(self) -> None:
+        """Stop accepting requests (handlers already running go on)."""
+        self._server.shutdown()
+
+    def close(self) -> None:
+        self._server.server_close()
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.close()
+
+
 @dataclass
 class RecordedRequest:
     method: str
@@ -81,14 +109,11 @@ class CapturingServer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
+        self._http = LocalHTTPServer(Handler)
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return self._http.url
 
     def respond_with(
         self, status: int = 200, body: bytes | str = b"{}", headers: dict[str, str] | None = None, delay: float = 0.0
@@ -100,9 +125,8 @@ class CapturingServer:
             self.replies.append(Reply(status, body, headers or {}, delay))
 
     def start(self) -> CapturingServer:
-        self._thread.start()
+        self._http.start()
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._http.stop()

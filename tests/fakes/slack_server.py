@@ -13,9 +13,11 @@ import itertools
 import json
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+
+from tests.fakes.http_server import LocalHTTPServer
 
 DEFAULT_TOKEN = "xoxb-1111-2222-fakefakefake"
 ALL_SCOPES = ("chat:write", "chat:write.public", "chat:write.customize", "channels:read", "groups:read")
@@ -133,16 +135,13 @@ class FakeSlack:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
+        self._http = LocalHTTPServer(Handler)
 
     # -- set-up and inspection --------------------------------------------------------------
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return self._http.url
 
     @property
     def api_url(self) -> str:
@@ -153,13 +152,12 @@ class FakeSlack:
         return self.url + WEBHOOK_PATH
 
     def start(self) -> FakeSlack:
-        self._thread.start()
+        self._http.start()
         return self
 
     def stop(self) -> None:
         self._stopping.set()
-        self._server.shutdown()
-        self._server.server_close()
+        self._http.stop()
 
     def add_channel(self, name: str, *, member: bool = True, private: bool = False, archived: bool = False) -> Channel:
         prefix = "G" if private else "C"
