@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from redis import Redis
-from redis.exceptions import LockError
+from redis.exceptions import LockError, NoScriptError
 
 from bridge.store import PREFIX, text
 from mappings.templates import EntityView
@@ -141,13 +141,25 @@ class EntityMemory:
     def remember(self, envelope: dict[str, Any]) -> None:
         """Merge what the event says into memory; each field keeps the newest event's value."""
         created = repr(event_time(envelope))
-        pipe = self.redis.pipeline(transaction=False)
+        merges = []
         for kind, obj in entity_parts(envelope):
             args: list[str] = [created, str(self.ttl)]
             for name, value in _flatten(obj):
                 args += [name, json.dumps(value, ensure_ascii=False)]
-            self._merge(keys=[self.key(envelope["tenant_id"], kind, str(obj["id"]))], args=args, client=pipe)
-        pipe.execute()
+            merges.append((self.key(envelope["tenant_id"], kind, str(obj["id"])), args))
+
+        def run() -> None:
+            pipe = self.redis.pipeline(transaction=False)
+            for key, args in merges:
+                # EVALSHA straight on the pipeline: a Script object would first ask SCRIPT EXISTS.
+                pipe.evalsha(self._merge.sha, 1, key, *args)
+            pipe.execute()
+
+        try:
+            run()
+        except NoScriptError:  # a restarted Redis forgot the script; merging again is harmless
+            self.redis.script_load(_MERGE)
+            run()
 
     def load(self, tenant: str, kind: str, entity_id: str) -> dict[str, Any] | None:
         raw: dict[bytes, bytes] = self.redis.hgetall(self.key(tenant, kind, entity_id))  # type: ignore[assignment]

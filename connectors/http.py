@@ -88,7 +88,12 @@ class HttpConnector(Connector):
 
     def __init__(self, name: str, settings: Settings):
         super().__init__(name, settings)
+        assert isinstance(settings, HttpSettings)
         self._session = requests.Session()
+        # Proxy settings for the one URL, read once: by default requests re-reads the environment
+        # and ~/.netrc on every call.
+        self._session.trust_env = False
+        self._session.proxies = requests.utils.get_environ_proxies(self.settings.url)
 
     def send(self, request: ActionRequest) -> SendResult:
         settings = self.settings

@@ -245,3 +245,11 @@ def test_an_event_whose_booking_is_locked_waits_its_turn(bridge: Bridge, destina
     bridge.drain()
     assert len(destination.requests) == 1
     assert bridge.record(event["id"]).actions["all-to-crm/notify"].status == DONE
+
+
+def test_memory_survives_a_redis_that_forgot_its_scripts(redis_url: str) -> None:
+    redis = Redis.from_url(redis_url)
+    memory = EntityMemory(redis, ttl=3600)
+    redis.script_flush()  # as after a Redis restart
+    memory.remember(sample("order.created"))
+    assert memory.load("uuid-tenant", "order", "789")["numero"] == "PED-2024-0789"

@@ -1,0 +1,1 @@
+"""Benchmarks of salon-bridge (never run by the test suite): see docs/performance.md."""
