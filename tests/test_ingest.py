@@ -229,3 +229,22 @@ def test_redis_down_gives_503_and_a_later_retry_is_accepted(private_redis, write
         assert bridge.post(event).get_json() == {"received": True, "duplicate": True}
     finally:
         bridge.close()
+
+
+def test_a_delivery_without_content_length_is_handled_too(bridge: Bridge) -> None:
+    """Chunked bodies skip the fast path and are answered by the Flask route, identically."""
+    import io
+
+    from tests.harness import sign
+
+    event = sample("booking.created")
+    body = encode(event)
+    response = bridge.client.post(
+        "/webhooks",
+        input_stream=io.BytesIO(body),
+        headers={"X-SalonBookIt-Signature": sign(body), "Content-Type": "application/json"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+    assert response.status_code == 202
+    assert response.get_json() == {"received": True, "event_id": event["id"]}
+    assert bridge.record(event["id"]).envelope == event
