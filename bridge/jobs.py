@@ -34,9 +34,6 @@ from mappings.templates import EntityView, MissingDataError, RenderError
 
 log = logging.getLogger("salon_bridge.jobs")
 
-# Attempts during which a template's missing entity data counts as "not arrived yet" (retried on
-# the schedule) before it is a permanent failure.
-MISSING_DATA_RETRIES = 2
 POSSIBLE_DUPLICATES_KEY = "sb:stats:possible_duplicates"
 BUSY_DELAY = 2  # seconds before a job whose entity is locked by another worker runs again
 
@@ -142,6 +139,7 @@ def attempt(
     state.connector = spec.connector
     started = time.monotonic()
     error: str | None = None
+    missing_data = ""  # what a template needed from an event not received yet
     retry_after: float | None = None
     target = _sync_target(spec, record)
     try:
@@ -173,11 +171,13 @@ def attempt(
             if target:
                 rt.ordering.mark_synced(target, version)
     except MissingDataError as exc:
-        # Events arrive out of order: the one carrying this data may still come. Wait a little.
-        if state.attempts <= MISSING_DATA_RETRIES:
+        # Events arrive out of order, and an earlier one can be held up by a crash: the one carrying
+        # this data may still come. Retried on the schedule for `retry.wait_for_missing_data`.
+        missing_data = str(exc)
+        if time.time() - record.received_at < rt.config.model.retry.wait_for_missing_data:
             error = f"waiting for earlier events: {exc}"
         else:
-            state.status, error = DEAD, str(exc)
+            state.status, error = DEAD, missing_data
     except (RenderError, PermanentError) as exc:
         state.status, error = DEAD, str(exc)
     except TransientError as exc:
@@ -192,7 +192,7 @@ def attempt(
         delay = next_delay(rt, state.attempts, retry_after)
         if delay is None:
             state.status = DEAD
-            error = f"gave up after {state.attempts} attempts; last error: {error}"
+            error = missing_data or f"gave up after {state.attempts} attempts; last error: {error}"
         else:
             state.status = RETRYING
             state.next_attempt_at = time.time() + delay

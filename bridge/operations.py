@@ -5,13 +5,15 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from bridge.jobs import run_action
+from bridge.jobs import process_event, run_action
 from bridge.queue import CRASH_RETRY, FAILURE_TTL
 from bridge.runtime import Runtime
-from bridge.store import DEAD, DONE, DRY_RUN, PENDING, SKIPPED, STALE, EventRecord
+from bridge.store import DEAD, DONE, DRY_RUN, PENDING, SENDING, SKIPPED, STALE, EventRecord
 
-REPLAYABLE = {DEAD}
-REPLAYABLE_WITH_FORCE = {DEAD, DONE, DRY_RUN, SKIPPED, STALE}
+# Dead actions, and unfinished ones whose job RQ gave up on (they stay pending or sending); the
+# entity lock and the ledger make a replay of one that is in fact still queued harmless.
+REPLAYABLE = {DEAD, PENDING, SENDING}
+REPLAYABLE_WITH_FORCE = REPLAYABLE | {DONE, DRY_RUN, SKIPPED, STALE}
 
 
 class ReplayError(Exception):
@@ -29,6 +31,12 @@ def replay(rt: Runtime, event_id: str, action: str | None = None, force: bool = 
     record = rt.store.find(event_id)
     if record is None:
         raise ReplayError(f"event {event_id!r} is not in the event log (unknown, or older than the retention)")
+    if not record.actions and action is None:
+        # Never processed (its job was lost or given up on by RQ): route the whole event again.
+        rt.queue.enqueue_call(
+            process_event, args=[record.key], retry=CRASH_RETRY, result_ttl=600, failure_ttl=FAILURE_TTL
+        )
+        return Replayed(event_id, ["(every action of the event)"])
     eligible = REPLAYABLE_WITH_FORCE if force else REPLAYABLE
     if action is not None and action not in record.actions:
         known = ", ".join(sorted(record.actions)) or "none"

@@ -12,7 +12,7 @@ from bridge import runtime
 from bridge.runtime import Runtime
 from mappings.config import BridgeConfig
 
-HEARTBEAT_EVERY = 10.0  # seconds; the worker key lives worker_ttl + 60 s (480 s by default)
+HEARTBEAT_EVERY = 10.0  # seconds; the worker key lives worker_ttl + 60 s (135 s here)
 
 
 class BridgeWorker(SimpleWorker):
@@ -45,7 +45,14 @@ def run_worker(config: BridgeConfig, burst: bool = False, dry_run: bool = False,
     runtime.install(rt)
     try:
         worker = WORKER_CLASS(
-            [rt.queue], connection=rt.redis, serializer=JSONSerializer, name=name, maintenance_interval=60
+            [rt.queue],
+            connection=rt.redis,
+            serializer=JSONSerializer,
+            name=name,
+            maintenance_interval=60,
+            # An idle worker wakes every worker_ttl - 15 s for maintenance (re-queueing a killed
+            # worker's job, restarting the retry scheduler): RQ's 420 s default is too slow.
+            worker_ttl=75,
         )
         worker.work(burst=burst, with_scheduler=True)
     finally:

@@ -85,6 +85,9 @@ class WebhookModel(_Strict):
 class RetryModel(_Strict):
     schedule: list[Duration] = Field(default_factory=lambda: list(DEFAULT_RETRY_SCHEDULE), min_length=1)
     jitter: float = Field(default=0.1, ge=0, le=1)  # fraction of each step added at random
+    # How long an action whose data comes from an event not received yet keeps retrying; longer
+    # than the worst crash recovery (a killed worker's job runs again within ~10 min).
+    wait_for_missing_data: Duration = 15 * 60
 
 
 class RetentionModel(_Strict):

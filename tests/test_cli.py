@@ -239,3 +239,19 @@ def test_looking_around_after_a_dry_run_uses_its_generated_secret(capsys, monkey
     monkeypatch.delenv("SALONBOOKIT_WEBHOOK_SECRET")  # one command per process: start afresh
     code, _, err = run(capsys, "serve", "--config", str(config), "--port", "1")
     assert code == 1 and "SALONBOOKIT_WEBHOOK_SECRET is not set" in err  # serving never falls back
+
+
+def test_replay_of_an_event_never_processed_routes_it_again(
+    capsys, make_bridge, destination, redis_url, write_config
+) -> None:  # noqa: ANN001
+    """RQ gave up on the event's job (or lost it) before any action ran: replay starts it over."""
+    text = with_redis(http_config(destination.url), redis_url)
+    bridge: Bridge = make_bridge(text)
+    config = str(write_config(text, "cli.yaml"))
+    event = sample("order.created")
+    bridge.post(event)
+    bridge.runtime.queue.empty()  # the job is gone
+    code, out, _ = run(capsys, "replay", "--config", config, event["id"])
+    assert (code, out.strip()) == (0, f"queued again: {event['id']} (every action of the event)")
+    bridge.drain()
+    assert bridge.record(event["id"]).actions["all-to-crm/notify"].status == DONE
