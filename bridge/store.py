@@ -33,7 +33,6 @@ DEAD = "dead"
 DRY_RUN = "dry-run"
 SKIPPED = "skipped"  # the mapping's condition was false
 STALE = "stale"  # a newer event was already applied to the same external object
-FINAL_STATUSES = {DONE, DEAD, DRY_RUN, SKIPPED, STALE}
 
 
 def text(value: Any) -> str:

@@ -227,7 +227,6 @@ class BridgeConfig:
     engine: TemplateEngine
     connectors: dict[str, ConnectorSpec]
     mappings: list[MappingSpec]
-    redis_url_configured: bool = field(default=False)
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -285,7 +284,6 @@ def load_config_text(
     collector = _Problems(
         path, root, lambda where: len(where) >= 2 and where[0] == "connectors" and where[1] in lenient
     )
-    redis_url_configured = raw.get("redis_url") is not None
     raw = _expand_env(raw, (), environ, collector)
     model: ConfigModel | None = None
     try:
@@ -309,7 +307,7 @@ def load_config_text(
     )
     if collector.problems or model is None:
         raise ConfigError(collector.render())
-    return BridgeConfig(path, model, engine, connectors, mappings, redis_url_configured, collector.render_warnings())
+    return BridgeConfig(path, model, engine, connectors, mappings, collector.render_warnings())
 
 
 def _dry_run_connectors(raw: dict[str, Any], everything: bool) -> set[str]:

@@ -19,8 +19,6 @@ from markupsafe import Markup
 MAX_OUTPUT_CHARS = 100_000  # per rendered field; a template cannot produce more
 MAX_POWER_EXPONENT = 100
 
-ESCAPINGS = ("none", "slack", "html")
-
 _MONTHS_ES = ("enero febrero marzo abril mayo junio julio agosto septiembre octubre noviembre diciembre").split()
 _WEEKDAYS_ES = "lunes martes miércoles jueves viernes sábado domingo".split()
 _CURRENCY_SYMBOLS = {"EUR": "€", "USD": "US$", "GBP": "£", "MXN": "MX$", "ARS": "AR$", "COP": "COL$"}
