@@ -10,7 +10,6 @@ Targets (NAME or NAME@WORKERSxTHREADS; default size from --workers/--threads):
   bridge    `salon-bridge serve`, as deployed: the CLI, a config file, gunicorn, INFO logs to a file
   baseline  bench/baseline_app.py: HMAC check, SET NX, RQ enqueue (3 round trips), same gunicorn options
   watch3    the bridge with the earlier 3-round-trip ingest (bench/prototypes/watch_ingest.py)
-  fastpath  the bridge with POST /webhooks answered before Flask (bench/prototypes/fast_webhook.py)
 
 Every target runs as its own server for the whole benchmark; the load goes to one at a time,
 interleaved (A, B, A, B, ...). Before each measurement the bench Redis database is emptied and
@@ -58,7 +57,6 @@ from bench.loadgen import LoadResult, ceiling, have_wrk, run_load, write_bodies 
 QUEUE_OF = {
     "bridge": "salon-bridge",
     "watch3": "salon-bridge",
-    "fastpath": "salon-bridge",
     "baseline": "bench-baseline",
 }
 P99_TARGET_MS = 25.0
@@ -84,8 +82,8 @@ class Target:
         where = ["--host", "127.0.0.1", "--port", str(self.port)]
         if self.kind == "bridge":
             return [str(VENV_BIN / "salon-bridge"), "serve", "--config", str(config), *where, *size]
-        if self.kind in ("watch3", "fastpath"):
-            script = BENCH_DIR / "prototypes" / ("watch_ingest.py" if self.kind == "watch3" else "fast_webhook.py")
+        if self.kind == "watch3":
+            script = BENCH_DIR / "prototypes" / "watch_ingest.py"
             return [PYTHON, str(script), "serve", "--config", str(config), *where, *size]
         return [PYTHON, str(BENCH_DIR / "baseline_app.py"), *where, *size, "--redis-url", redis_url]
 
