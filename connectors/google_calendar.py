@@ -81,6 +81,8 @@ DEFAULT_DESCRIPTION = (
     "{% if booking.notas is defined and booking.notas %}\nNotas: {{ booking.notas }}{% endif %}"
 )
 
+STORE_TTL = 400 * 86400  # what the connector remembers of a booking, like entity memory
+
 
 def google_event_id(tenant_id: str, booking_id: str) -> str:
     """The Google event id of a booking: base32hex (a-v, 0-9) of a hash of (tenant, booking), 52 chars."""
@@ -444,17 +446,20 @@ class GoogleCalendarConnector(Connector):
         target = self._calendar_for(booking, fields)
         store = request.store
         store_key = f"booking:{request.tenant_id}:{booking_id}"
+        # Every calendar that may hold a copy, written *before* each write: a write whose answer
+        # was lost, or a clean-up that failed, is found and cleaned by the next attempt.
+        copies_key = f"calendars:{request.tenant_id}:{booking_id}"
         stored = store.get(store_key) if store is not None else None
+        copies = set(json.loads(store.get(copies_key) or "[]")) if store is not None else set()
         where = stored or self._previous_calendar(request) or target
         client = self._client()
 
         if state == CANCELLED and fields.get("on_cancel", "delete") == "delete":
-            status, _ = self._call(
-                client, where, "delete", expect=(404, 410), calendarId=where, eventId=event_id, sendUpdates="none"
-            )
+            statuses = [self._delete(client, calendar, event_id) for calendar in sorted(copies | {where})]
             if store is not None:
                 store.delete(store_key)
-            done = "deleted" if status == 200 else "nothing to delete (already gone)"
+                store.delete(copies_key)
+            done = "deleted" if 200 in statuses else "nothing to delete (already gone)"
             return SendResult(
                 detail=f"booking {booking_id} cancelled: {done}, event {event_id} in {where}",
                 data={"calendar_id": where, "event_id": event_id, "operation": "delete"},
@@ -462,27 +467,38 @@ class GoogleCalendarConnector(Connector):
 
         body = self._event_body(event_id, booking, fields, state, request)
         exists = where == target and stored is not None
-        leftover = None  # the old calendar, when its copy must go after the new one is written
+        if store is not None:
+            store.set(copies_key, json.dumps(sorted(copies | {where, target})), ttl=STORE_TTL)
         if where != target:
             moved = self._move(client, where, target, event_id)
-            if moved == 200 and store is not None:
-                store.set(store_key, target)
             exists = moved in (200, 409)  # 409: the new calendar already holds this id (an earlier stay)
-            if moved not in (200, 404, 410):
-                leftover = where  # 409, or Google would not move it: write the new one, then delete the old
         operation = self._upsert(client, target, body, exists)
         if store is not None:
-            store.set(store_key, target)
-        if leftover is not None:
-            self._call(
-                client, leftover, "delete", expect=(404, 410), calendarId=leftover, eventId=event_id, sendUpdates="none"
-            )
+            store.set(store_key, target, ttl=STORE_TTL)
+        # The entry now lives in `target`; remove any other copy (404/410: none there).
+        for calendar in sorted((copies | {where}) - {target}):
+            self._delete(client, calendar, event_id)
+        if store is not None:
+            store.set(copies_key, json.dumps([target]), ttl=STORE_TTL)
         if where != target:
             operation = f"{operation} (moved from {where})"
         return SendResult(
             detail=f"booking {booking_id} ({state}): {operation} event {event_id} in {target}",
             data={"calendar_id": target, "event_id": event_id, "operation": operation},
         )
+
+    def _delete(self, client: _Client, calendar_id: str, event_id: str) -> int:
+        """Delete one copy; 404/410 (nothing there) is fine."""
+        status, _ = self._call(
+            client,
+            calendar_id,
+            "delete",
+            expect=(404, 410),
+            calendarId=calendar_id,
+            eventId=event_id,
+            sendUpdates="none",
+        )
+        return status
 
     def _move(self, client: _Client, source: str, target: str, event_id: str) -> int:
         """events.move to the new professional's calendar: 200 moved, 404/410 nothing to move, 409 the

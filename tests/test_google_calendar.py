@@ -366,6 +366,32 @@ def test_a_move_without_the_store_record_uses_the_changes_of_the_update(
     assert the_event(google)[0] == SALON
 
 
+def test_a_failed_clean_up_after_a_move_is_done_by_the_next_write(
+    agenda: Callable[..., Bridge], google: FakeGoogle
+) -> None:
+    """Found by the chaos run: Carlos -> Lucía -> Carlos, the delete of Lucía's copy fails once."""
+    bridge = agenda()
+    ana = {"id": 7, "nombre": "Ana López"}
+    carlos = {"id": 5, "nombre": "Carlos García"}
+    post_all(bridge, [booking_event("booking.created", "2024-01-20T10:00:00Z")])
+    post_all(bridge, [booking_event("booking.updated", "2024-01-20T10:01:00Z", profesional=ana)])
+    google.fail(503, "backendError", "Backend Error", method="DELETE")
+    post_all(bridge, [booking_event("booking.updated", "2024-01-20T10:02:00Z", profesional=carlos)])
+    post_all(bridge, [booking_event("booking.completed", "2024-01-25T11:05:00Z")])
+    assert the_event(google)[0] == CARLOS  # exactly one live entry, in Carlos's calendar
+
+
+def test_a_write_whose_answer_was_lost_is_found_by_the_next_write(
+    agenda: Callable[..., Bridge], google: FakeGoogle
+) -> None:
+    """Found by the chaos run: the worker died after Google inserted, before the store recorded it."""
+    bridge = agenda()
+    post_all(bridge, [booking_event("booking.created", "2024-01-20T10:00:00Z")])
+    RedisConnectorStore(bridge.redis, "agenda").delete(f"booking:{TENANT}:12345")  # never recorded
+    post_all(bridge, [booking_event("booking.updated", "2024-01-20T10:01:00Z", profesional={"id": 7, "nombre": "Ana"})])
+    assert the_event(google)[0] == SALON
+
+
 def test_calendar_id_field_overrides_the_lookup(agenda: Callable[..., Bridge], google: FakeGoogle) -> None:
     google.add_calendar("sala2@example.com", {SA: "writer"})
     bridge = agenda(action="        calendar_id: \"{{ 'sala2@example.com' if booking.total > 20 else '' }}\"\n")
