@@ -19,13 +19,12 @@ from redis.exceptions import RedisError
 from bridge import logs
 from bridge.runtime import Runtime, resolve_redis_url
 from bridge.samples import SAMPLES_DIR, sample_types
-from bridge.store import ActionState
+from bridge.store import STATUSES, ActionState
 from mappings.config import BridgeConfig, ConfigError, default_config_path, load_config
 
 DEFAULT_WEBHOOK_URL = "http://127.0.0.1:8000/webhooks"
 SECRET_VARIABLE = "SALONBOOKIT_WEBHOOK_SECRET"
 WARNED_VARIABLE = "SALON_BRIDGE_CONFIG_WARNED"
-STATUSES = ["pending", "sending", "retrying", "done", "dead", "dry-run", "skipped", "stale"]
 MIN_ADMIN_PASSWORD = 10
 EPILOG_CONFIG = "The config path comes from --config, else $SALON_BRIDGE_CONFIG, else ./config.yaml."
 

@@ -32,7 +32,8 @@ DONE = "done"
 DEAD = "dead"
 DRY_RUN = "dry-run"
 SKIPPED = "skipped"  # the mapping's condition was false
-STALE = "stale"  # a newer event was already applied to the same external object
+STALE = "stale"  # the external object already has everything known up to this event
+STATUSES = [PENDING, SENDING, RETRYING, DONE, DEAD, DRY_RUN, SKIPPED, STALE]
 
 
 def text(value: Any) -> str:

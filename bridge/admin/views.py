@@ -42,6 +42,7 @@ from bridge.store import (
     SENDING,
     SKIPPED,
     STALE,
+    STATUSES,
     ActionState,
     EventRecord,
 )
@@ -50,7 +51,6 @@ log = logging.getLogger("salon_bridge.admin")
 
 blueprint = Blueprint("admin", __name__, url_prefix="/admin", template_folder="templates", static_folder="static")
 
-STATUSES = [PENDING, SENDING, RETRYING, DONE, DEAD, DRY_RUN, SKIPPED, STALE]
 LIVE_STATUSES = {PENDING, SENDING, RETRYING}
 # What each status is called on the page, and its colour.
 BADGES = {
