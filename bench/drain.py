@@ -4,7 +4,7 @@
     .venv/bin/python bench/drain.py --part fast --events 2000 --rounds 3
     .venv/bin/python bench/drain.py --part slow --slow-events 1200
     .venv/bin/python bench/drain.py --part fast --worker-class fork   # RQ's forking Worker, both sides
-    .venv/bin/python bench/drain.py --part fast --variants bridge,lean,fork   # prototypes, same rounds
+    .venv/bin/python bench/drain.py --part fast --variants bridge,fork   # the forking worker, same rounds
 
 Part `fast`: a backlog of --events accepted events (default 20,000; the product's own ingest,
 in-process), each mapped to one `http` action on bench/fake_destination.py answering at once.
@@ -12,9 +12,8 @@ Then N `salon-bridge worker` processes (N in --workers, default 1,2,4) drain it,
 `rq worker` processes draining as many no-op jobs from the same Redis, interleaved (bridge N=1,
 bare N=1, bridge N=2, ...) for --rounds rounds (median reported). Rate = jobs / (last job's end
 - first job's start), from RQ's own job timestamps. Every action must end `done` and the
-destination must have seen each call. --variants adds prototypes to the same interleaved rounds:
-`lean` (bench/prototypes/lean_worker.py: fewer round trips per job; `lean=heartbeat+trips` for
-some of its changes) and `fork` (the bridge on RQ's forking Worker).
+destination must have seen each call. --variants adds `fork` (the bridge on RQ's forking Worker,
+bench/prototypes/fork_worker.py) to the same interleaved rounds.
 
 Part `slow`: the destination takes 100 ms per call (--delay-ms); `salon-bridge up --workers 8`
 drains --slow-events events. With --throttle-every N the destination also answers every Nth call
@@ -211,16 +210,9 @@ def worker_command(kind: str, worker_class: str, config: Path, redis_url: str) -
             "rq.serializers.JSONSerializer",
             NOOP_QUEUE,
         ], {}
-    if kind == "fork":  # the bridge on RQ's forking Worker, whatever --worker-class says
+    if kind == "fork" or worker_class == "fork":  # the bridge on RQ's forking Worker
         return [PYTHON, str(BENCH_DIR / "prototypes" / "fork_worker.py"), "worker", "--config", str(config)], {}
-    if kind == "bridge":
-        if worker_class == "fork":
-            return [PYTHON, str(BENCH_DIR / "prototypes" / "fork_worker.py"), "worker", "--config", str(config)], {}
-        return [str(VENV_BIN / "salon-bridge"), "worker", "--config", str(config)], {}
-    # lean or lean=change+change: bench/prototypes/lean_worker.py
-    changes = kind.partition("=")[2].replace("+", ",") or "heartbeat,logs,proxies,trips"
-    script = BENCH_DIR / "prototypes" / "lean_worker.py"
-    return [PYTHON, str(script), "worker", "--config", str(config)], {"SB_LEAN": changes}
+    return [str(VENV_BIN / "salon-bridge"), "worker", "--config", str(config)], {}
 
 
 def drain_once(
@@ -532,9 +524,8 @@ def parser() -> argparse.ArgumentParser:
         "--variants",
         type=lambda s: [v.strip() for v in s.split(",") if v.strip()],
         default=["bridge"],
-        help="fast part, against bare RQ: bridge (the product), fork (the product on RQ's forking Worker), "
-        "lean or lean=heartbeat+logs+proxies+trips "
-        "(bench/prototypes/lean_worker.py); default bridge",
+        help="fast part, against bare RQ: bridge (the product), fork (the product on RQ's forking Worker); "
+        "default bridge",
     )
     p.add_argument(
         "--worker-class",

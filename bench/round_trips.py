@@ -118,12 +118,10 @@ def per_job(kind: str, url: str, config: Path, jobs: int, bench_redis: BenchRedi
     from rq.serializers import JSONSerializer
 
     from bench.drain import bridge_backlog, noop_backlog
-    from bridge import jobs as bridge_jobs
     from bridge import runtime
     from bridge.runtime import Runtime
+    from bridge.worker import BridgeWorker
     from mappings.config import load_config
-
-    product_process_event = bridge_jobs.process_event
 
     def drain(count: int) -> tuple[int, int, list]:
         bench_redis.reset()
@@ -135,17 +133,11 @@ def per_job(kind: str, url: str, config: Path, jobs: int, bench_redis: BenchRedi
         rt = Runtime(load_config(config), redis)
         runtime.install(rt)
         queue = rt.queue if kind != "bare" else Queue(NOOP_QUEUE, connection=redis, serializer=JSONSerializer)
-        worker_class = SimpleWorker
-        if kind == "lean":
-            from bench.prototypes import lean_jobs, lean_worker
-
-            lean_jobs.install()
-            worker_class = lean_worker.LeanWorker
+        worker_class = BridgeWorker if kind == "bridge" else SimpleWorker
         CountingConnection.reset()
         try:
             worker_class([queue], connection=redis, serializer=JSONSerializer).work(burst=True, logging_level="WARNING")
         finally:
-            bridge_jobs.process_event = product_process_event
             runtime.install(None)
         return CountingConnection.round_trips, CountingConnection.commands, CountingConnection.trace
 
@@ -196,8 +188,7 @@ def main() -> None:
             job_rows, traces = [], {}
             what = {
                 "bare": "bare RQ SimpleWorker, no-op job",
-                "bridge": "bridge: SimpleWorker, process_event, one http action",
-                "lean": "prototype: LeanWorker, process_event_lean (bench/prototypes)",
+                "bridge": "bridge: BridgeWorker, process_event, one http action",
             }
             for kind, label in what.items():
                 trips, commands, trace = per_job(kind, args.redis_url, config, 50, bench_redis)

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+from redis.client import Pipeline
+
 from bridge import metrics
 from bridge import runtime as runtime_module
 from bridge.queue import CRASH_RETRY, FAILURE_TTL
@@ -26,6 +28,8 @@ from bridge.store import (
     STALE,
     ActionState,
     EventRecord,
+    load_record,
+    record_key,
 )
 from connectors.base import ActionRequest, PermanentError, TransientError
 from mappings.config import ActionSpec
@@ -45,28 +49,21 @@ def process_event(key: str) -> str:
     if record is None:
         log.warning("event %s expired before it was processed", key)
         return "expired"
-    envelope = record.envelope
-    rt.memory.remember(envelope)
     outcomes = []
     try:
-        with rt.ordering.lock(record.tenant_id, primary_entity(envelope)) as renew_lock:
-            version = rt.memory.version(envelope)  # before the views: never newer than what they show
-            context = template_context(rt.config.model.timezone, envelope, rt.memory.views(envelope))
-            for planned in plan(rt.config, envelope, context):
+        with EntityWork(rt, record, remember=True) as work:
+            for planned in plan(rt.config, work.record.envelope, work.context):
                 spec = planned.spec
-                state = rt.store.action_state(key, spec.id)
+                state = work.record.actions.get(spec.id)
                 if state is not None and state.status not in (PENDING, SENDING):
                     continue  # the ledger: already done, dead, skipped, or scheduled for a retry
                 state = state or ActionState(connector=spec.connector)
                 if planned.skip_reason:
                     state.status, state.detail = SKIPPED, planned.skip_reason
-                    pipe = rt.redis.pipeline(transaction=True)
-                    rt.store.save_action(key, spec.id, state, pipe=pipe)
-                    metrics.record_action(pipe, spec.connector, SKIPPED, None)
-                    pipe.execute()
+                    rt.store.save_action(key, spec.id, state, pipe=work.writes)
+                    metrics.record_action(work.writes, spec.connector, SKIPPED, None)
                 else:
-                    renew_lock()
-                    attempt(rt, record, spec, state, context, version)
+                    attempt(rt, work, spec, state)
                 outcomes.append(f"{spec.id}={state.status}")
     except EntityBusy as busy:
         return _later(rt, process_event, key, busy)
@@ -81,22 +78,90 @@ def run_action(key: str, action_id: str) -> str:
         log.warning("event %s expired before action %s could run again", key, action_id)
         return "expired"
     try:
-        with rt.ordering.lock(record.tenant_id, primary_entity(record.envelope)):
-            state = rt.store.action_state(key, action_id)
+        with EntityWork(rt, record, remember=False) as work:
+            state = work.record.actions.get(action_id)
             if state is None or state.status not in (PENDING, RETRYING, SENDING):
                 return f"nothing to do ({state.status if state else 'unknown action'})"
             spec = rt.config.action(action_id)
             if spec is None:
                 state.status = DEAD
                 state.last_error = f"action {action_id!r} is no longer in the config"
-                rt.store.save_action(key, action_id, state)
+                rt.store.save_action(key, action_id, state, pipe=work.writes)
                 return state.status
-            version = rt.memory.version(record.envelope)
-            context = template_context(rt.config.model.timezone, record.envelope, rt.memory.views(record.envelope))
-            attempt(rt, record, spec, state, context, version)
+            attempt(rt, work, spec, state)
     except EntityBusy as busy:
         return _later(rt, run_action, key, busy, action_id)
     return state.status
+
+
+class EntityWork:
+    """One job's hold on its event's entity, in as few Redis round trips as the guarantees allow.
+
+    Entering is one round trip (a pipeline): merge the event into entity memory (`remember`),
+    take the entity's lock, read what memory knows and the event's action states again (now
+    under the lock). Only when another worker holds the lock does it wait for it, then read again.
+
+    `writes` is a MULTI that collects the job's records (action states, metrics, retries, sync
+    marks). It is sent where they must be durable: before each connector call, together with the
+    action's `sending` mark and the lock's renewal (`before_send`), and on leaving, together with
+    the lock's release. So an action costs one round trip of its own, and the job two more."""
+
+    def __init__(self, rt: Runtime, record: EventRecord, remember: bool):
+        self.rt = rt
+        self.record = record
+        self.remember = remember
+        self.lock = rt.ordering.entity_lock(record.tenant_id, primary_entity(record.envelope))
+        self.writes = rt.redis.pipeline(transaction=True)
+        self.context: dict[str, Any] = {}
+        self.version = ""
+
+    def __enter__(self) -> EntityWork:
+        envelope = self.record.envelope
+        pipe = self.rt.redis.pipeline(transaction=False)
+        if self.remember:
+            self.rt.memory.remember_on(pipe, envelope)
+        if self.lock is not None:
+            self.lock.acquire_on(pipe)
+        try:
+            answers = self._read(pipe)
+            if self.lock is not None and not answers[-1]:
+                self.lock.acquire(wait=5)  # raises EntityBusy
+                self._read(self.rt.redis.pipeline(transaction=False))
+        except Exception:
+            if self.lock is not None:
+                self.lock.release()  # only if it is ours: the token says
+            raise
+        return self
+
+    def _read(self, pipe: Pipeline) -> list[Any]:
+        """Queue the reads on `pipe`, send it, keep what was read; returns the answers before the reads."""
+        envelope = self.record.envelope
+        keys = self.rt.memory.keys(envelope)
+        for key in keys.values():
+            pipe.hgetall(key)
+        pipe.hgetall(record_key(self.record.key))
+        answers = pipe.execute()
+        raw_record, hashes = answers[-1], answers[-1 - len(keys) : -1]
+        if raw_record:
+            self.record = load_record(self.record.key, raw_record)
+        views, self.version = self.rt.memory.read(envelope, dict(zip(keys, hashes, strict=True)))
+        self.context = template_context(self.rt.config.model.timezone, envelope, views)
+        return answers[: -1 - len(keys)]
+
+    def before_send(self) -> None:
+        """Send the collected writes with the lock's renewal; raises EntityBusy when another
+        worker took the lock meanwhile (it had expired)."""
+        if self.lock is not None:
+            self.lock.renew_on(self.writes)
+        answers = self.writes.execute()
+        if self.lock is not None and not answers[-1]:
+            raise EntityBusy(f"{self.lock.entity}: its lock expired and another worker took it")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.lock is not None:
+            self.lock.release_on(self.writes)
+        if len(self.writes):
+            self.writes.execute()
 
 
 def _later(rt: Runtime, job: Callable[..., str], key: str, busy: EntityBusy, *args: str) -> str:
@@ -126,15 +191,16 @@ def template_context(timezone: str, envelope: dict[str, Any], views: dict[str, E
     }
 
 
-def attempt(
-    rt: Runtime, record: EventRecord, spec: ActionSpec, state: ActionState, context: dict[str, Any], version: str
-) -> None:
-    """Run one action once and record the outcome; schedule the next try on a transient error.
-    `version`: what memory knows of the event's entity, for actions that sync its state."""
+def attempt(rt: Runtime, work: EntityWork, spec: ActionSpec, state: ActionState) -> None:
+    """Run one action once and record the outcome (on `work.writes`); schedule the next try on a
+    transient error. Actions that sync an entity's state to an external object skip an event that
+    brings nothing new since the object's last write (`work.version`)."""
+    record = work.record
     if state.status == SENDING:
         # A previous attempt died between sending and recording: the destination may have it.
-        rt.redis.incr(POSSIBLE_DUPLICATES_KEY)
+        work.writes.incr(POSSIBLE_DUPLICATES_KEY)
         log.warning("possible duplicate: event=%s action=%s was interrupted while sending", record.id, spec.id)
+    status_before = state.status
     state.attempts += 1
     state.connector = spec.connector
     started = time.monotonic()
@@ -143,17 +209,18 @@ def attempt(
     retry_after: float | None = None
     target = _sync_target(spec, record)
     try:
-        fields = render_action(spec, context)
+        fields = render_action(spec, work.context)
         state.rendered = fields
-        if target and not state.forced and rt.ordering.is_synced(target, version):
+        if target and not state.forced and rt.ordering.is_synced(target, work.version):
             state.status = STALE
-            state.detail = f"stale: {target} already has everything known up to this event (version {version})"
+            state.detail = f"stale: {target} already has everything known up to this event (version {work.version})"
         elif rt.dry_run or rt.config.connectors[spec.connector].dry_run:
             state.status, state.detail = DRY_RUN, "would send (dry run): nothing left the machine"
         else:
             connector = rt.connector(spec.connector)
             state.status = SENDING
-            rt.store.save_action(record.key, spec.id, state)
+            rt.store.save_action(record.key, spec.id, state, pipe=work.writes)
+            work.before_send()
             request = ActionRequest(
                 action=spec.action,
                 fields=fields,
@@ -162,14 +229,19 @@ def attempt(
                 event_created=str(record.envelope["created"]),
                 tenant_id=record.tenant_id,
                 action_id=spec.id,
-                context=context,
+                context=work.context,
                 store=RedisConnectorStore(rt.redis, spec.connector),
                 forced=state.forced,
             )
             result = connector.send(request)
             state.status, state.detail, state.last_error, state.forced = DONE, result.detail, "", False
             if target:
-                rt.ordering.mark_synced(target, version)
+                rt.ordering.mark_synced_on(work.writes, target, work.version)
+    except EntityBusy:
+        # Nothing was sent: the action is as it was, for the job that runs again.
+        state.status, state.attempts = status_before, state.attempts - 1
+        rt.store.save_action(record.key, spec.id, state, pipe=work.writes)
+        raise
     except MissingDataError as exc:
         # Events arrive out of order, and an earlier one can be held up by a crash: the one carrying
         # this data may still come. Retried on the schedule for `retry.wait_for_missing_data`.
@@ -187,7 +259,6 @@ def attempt(
         error = f"unexpected error: {type(exc).__name__}: {exc}"
     duration = time.monotonic() - started
 
-    pipe = rt.redis.pipeline(transaction=True)
     if error is not None and state.status != DEAD:
         delay = next_delay(rt, state.attempts, retry_after)
         if delay is None:
@@ -205,7 +276,7 @@ def attempt(
                 retry=CRASH_RETRY,
                 result_ttl=600,
                 failure_ttl=FAILURE_TTL,
-                pipeline=pipe,
+                pipeline=work.writes,
             )
     if state.status != RETRYING:
         state.next_attempt_at = None
@@ -220,9 +291,8 @@ def attempt(
             "duration_ms": round(duration * 1000, 1),
         }
     )
-    rt.store.save_action(record.key, spec.id, state, pipe=pipe)
-    metrics.record_action(pipe, spec.connector, state.status, duration)
-    pipe.execute()
+    rt.store.save_action(record.key, spec.id, state, pipe=work.writes)
+    metrics.record_action(work.writes, spec.connector, state.status, duration)
     log_attempt(record, spec, state, duration, error)
 
 

@@ -5,7 +5,7 @@ Two sources, each where it is cheapest to keep (docs/operations.md, "Metrics"):
   gunicorn's several processes, in its multiprocess mode (PROMETHEUS_MULTIPROC_DIR). No Redis
   round trip is added to a webhook request.
 - the worker side (actions by connector and outcome, latency, retries, dead letters) is kept in
-  Redis hashes, written in the transaction `bridge.jobs.attempt` already executes, so workers on
+  Redis hashes, written in the transaction that records the outcome (`bridge.jobs.attempt`), so workers on
   any number of hosts add up; it is read at scrape time, with the queue's depth and the workers.
 """
 

@@ -10,13 +10,14 @@ event that set it (`~cliente.nombre`) and only a newer event overwrites it, atom
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import time
+import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 from redis import Redis
-from redis.exceptions import LockError, NoScriptError
+from redis.client import Pipeline
 
 from bridge.store import PREFIX, text
 from mappings.templates import EntityView
@@ -130,75 +131,63 @@ def _unflatten(fields: dict[str, Any]) -> dict[str, Any]:
 
 
 class EntityMemory:
+    """Reads and merges entity memory. A job does both in the one pipeline that also takes the
+    entity lock (`bridge.jobs`): `remember_on` and `keys` queue the commands, `read` makes the
+    views and the version of what came back."""
+
     def __init__(self, redis: Redis, ttl: float):
         self.redis = redis
         self.ttl = int(ttl)
-        self._merge = redis.register_script(_MERGE)
 
     def key(self, tenant: str, kind: str, entity_id: str) -> str:
         return f"{PREFIX}mem:{tenant}:{kind}:{entity_id}"
 
-    def remember(self, envelope: dict[str, Any]) -> None:
-        """Merge what the event says into memory; each field keeps the newest event's value."""
+    def remember_on(self, pipe: Pipeline, envelope: dict[str, Any]) -> None:
+        """Queue the merge of what the event says; each field keeps the newest event's value."""
         created = repr(event_time(envelope))
-        merges = []
         for kind, obj in entity_parts(envelope):
             args: list[str] = [created, str(self.ttl)]
             for name, value in _flatten(obj):
                 args += [name, json.dumps(value, ensure_ascii=False)]
-            merges.append((self.key(envelope["tenant_id"], kind, str(obj["id"])), args))
+            # EVAL, not EVALSHA: Redis caches the compiled script by its hash anyway, and a
+            # restarted Redis that forgot its scripts cannot fail the pipeline with NOSCRIPT.
+            pipe.eval(_MERGE, 1, self.key(envelope["tenant_id"], kind, str(obj["id"])), *args)
 
-        def run() -> None:
-            pipe = self.redis.pipeline(transaction=False)
-            for key, args in merges:
-                # EVALSHA straight on the pipeline: a Script object would first ask SCRIPT EXISTS.
-                pipe.evalsha(self._merge.sha, 1, key, *args)
-            pipe.execute()
+    def remember(self, envelope: dict[str, Any]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        self.remember_on(pipe, envelope)
+        pipe.execute()
 
-        try:
-            run()
-        except NoScriptError:  # a restarted Redis forgot the script; merging again is harmless
-            self.redis.script_load(_MERGE)
-            run()
+    def keys(self, envelope: dict[str, Any]) -> dict[str, str]:
+        """The memory key of each kind of entity the event names (its first of each kind)."""
+        keys: dict[str, str] = {}
+        for kind, obj in entity_parts(envelope):
+            keys.setdefault(kind, self.key(envelope["tenant_id"], kind, str(obj["id"])))
+        return keys
 
-    def load(self, tenant: str, kind: str, entity_id: str) -> dict[str, Any] | None:
-        raw: dict[bytes, bytes] = self.redis.hgetall(self.key(tenant, kind, entity_id))  # type: ignore[assignment]
-        if not raw:
-            return None
-        fields = {k.decode(): json.loads(v) for k, v in raw.items() if not k.startswith(b"~")}
-        return _unflatten(fields)
+    def read(
+        self, envelope: dict[str, Any], hashes: dict[str, dict[bytes, bytes]]
+    ) -> tuple[dict[str, EntityView | None], str]:
+        """The merged `booking`, `order` and `customer` views the event refers to (None when it
+        refers to none), and the version of what is known of its primary entity and that entity's
+        customer (it changes whenever memory learns something new about either).
 
-    def version(self, envelope: dict[str, Any]) -> str:
-        """What is known of the event's primary entity and its customer, as a version that changes
-        whenever memory learns something new about either."""
-        entity = primary_entity(envelope)
-        if entity is None:
-            return ""
-        tenant = envelope["tenant_id"]
-        key = self.key(tenant, *entity)
-        own, customer_id = self.redis.hmget(key, "~~version", "cliente.id")
-        versions = [text(own or b"0")]
-        if customer_id is not None and entity[0] != "customer":
-            customer = self.redis.hget(self.key(tenant, "customer", text(json.loads(customer_id))), "~~version")
-            versions.append(text(customer or b"0"))
-        return ".".join(versions)
-
-    def views(self, envelope: dict[str, Any]) -> dict[str, EntityView | None]:
-        """The merged `booking`, `order` and `customer` an event refers to (None when it refers to none)."""
+        `hashes`: HGETALL of `keys(envelope)`, by kind. A customer the event does not name but
+        memory knows (a booking's `cliente.id`) is read here: one more round trip."""
         tenant = envelope["tenant_id"]
         ids: dict[str, str] = {}
         for kind, obj in entity_parts(envelope):
             ids.setdefault(kind, str(obj["id"]))
-        merged: dict[str, dict[str, Any] | None] = {
-            kind: self.load(tenant, kind, ids[kind]) if kind in ids else None for kind in ("booking", "order")
-        }
+        merged: dict[str, dict[str, Any] | None] = {kind: _fields(hashes.get(kind)) for kind in ("booking", "order")}
+        hashes = dict(hashes)
         if "customer" not in ids:
             for kind in ("booking", "order"):
                 cliente = (merged[kind] or {}).get("cliente")
                 if isinstance(cliente, dict) and "id" in cliente:
                     ids["customer"] = str(cliente["id"])
+                    hashes["customer"] = self._hgetall(self.key(tenant, "customer", ids["customer"]))
                     break
-        customer = self.load(tenant, "customer", ids["customer"]) if "customer" in ids else None
+        customer = _fields(hashes.get("customer"))
         for kind in ("booking", "order"):
             view = merged[kind]
             cliente = (view or {}).get("cliente")
@@ -207,52 +196,122 @@ class EntityMemory:
                 if str(cliente.get("id")) == ids.get("customer"):
                     view["cliente"] = {**cliente, **customer}
         merged["customer"] = customer
-        return {
-            kind: EntityView(value, kind, ids[kind]) if value is not None else None for kind, value in merged.items()
-        }
+        views = {kind: EntityView(data, kind, ids[kind]) if data else None for kind, data in merged.items()}
+        return views, self._version(envelope, hashes, ids.get("customer"))
+
+    def _version(self, envelope: dict[str, Any], hashes: dict[str, dict[bytes, bytes]], customer_id: str | None) -> str:
+        entity = primary_entity(envelope)
+        if entity is None:
+            return ""
+        own = hashes.get(entity[0]) or {}
+        versions = [text(own.get(b"~~version", b"0"))]
+        own_customer = own.get(b"cliente.id")
+        if own_customer is not None and entity[0] != "customer":
+            own_customer_id = text(json.loads(own_customer))
+            if own_customer_id == customer_id:
+                customer = hashes.get("customer") or {}
+            else:  # memory's customer differs from the one the event names
+                customer = self._hgetall(self.key(envelope["tenant_id"], "customer", own_customer_id))
+            versions.append(text(customer.get(b"~~version", b"0")))
+        return ".".join(versions)
+
+    def views(self, envelope: dict[str, Any]) -> dict[str, EntityView | None]:
+        """The views alone, read in one round trip (two when the customer is known only through memory)."""
+        keys = self.keys(envelope)
+        pipe = self.redis.pipeline(transaction=False)
+        for key in keys.values():
+            pipe.hgetall(key)
+        return self.read(envelope, dict(zip(keys, pipe.execute(), strict=True)))[0]
+
+    def load(self, tenant: str, kind: str, entity_id: str) -> dict[str, Any] | None:
+        return _fields(self._hgetall(self.key(tenant, kind, entity_id)))
+
+    def _hgetall(self, key: str) -> dict[bytes, bytes]:
+        return self.redis.hgetall(key)  # type: ignore[return-value]
+
+
+def _fields(raw: dict[bytes, bytes] | None) -> dict[str, Any] | None:
+    """A memory hash as the nested object it was flattened from (None when empty)."""
+    if not raw:
+        return None
+    return _unflatten({k.decode(): json.loads(v) for k, v in raw.items() if not k.startswith(b"~")})
 
 
 class EntityBusy(Exception):
     """Another worker holds the entity's lock; the job is run again a little later."""
 
 
+# The lock's value is a random token: only its holder renews or releases it. Renewing takes the
+# lock again when it expired and nobody else took it.
+_RENEW = """
+local holder = redis.call('get', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('set', KEYS[1], ARGV[1], 'px', ARGV[2])
+return 1
+"""
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+
+
+class EntityLock:
+    """The lock that keeps two workers from writing one entity's external objects at the same
+    time. It expires by itself when its worker dies, so the holder renews it before each action
+    and it only has to outlive one. Each step is queued on a pipeline the job sends anyway."""
+
+    def __init__(self, redis: Redis, name: str, entity: str, timeout: float = LOCK_TIMEOUT):
+        self.redis = redis
+        self.name = name
+        self.entity = entity  # "booking 12345", for messages
+        self.token = uuid.uuid4().hex
+        self.timeout_ms = int(timeout * 1000)
+
+    def acquire_on(self, pipe: Pipeline) -> None:
+        """Queue taking the lock; its answer is true when taken."""
+        pipe.set(self.name, self.token, nx=True, px=self.timeout_ms)
+
+    def acquire(self, wait: float) -> None:
+        """Take the lock, trying for `wait` seconds; raises EntityBusy."""
+        deadline = time.monotonic() + wait
+        while not self.redis.set(self.name, self.token, nx=True, px=self.timeout_ms):
+            if time.monotonic() > deadline:
+                raise EntityBusy(f"{self.entity} is being worked on by another worker")
+            time.sleep(0.1)
+
+    def renew_on(self, pipe: Pipeline) -> None:
+        """Queue the renewal; its answer is 0 when the lock expired and another worker took it."""
+        pipe.eval(_RENEW, 1, self.name, self.token, self.timeout_ms)
+
+    def release_on(self, pipe: Pipeline) -> None:
+        pipe.eval(_RELEASE, 1, self.name, self.token)
+
+    def release(self) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        self.release_on(pipe)
+        pipe.execute()
+
+
 class Ordering:
-    """The lock that keeps two workers from writing one entity's external objects at the same time,
-    and which version of the entity each external object was last written with."""
+    """Entity locks, and which version of the entity each external object was last written with."""
 
     def __init__(self, redis: Redis, ttl: float, lock_timeout: float = LOCK_TIMEOUT):
         self.redis = redis
         self.ttl = int(ttl)
         self.lock_timeout = lock_timeout
 
-    @contextmanager
-    def lock(self, tenant: str, entity: tuple[str, str] | None, wait: float = 5) -> Iterator[Callable[[], None]]:
-        """Hold the entity's lock; yields `renew`, to call before each action so that the lock only
-        has to outlive one action (it expires by itself if this worker dies). No entity, no lock.
-        Raises EntityBusy when another worker keeps it for `wait` seconds."""
+    def entity_lock(self, tenant: str, entity: tuple[str, str] | None) -> EntityLock | None:
+        """The lock of the entity an event may write (None when it names no entity)."""
         if entity is None:
-            yield lambda: None
-            return
-        lock = self.redis.lock(
-            f"{PREFIX}lock:{tenant}:{entity[0]}:{entity[1]}", timeout=self.lock_timeout, blocking_timeout=wait
-        )
-        if not lock.acquire():
-            raise EntityBusy(f"{entity[0]} {entity[1]} is being worked on by another worker")
-        try:
-            yield lock.reacquire
-        finally:
-            try:
-                lock.release()
-            except LockError:
-                pass  # expired while we worked; nothing to release
+            return None
+        kind, entity_id = entity
+        name = f"{PREFIX}lock:{tenant}:{kind}:{entity_id}"
+        return EntityLock(self.redis, name, f"{kind} {entity_id}", self.lock_timeout)
 
     def is_synced(self, target: str, version: str) -> bool:
         """Whether `target` was already written with this version of what is known."""
         value = self.redis.get(f"{PREFIX}synced:{target}")
         return value is not None and text(value) == version
 
-    def mark_synced(self, target: str, version: str) -> None:
-        self.redis.set(f"{PREFIX}synced:{target}", version, ex=self.ttl)
+    def mark_synced_on(self, pipe: Pipeline, target: str, version: str) -> None:
+        pipe.set(f"{PREFIX}synced:{target}", version, ex=self.ttl)
 
 
 class RedisConnectorStore:

@@ -13,7 +13,7 @@ import hashlib
 import json
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis import Redis
@@ -72,7 +72,7 @@ class ActionState:
     forced: bool = False  # queued again by `replay --force`
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False, default=str)
+        return json.dumps(vars(self), ensure_ascii=False, default=str)  # asdict() would deep-copy first
 
     @classmethod
     def from_json(cls, text: str | bytes) -> ActionState:
@@ -114,7 +114,7 @@ class EventStore:
 
     def load(self, key: str) -> EventRecord | None:
         raw: dict[bytes, bytes] = self.redis.hgetall(record_key(key))  # type: ignore[assignment]
-        return _record(key, raw) if raw else None
+        return load_record(key, raw) if raw else None
 
     def find(self, event_id: str) -> EventRecord | None:
         return self.load(event_key(event_id))
@@ -168,7 +168,7 @@ class EventStore:
         records, missing = [], []
         for key, raw in zip(keys, pipe.execute(), strict=True):
             if raw:
-                records.append(_record(key, raw))
+                records.append(load_record(key, raw))
             else:
                 missing.append(key)
         if missing and index:
@@ -176,7 +176,7 @@ class EventStore:
         return records
 
 
-def _record(key: str, raw: dict[bytes, bytes]) -> EventRecord:
+def load_record(key: str, raw: dict[bytes, bytes]) -> EventRecord:
     actions = {name.decode()[2:]: ActionState.from_json(value) for name, value in raw.items() if name.startswith(b"a:")}
     return EventRecord(
         key=key,

@@ -234,3 +234,67 @@ def test_a_killed_workers_job_runs_again(make_bridge, destination, redis_url, wr
     assert (state.status, state.attempts) == (DONE, 2)
     # The destination may have had the first call: that possible duplicate is counted.
     assert bridge.redis.get(POSSIBLE_DUPLICATES_KEY) == b"1"
+
+
+def test_monitors_see_what_a_worker_is_doing(make_bridge, destination, redis_url, write_config) -> None:  # noqa: ANN001
+    """The worker skips some of RQ's own writes (docs/performance.md); RQ's view of it stays true:
+    busy with the job at hand during a call, idle after, and its job counts."""
+    from rq import Worker
+
+    text = http_config(destination.url).replace("connectors:", f'redis_url: "{redis_url}"\nconnectors:', 1)
+    bridge: Bridge = make_bridge(text)
+    seen: list[tuple[str, str | None]] = []
+
+    def look(request) -> None:  # noqa: ANN001
+        seen.extend((w.get_state(), w.get_current_job_id()) for w in Worker.all(connection=bridge.redis))
+
+    destination.on_request = look
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "bridge.cli", "worker", "--config", str(write_config(text, "worker.yaml"))],
+        env=os.environ,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        events = [sample("booking.created"), sample("payment.failed")]
+        for event in events:
+            bridge.post(event)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            workers = Worker.all(connection=bridge.redis)
+            if workers and workers[0].successful_job_count == 2 and workers[0].get_state() == "idle":
+                break
+            time.sleep(0.05)
+        assert [(w.get_state(), w.successful_job_count) for w in workers] == [("idle", 2)]
+        assert seen == [("busy", "e-" + event["id"]) for event in events]
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)  # never leave a worker on the tests' database
+            worker.wait()
+
+
+@pytest.mark.parametrize("level", ["info", "debug"])
+def test_a_worker_logs_one_line_per_action_and_rq_job_lines_only_at_debug(
+    level, bridge, destination, redis_url, write_config
+) -> None:  # noqa: ANN001, E501
+    text = http_config(destination.url)
+    config = write_config(text.replace("connectors:", f'redis_url: "{redis_url}"\nconnectors:', 1), "worker.yaml")
+    event = sample("booking.created")
+    bridge.post(event)
+    worker = subprocess.run(
+        [sys.executable, "-m", "bridge.cli", "--log-level", level, "worker", "--burst", "--config", str(config)],
+        env=os.environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert worker.returncode == 0, worker.stderr
+    lines = worker.stderr.splitlines()
+    assert len([line for line in lines if f"action event={event['id']} " in line]) == 1
+    rq_job_lines = [line for line in lines if "Job OK" in line or "Successfully completed" in line]
+    assert len(rq_job_lines) == (2 if level == "debug" else 0)
+    assert any("started with PID" in line for line in lines)  # RQ's other lines stay

@@ -256,3 +256,53 @@ def test_memory_survives_a_redis_that_forgot_its_scripts(redis_url: str) -> None
     redis.script_flush()  # as after a Redis restart
     memory.remember(sample("order.created"))
     assert memory.load("uuid-tenant", "order", "789")["numero"] == "PED-2024-0789"
+
+
+TWO_NOTICES = """
+  - name: two
+    on: ["booking.created"]
+    actions:
+      - {connector: crm, name: first, body: "first {{ booking.id }}"}
+      - {connector: crm, name: second, body: "second {{ booking.id }}"}
+"""
+BOOKING_LOCK = "sb:lock:uuid-tenant:booking:12345"
+
+
+def test_a_worker_whose_lock_another_worker_took_stops_before_its_next_action(make_bridge, destination) -> None:  # noqa: ANN001
+    """The booking's lock expired during the first action (a stalled worker) and another worker
+    took it: the second action is not sent; it is left as it was, and the job comes back later."""
+    from rq import SimpleWorker
+    from rq.serializers import JSONSerializer
+
+    bridge: Bridge = make_bridge(http_config(destination.url, mappings=TWO_NOTICES))
+    destination.on_request = lambda request: bridge.redis.set(BOOKING_LOCK, "another-worker", px=30_000)
+    event = sample("booking.created")
+    bridge.post(event)
+    SimpleWorker([bridge.runtime.queue], connection=bridge.redis, serializer=JSONSerializer).work(burst=True)
+    assert [r.json() for r in destination.requests] == ["first 12345"]
+    actions = bridge.record(event["id"]).actions
+    assert actions["two/first"].status == DONE
+    assert (actions["two/second"].status, actions["two/second"].attempts) == ("pending", 0)
+    assert bridge.runtime.queue.scheduled_job_registry.count == 1
+    assert bridge.redis.get(BOOKING_LOCK) == b"another-worker"  # not released by the worker that lost it
+
+    destination.on_request = None
+    bridge.redis.delete(BOOKING_LOCK)  # the other worker is done
+    bridge.drain()
+    assert [r.json() for r in destination.requests] == ["first 12345", "second 12345"]
+    second = bridge.record(event["id"]).actions["two/second"]
+    assert (second.status, second.attempts) == (DONE, 1)
+    assert bridge.redis.get("sb:stats:possible_duplicates") is None
+    assert bridge.redis.keys("sb:lock:*") == []
+
+
+def test_a_lock_that_expired_with_nobody_taking_it_is_taken_again(make_bridge, destination) -> None:  # noqa: ANN001
+    bridge: Bridge = make_bridge(http_config(destination.url, mappings=TWO_NOTICES))
+    destination.on_request = lambda request: bridge.redis.delete(BOOKING_LOCK)  # expired during the call
+    event = sample("booking.created")
+    bridge.post(event)
+    bridge.drain()
+    assert [r.json() for r in destination.requests] == ["first 12345", "second 12345"]
+    assert {a.status for a in bridge.record(event["id"]).actions.values()} == {DONE}
+    assert bridge.runtime.queue.scheduled_job_registry.count == 0
+    assert bridge.redis.keys("sb:lock:*") == []

@@ -70,6 +70,8 @@ class CapturingServer:
         # one key in progress at the same time is kept in `max_in_flight`.
         self.key_of: Callable[[RecordedRequest], str] | None = None
         self.max_in_flight: dict[str, int] = {}
+        # Optional: called with each request before it is answered (to act while a worker waits).
+        self.on_request: Callable[[RecordedRequest], None] | None = None
         self._in_flight: dict[str, int] = {}
         self._lock = threading.Lock()
         server = self
@@ -89,6 +91,8 @@ class CapturingServer:
                         server._in_flight[key] = server._in_flight.get(key, 0) + 1
                         server.max_in_flight[key] = max(server.max_in_flight.get(key, 0), server._in_flight[key])
                 server.received.set()
+                if server.on_request:
+                    server.on_request(recorded)
                 if reply.delay:
                     time.sleep(reply.delay)
                 if key is not None:
