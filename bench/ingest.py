@@ -10,6 +10,10 @@ Targets (NAME or NAME@WORKERSxTHREADS; default size from --workers/--threads):
   bridge    `salon-bridge serve`, as deployed: the CLI, a config file, gunicorn, INFO logs to a file
   baseline  bench/baseline_app.py: HMAC check, SET NX, RQ enqueue (3 round trips), same gunicorn options
   watch3    the bridge with the earlier 3-round-trip ingest (bench/prototypes/watch_ingest.py)
+  bridge-granian, baseline-granian
+            the same two apps under granian (a Rust HTTP server; WORKERS processes x THREADS
+            blocking threads) instead of gunicorn (bench/prototypes/granian_apps.py). granian is
+            not a project dependency: `.venv/bin/pip install granian` first.
 
 Every target runs as its own server for the whole benchmark; the load goes to one at a time,
 interleaved (A, B, A, B, ...). Before each measurement the bench Redis database is emptied and
@@ -58,6 +62,8 @@ QUEUE_OF = {
     "bridge": "salon-bridge",
     "watch3": "salon-bridge",
     "baseline": "bench-baseline",
+    "bridge-granian": "salon-bridge",
+    "baseline-granian": "bench-baseline",
 }
 P99_TARGET_MS = 25.0
 RATIO_TARGET = 1.5
@@ -82,6 +88,12 @@ class Target:
         where = ["--host", "127.0.0.1", "--port", str(self.port)]
         if self.kind == "bridge":
             return [str(VENV_BIN / "salon-bridge"), "serve", "--config", str(config), *where, *size]
+        if self.kind.endswith("-granian"):
+            factory = "bench.prototypes.granian_apps:" + self.kind.removesuffix("-granian")
+            options = ["--interface", "wsgi", "--factory", "--no-ws", "--http", "1", "--log-level", "warning"]
+            granian_size = ["--workers", str(self.workers), "--blocking-threads", str(self.threads)]
+            env = [f"SB_CONFIG={config}", f"SB_REDIS_URL={redis_url}"]
+            return ["env", *env, str(VENV_BIN / "granian"), *options, *where, *granian_size, factory]
         if self.kind == "watch3":
             script = BENCH_DIR / "prototypes" / "watch_ingest.py"
             return [PYTHON, str(script), "serve", "--config", str(config), *where, *size]

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import msgpack
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue
@@ -76,17 +77,17 @@ def envelope_problem(envelope: Any) -> str | None:
     return None
 
 
-# KEYS[1]: the seen mark. ARGV: now, dedupe window, then commands as (argument count, arguments...).
+# KEYS[1]: the seen mark. ARGV: now, dedupe window, the commands to run as one MessagePack array of
+# arrays of strings (raw strings, binary-safe: Redis's cmsgpack does not read the newer bin type).
+# One argument instead of ~75: redis-py packs each argument in Python, and that
+# was a quarter of a webhook's CPU.
 _STORE_IF_NEW = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return 0
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-local i = 3
-while i <= #ARGV do
-  local n = tonumber(ARGV[i])
-  redis.call(unpack(ARGV, i + 1, i + n))
-  i = i + n + 1
+for _, command in ipairs(cmsgpack.unpack(ARGV[3])) do
+  redis.call(unpack(command))
 end
 return 1
 """
@@ -166,11 +167,11 @@ class Ingestor:
             failure_ttl=FAILURE_TTL,
             pipeline=recorder,
         )
-        commands: list[Any] = []
-        for args, _options in recorder.command_stack:
-            commands += [len(args), *args]
+        # Numbers as redis-py would send them (repr), so Redis stores the same text.
+        commands = [[a if isinstance(a, bytes | str) else repr(a) for a in args] for args, _ in recorder.command_stack]
         recorder.reset()
         accepted = self._store_if_new(
-            keys=[seen_key(key)], args=[now, int(self.config.webhook.dedupe_window), *commands]
+            keys=[seen_key(key)],
+            args=[now, int(self.config.webhook.dedupe_window), msgpack.packb(commands, use_bin_type=False)],
         )
         return bool(accepted)

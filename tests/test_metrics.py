@@ -345,6 +345,8 @@ def test_every_gunicorn_process_answers_the_same_totals(
         pytest.param("{'password': 'p4ss w0rd', 'user': 'a'}", "{'password': ***, 'user': 'a'}", id="dict-password"),
         pytest.param("api_key=sk_live_123 retry", "api_key=*** retry", id="key-value"),
         pytest.param("-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----", "***", id="private-key"),
+        pytest.param("got eyJhbGciOi.eyJzdWIiOi.c2lnbmF0dXJl back", "got *** back", id="jwt"),
+        pytest.param("header basic dXNlcjpwYXNz sent", "header basic *** sent", id="basic-auth"),
     ],
 )
 def test_masking_hides_secrets_and_personal_data(text: str, expected: str) -> None:
