@@ -23,7 +23,7 @@ class BridgeWorker(SimpleWorker):
     sessions, API clients) live as long as the worker and a job needs no fork. Each job keeps
     RQ's time limit; a killed worker's job is re-queued by RQ.
 
-    RQ's own round trips per job go from 20 to 8 (bench/round_trips.py): the bare heartbeat
+    RQ's own round trips per job go from 20 to 9 (bench/round_trips.py): the bare heartbeat
     (three round trips, about three times a job) goes at most every HEARTBEAT_EVERY seconds, in
     one round trip; the worker's state is not written again when it has not changed (RQ writes
     `idle` twice between jobs); and the job's `last_heartbeat` is not written once more after the
