@@ -1,5 +1,5 @@
-"""The ingest baseline: the least a webhook receiver on Flask + RQ can do, under the same gunicorn
-server and settings as `salon-bridge serve`.
+"""The ingest baseline: the least a webhook receiver on Flask + RQ can do, under the same server
+(granian) and settings as `salon-bridge serve`.
 
     .venv/bin/python bench/baseline_app.py --port 8100 --redis-url redis://127.0.0.1:6379/14
 
@@ -15,6 +15,7 @@ import argparse
 import hashlib
 import hmac
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -60,10 +61,15 @@ def create_app(redis_url: str = "", secret: str = SECRET, redis: Redis | None = 
     return app
 
 
-def main() -> None:
-    from gunicorn.app.base import BaseApplication
+def factory() -> Flask:
+    """Granian's factory, in each worker process."""
+    return create_app(os.environ["SB_BASELINE_REDIS_URL"])
 
-    from bridge.server import gunicorn_options
+
+def main() -> None:
+    from granian.server import Server
+
+    from bridge.server import server_options
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
@@ -71,23 +77,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--redis-url", required=True)
-    parser.add_argument(
-        "--switch-interval", type=float, help="sys.setswitchinterval for the server (default: Python's 0.005 s)"
-    )
     args = parser.parse_args()
-    if args.switch_interval:
-        sys.setswitchinterval(args.switch_interval)  # inherited by the forked workers
-
-    class Baseline(BaseApplication):  # type: ignore[misc]
-        def load_config(self) -> None:
-            # The very options `salon-bridge serve` uses, so only the application differs.
-            for name, value in gunicorn_options(args.host, args.port, args.workers, args.threads).items():
-                self.cfg.set(name, value)
-
-        def load(self) -> Flask:
-            return create_app(args.redis_url)
-
-    Baseline().run()
+    os.environ["SB_BASELINE_REDIS_URL"] = args.redis_url
+    # The very options `salon-bridge serve` uses, so only the application differs.
+    Server("bench.baseline_app:factory", **server_options(args.host, args.port, args.workers, args.threads)).serve()
 
 
 if __name__ == "__main__":

@@ -408,7 +408,7 @@ def machine() -> dict[str, str]:
         info["redis server"] = "?"
     from importlib.metadata import version
 
-    for package in ("rq", "redis", "gunicorn", "flask", "werkzeug", "requests"):
+    for package in ("rq", "redis", "granian", "flask", "werkzeug", "requests"):
         try:
             info[package] = version(package)
         except Exception:

@@ -475,7 +475,7 @@ def up_rss(up: Child) -> dict[str, float]:
     for pid in children_of(up.pid):
         words = cmdline(pid).split()
         if "serve" in words:
-            out["web (gunicorn master)"] = rss_mb(pid)
+            out["web (granian master)"] = rss_mb(pid)
             for n, web_worker in enumerate(children_of(pid), 1):
                 out[f"web worker {n}"] = rss_mb(web_worker)
         elif "worker" in words:

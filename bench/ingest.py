@@ -7,13 +7,9 @@
     .venv/bin/python bench/ingest.py --py-spy /tmp/profiles   # flame graphs of round 1
 
 Targets (NAME or NAME@WORKERSxTHREADS; default size from --workers/--threads):
-  bridge    `salon-bridge serve`, as deployed: the CLI, a config file, gunicorn, INFO logs to a file
-  baseline  bench/baseline_app.py: HMAC check, SET NX, RQ enqueue (3 round trips), same gunicorn options
+  bridge    `salon-bridge serve`, as deployed: the CLI, a config file, granian, INFO logs to a file
+  baseline  bench/baseline_app.py: HMAC check, SET NX, RQ enqueue (3 round trips), same server options
   watch3    the bridge with the earlier 3-round-trip ingest (bench/prototypes/watch_ingest.py)
-  bridge-granian, baseline-granian
-            the same two apps under granian (a Rust HTTP server; WORKERS processes x THREADS
-            blocking threads) instead of gunicorn (bench/prototypes/granian_apps.py). granian is
-            not a project dependency: `.venv/bin/pip install granian` first.
 
 Every target runs as its own server for the whole benchmark; the load goes to one at a time,
 interleaved (A, B, A, B, ...). Before each measurement the bench Redis database is emptied and
@@ -21,7 +17,7 @@ the server warmed up. The load: wrk (or the Python generator), 16 keep-alive con
 distinct signed events of the 13 types, 1-2 KB each. Reported per target: the median over the
 rounds of accepted (202) events/s and of p50/p99/p99.9 ack latency; errors (anything but a 2xx,
 socket errors, timeouts over 10 s) summed; the median of the per-round ratios to the baseline;
-the resident memory of the gunicorn processes after the last round.
+the resident memory of the server processes after the last round.
 """
 
 from __future__ import annotations
@@ -62,8 +58,6 @@ QUEUE_OF = {
     "bridge": "salon-bridge",
     "watch3": "salon-bridge",
     "baseline": "bench-baseline",
-    "bridge-granian": "salon-bridge",
-    "baseline-granian": "bench-baseline",
 }
 P99_TARGET_MS = 25.0
 RATIO_TARGET = 1.5
@@ -88,12 +82,6 @@ class Target:
         where = ["--host", "127.0.0.1", "--port", str(self.port)]
         if self.kind == "bridge":
             return [str(VENV_BIN / "salon-bridge"), "serve", "--config", str(config), *where, *size]
-        if self.kind.endswith("-granian"):
-            factory = "bench.prototypes.granian_apps:" + self.kind.removesuffix("-granian")
-            options = ["--interface", "wsgi", "--factory", "--no-ws", "--http", "1", "--log-level", "warning"]
-            granian_size = ["--workers", str(self.workers), "--blocking-threads", str(self.threads)]
-            env = [f"SB_CONFIG={config}", f"SB_REDIS_URL={redis_url}"]
-            return ["env", *env, str(VENV_BIN / "granian"), *options, *where, *granian_size, factory]
         if self.kind == "watch3":
             script = BENCH_DIR / "prototypes" / "watch_ingest.py"
             return [PYTHON, str(script), "serve", "--config", str(config), *where, *size]
@@ -113,8 +101,8 @@ def parse_targets(text: str, workers: int, threads: int) -> list[Target]:
     return targets
 
 
-def gunicorn_rss(target: Target) -> dict[str, float]:
-    """Resident MB of the gunicorn master and of each of its worker processes."""
+def server_rss(target: Target) -> dict[str, float]:
+    """Resident MB of the server's master and of each of its worker processes."""
     assert target.child is not None
     out = {"master": rss_mb(target.child.pid)}
     for n, pid in enumerate(descendants(target.child.pid), 1):
@@ -176,7 +164,7 @@ def _run(args: argparse.Namespace, targets: list[Target], workdir: Path, bench_r
                 flush=True,
             )
     for target in targets:
-        target.rss = gunicorn_rss(target)
+        target.rss = server_rss(target)
     redis.close()
     gen = ceiling(min(args.seconds, 5), args.connections, args.python, workdir) if args.ceiling else None
     return report(args, targets, gen)
@@ -209,7 +197,7 @@ def report(args: argparse.Namespace, targets: list[Target], gen: LoadResult | No
     baselines = [t for t in targets if t.kind == "baseline"]
     rows, summary = [], {}
     for target in targets:
-        # Compared with the baseline under the same gunicorn settings, else the first baseline.
+        # Compared with the baseline under the same server settings, else the first baseline.
         same = [b for b in baselines if (b.workers, b.threads) == (target.workers, target.threads)]
         baseline = (same or baselines or [None])[0]
         accepted = [r.rate(202) for r in target.results]
@@ -248,7 +236,7 @@ def report(args: argparse.Namespace, targets: list[Target], gen: LoadResult | No
     print_header(f"Ingest: median of {args.rounds} rounds of {args.seconds:g} s, {args.connections} connections")
     headers = [
         "target",
-        "gunicorn",
+        "server",
         "accepted/s",
         "p50 ms",
         "p99 ms",
@@ -292,8 +280,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--connections", type=int, default=16, help="concurrent keep-alive connections (default 16)")
     p.add_argument("--warmup", type=float, default=2, help="seconds of load before each run, not counted (default 2)")
     p.add_argument("--targets", default="bridge,baseline", help="comma-separated (default bridge,baseline)")
-    p.add_argument("--workers", type=int, default=2, help="gunicorn workers of every target (default 2, as serve)")
-    p.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker (default 4, as serve)")
+    p.add_argument("--workers", type=int, default=2, help="web worker processes of every target (default 2, as serve)")
+    p.add_argument("--threads", type=int, default=4, help="threads per web worker (default 4, as serve)")
     p.add_argument("--redis-url", default=DEFAULT_REDIS_URL, help=f"an empty database (default {DEFAULT_REDIS_URL})")
     p.add_argument("--max-rate", type=float, default=4000, help="events/s to prepare bodies for (default 4000)")
     p.add_argument("--python", action="store_true", help="use the Python load generator even when wrk is there")

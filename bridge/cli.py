@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = command(
         "serve",
         cmd_serve,
-        "Run the webhook endpoint under gunicorn (production server).",
+        "Run the webhook endpoint under granian (production server).",
         "  salon-bridge serve --port 8000\n  salon-bridge serve --config /etc/salon-bridge/config.yaml --workers 4",
     )
     _config_option(serve)

@@ -2,7 +2,7 @@
 
 Two sources, each where it is cheapest to keep (docs/operations.md, "Metrics"):
 - the web side (events received, ack latency) counts in-process with prometheus_client; under
-  gunicorn's several processes, in its multiprocess mode (PROMETHEUS_MULTIPROC_DIR). No Redis
+  the web server's several processes, in its multiprocess mode (PROMETHEUS_MULTIPROC_DIR). No Redis
   round trip is added to a webhook request.
 - the worker side (actions by connector and outcome, latency, retries, dead letters) is kept in
   Redis hashes, written in the transaction that records the outcome (`bridge.jobs.attempt`), so workers on

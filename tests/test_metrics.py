@@ -282,7 +282,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_every_gunicorn_process_answers_the_same_totals(
+def test_every_web_process_answers_the_same_totals(
     redis_url: str, write_config, destination: CapturingServer, tmp_path: Path
 ) -> None:  # noqa: ANN001
     """`serve` with several web processes: whichever process a scrape reaches, it counts them all."""
