@@ -119,10 +119,6 @@ class EventStore:
     def find(self, event_id: str) -> EventRecord | None:
         return self.load(event_key(event_id))
 
-    def action_state(self, key: str, action_id: str) -> ActionState | None:
-        raw = self.redis.hget(record_key(key), "a:" + action_id)
-        return ActionState.from_json(raw) if raw else None
-
     def save_action(self, key: str, action_id: str, state: ActionState, pipe: Pipeline | None = None) -> None:
         """Write one action's state (on `pipe` when given, to commit with other writes); a dead
         action joins the dead letters and keeps its event for the dead-letter retention."""
