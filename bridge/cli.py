@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 from redis.exceptions import RedisError
 
 from bridge import logs
+from bridge.redis_health import RedisUnfit
 from bridge.runtime import Runtime, resolve_redis_url
 from bridge.samples import SAMPLES_DIR, sample_types
 from bridge.store import STATUSES, ActionState
@@ -43,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print("\n".join(exc.problems), file=sys.stderr)
         return 1
-    except CommandError as exc:
+    except (CommandError, RedisUnfit) as exc:
         print(f"salon-bridge {args.command}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
