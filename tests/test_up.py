@@ -7,13 +7,17 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 import requests
 
+from bridge import up as up_module
 from bridge.samples import fresh_sample, signed_request
+from bridge.up import Child, Up
+from mappings.config import load_config_text
 from tests.conftest import http_config
 from tests.fakes.http_server import CapturingServer
 from tests.harness import SECRET
@@ -132,3 +136,55 @@ def test_restart_keeps_accepted_events(tmp_path: Path, destination: CapturingSer
     finally:
         restarted.stop()
     assert _processes_mentioning(str(tmp_path)) == []
+
+
+def test_the_embedded_redis_keeps_everything_and_never_evicts(tmp_path: Path) -> None:
+    from bridge.redis_health import inspect
+    from bridge.up import EmbeddedRedis
+
+    embedded = EmbeddedRedis(tmp_path / "var")
+    embedded.start()
+    try:
+        from redis import Redis
+
+        with Redis(unix_socket_path=str(embedded.socket)) as redis:
+            health = inspect(redis)
+    finally:
+        embedded.stop()
+    assert (health.policy, health.aof, health.errors(), health.warnings()) == ("noeviction", True, [], [])
+
+
+def _crashing_up(tmp_path: Path, redis_url: str) -> Up:
+    up = Up(load_config_text(http_config("http://127.0.0.1:1")), "127.0.0.1", 0, 0, tmp_path, dry_run=False)
+    up.redis_url_in_use = redis_url
+    up.children.append(Child("worker-1", [sys.executable, "-c", "raise SystemExit(3)"], dict(os.environ)))
+    up.children[0].start()
+    return up
+
+
+def test_up_keeps_restarting_a_child_while_redis_is_unreachable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(up_module, "RESTART_BACKOFF_SECONDS", 0.01)
+    monkeypatch.setattr(up_module, "REDIS_WAIT_SECONDS", 0.01)
+    up = _crashing_up(tmp_path, "redis://127.0.0.1:1/0")
+    supervisor = threading.Thread(target=up._supervise, daemon=True)
+    supervisor.start()
+    _wait_for(lambda: len(up.children[0].restarts) >= 8)
+    up._stopping = True
+    supervisor.join(10)
+    up.stop()
+    err = capsys.readouterr().err
+    assert "worker-1 keeps exiting (3) while Redis does not answer (ConnectionError" in err
+    assert "stopping salon-bridge" not in err
+
+
+def test_up_gives_up_on_a_crash_loop_that_redis_does_not_explain(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], redis_url: str
+) -> None:
+    monkeypatch.setattr(up_module, "RESTART_BACKOFF_SECONDS", 0.01)
+    up = _crashing_up(tmp_path, redis_url)
+    up._supervise()  # returns once it gave up
+    up.stop()
+    assert "worker-1 keeps exiting; stopping salon-bridge" in capsys.readouterr().err
+    assert len(up.children[0].restarts) == 5
