@@ -333,7 +333,7 @@ def _runtime(args: argparse.Namespace) -> Runtime:
 
 
 def cmd_events(args: argparse.Namespace) -> int:
-    from bridge.operations import matching_events
+    from bridge.operations import DATA_LOST, matching_events
 
     rt = _runtime(args)
     records = matching_events(rt, args.event_type, args.status, args.limit)
@@ -343,6 +343,8 @@ def cmd_events(args: argparse.Namespace) -> int:
     for record in records:
         label = event_label(record.envelope)
         print(f"{clock.show(record.received_at)}  {record.id}  {record.type}  tenant={record.tenant_id}{label}")
+        if record.data_lost:
+            print(f"    {record.key}: {DATA_LOST}")
         if not record.actions:
             print("    (no actions yet: queued, or nothing to do)")
         for action_id, state in sorted(record.actions.items()):
@@ -351,6 +353,8 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 
 def cmd_dead_letters(args: argparse.Namespace) -> int:
+    from bridge.operations import DATA_LOST
+
     rt = _runtime(args)
     letters = rt.store.dead_letters(args.limit)
     if not letters:
@@ -358,9 +362,11 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     clock = Clock(rt.config.model.timezone)
     for record, action_id in letters:
         state = record.actions[action_id]
-        print(f"{clock.show(state.updated_at)}  {record.id}  {record.type}{event_label(record.envelope)}")
+        head = f"{record.id}  {record.type}{event_label(record.envelope)}"
+        print(f"{clock.show(state.updated_at)}  {f'{record.key}  {DATA_LOST}' if record.data_lost else head}")
         print(f"    {action_id} ({state.connector}), {state.attempts} attempt(s): {state.last_error}")
-        print(f"    replay: salon-bridge replay {record.id} --action {action_id}")
+        if not record.data_lost:
+            print(f"    replay: salon-bridge replay {record.id} --action {action_id}")
     return 0
 
 

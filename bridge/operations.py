@@ -14,6 +14,13 @@ from bridge.store import DEAD, DONE, DRY_RUN, PENDING, SENDING, SKIPPED, STALE, 
 # entity lock and the ledger make a replay of one that is in fact still queued harmless.
 REPLAYABLE = {DEAD, PENDING, SENDING}
 REPLAYABLE_WITH_FORCE = REPLAYABLE | {DONE, DRY_RUN, SKIPPED, STALE}
+# A record with action states but no body: Redis lost it (evicted it, or restarted empty) while a
+# job was running, and that job wrote its action's state back (bridge.store.EventRecord.data_lost).
+DATA_LOST = (
+    "data lost in Redis: the event itself is gone (Redis evicted it or restarted empty while it was being "
+    "processed); only what its actions did is left, so it cannot be run again: ask SalonBookIt to send it "
+    "again, or do by hand what it should have done"
+)
 
 
 class ReplayError(Exception):
@@ -31,6 +38,8 @@ def replay(rt: Runtime, event_id: str, action: str | None = None, force: bool = 
     record = rt.store.find(event_id)
     if record is None:
         raise ReplayError(f"event {event_id!r} is not in the event log (unknown, or older than the retention)")
+    if record.data_lost:
+        raise ReplayError(f"event {event_id!r}: {DATA_LOST}")
     if not record.actions and action is None:
         # Never processed (its job was lost or given up on by RQ): route the whole event again.
         rt.queue.enqueue_call(

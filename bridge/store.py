@@ -89,6 +89,7 @@ class EventRecord:
     envelope: dict[str, Any]
     received_at: float
     actions: dict[str, ActionState]
+    data_lost: bool = False  # the body is gone (evicted, or Redis restarted mid-action): only action states remain
 
     @property
     def id(self) -> str:
@@ -174,9 +175,11 @@ class EventStore:
 
 def load_record(key: str, raw: dict[bytes, bytes]) -> EventRecord:
     actions = {name.decode()[2:]: ActionState.from_json(value) for name, value in raw.items() if name.startswith(b"a:")}
+    body = raw.get(b"body")
     return EventRecord(
         key=key,
-        envelope=json.loads(raw[b"body"]),
+        envelope=json.loads(body) if body is not None else {},
         received_at=float(raw.get(b"received_at", b"0")),
         actions=actions,
+        data_lost=body is None,
     )

@@ -255,3 +255,36 @@ def test_replay_of_an_event_never_processed_routes_it_again(
     assert (code, out.strip()) == (0, f"queued again: {event['id']} (every action of the event)")
     bridge.drain()
     assert bridge.record(event["id"]).actions["all-to-crm/notify"].status == DONE
+
+
+def _lose_the_body(bridge: Bridge, event_id: str) -> None:
+    """What an eviction or an empty restart mid-action leaves: the action's state written back alone."""
+    from bridge.store import event_key, record_key
+
+    key = record_key(event_key(event_id))
+    bridge.redis.hdel(key, "body", "received_at")
+
+
+def test_a_record_whose_data_was_lost_is_said_so_by_every_command(
+    capsys,
+    make_bridge,
+    destination,
+    redis_url,
+    write_config,  # noqa: ANN001
+) -> None:
+    text = with_redis(http_config(destination.url), redis_url)
+    bridge: Bridge = make_bridge(text)
+    config = str(write_config(text, "cli.yaml"))
+    destination.respond_with(400, "bad request")
+    event = sample("booking.created")
+    bridge.post(event)
+    bridge.drain()
+    _lose_the_body(bridge, event["id"])
+
+    code, out, _ = run(capsys, "dead-letters", "--config", config)
+    assert code == 0 and "data lost in Redis: the event itself is gone" in out
+    assert "all-to-crm/notify (crm), 1 attempt(s): HTTP 400" in out and "replay:" not in out
+    code, out, _ = run(capsys, "events", "--config", config)
+    assert code == 0 and "data lost in Redis" in out
+    code, _, err = run(capsys, "replay", "--config", config, event["id"])
+    assert code == 1 and "data lost in Redis" in err and "ask SalonBookIt to send it again" in err
