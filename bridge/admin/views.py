@@ -27,10 +27,10 @@ from flask.sessions import NullSession
 from redis.exceptions import RedisError
 from werkzeug.wrappers import Response
 
+from bridge import redis_health
 from bridge.admin.auth import TOKEN_USER, AdminAuth, is_admin_path, new_csrf_token, same
 from bridge.admin.queries import Filters, dashboard, find_events, parse_filters
 from bridge.logs import hide_secret_fields
-from bridge import redis_health
 from bridge.operations import DATA_LOST, REPLAYABLE, REPLAYABLE_WITH_FORCE, ReplayError, replay
 from bridge.runtime import Runtime
 from bridge.samples import sample_types
