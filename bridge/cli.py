@@ -127,7 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("path", nargs="?", help="config file (default: as for --config)")
     check.add_argument("--config", dest="config_option", help=argparse.SUPPRESS)
     check.add_argument(
-        "--online", action="store_true", help="also reach each destination (Slack, Google, SMTP) and check access"
+        "--online",
+        action="store_true",
+        help="also reach each destination (Slack, Google, SMTP) and Redis (its eviction policy and persistence)",
     )
 
     simulate = command(
@@ -242,12 +244,31 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         finally:
             connector.close()
         problems += [f"{path}: connectors.{name}: {problem}" for problem in found]
+    if args.online:
+        problems += [f"{path}: redis_url: {problem}" for problem in _redis_problems(config)]
     if problems:
         print("\n".join(problems), file=sys.stderr)
         return 1
-    checked = " (destinations reached)" if args.online else ""
+    checked = " (destinations and Redis reached)" if args.online else ""
     print(f"{path}: OK ({len(config.connectors)} connectors, {len(config.mappings)} mappings){checked}")
     return 0
+
+
+def _redis_problems(config: BridgeConfig) -> list[str]:
+    """check-config --online: the Redis the bridge would use answers and does not evict (read
+    only: nothing is written); its warnings (no persistence, what could not be checked) are printed."""
+    from bridge.queue import connect
+    from bridge.redis_health import inspect
+
+    url = resolve_redis_url(config)
+    try:
+        with connect(url) as redis:
+            health = inspect(redis, probe=False)
+    except RedisError as exc:
+        return [f"cannot reach Redis at {_redacted(url)}: {exc}"]
+    for warning in health.warnings():
+        print(f"warning: Redis at {_redacted(url)}: {warning}")
+    return [f"Redis at {_redacted(url)}: {error}" for error in health.errors()]
 
 
 def cmd_hash_password(args: argparse.Namespace) -> int:

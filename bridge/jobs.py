@@ -12,7 +12,7 @@ from typing import Any
 
 from redis.client import Pipeline
 
-from bridge import metrics
+from bridge import metrics, redis_health
 from bridge import runtime as runtime_module
 from bridge.queue import CRASH_RETRY, FAILURE_TTL
 from bridge.runtime import Runtime
@@ -245,9 +245,9 @@ def attempt(rt: Runtime, work: EntityWork, spec: ActionSpec, state: ActionState)
     except MissingDataError as exc:
         # Events arrive out of order, and an earlier one can be held up by a crash: the one carrying
         # this data may still come. Retried on the schedule for `retry.wait_for_missing_data`.
-        missing_data = str(exc)
+        missing_data = str(exc) + redis_health.data_loss_note(rt.redis, record.received_at)
         if time.time() - record.received_at < rt.config.model.retry.wait_for_missing_data:
-            error = f"waiting for earlier events: {exc}"
+            error = f"waiting for earlier events: {missing_data}"
         else:
             state.status, error = DEAD, missing_data
     except (RenderError, PermanentError) as exc:

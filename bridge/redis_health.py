@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from redis import Redis
+from redis.client import Pipeline
 from redis.exceptions import RedisError, ResponseError
 
 from bridge.store import PREFIX, text
@@ -115,7 +116,7 @@ def inspect(redis: Redis, probe: bool = True, mark_start: bool = False) -> Redis
     if probe:
         pipe.set(PROBE_KEY, b"1", px=5000)
     if mark_start:
-        pipe.set(DATA_SINCE_KEY, f"{time.time():.3f}", nx=True)
+        mark_data_start(pipe)
     memory, persistence, save, *writes = pipe.execute(raise_on_error=False)
     health = RedisHealth()
     if isinstance(memory, dict):
@@ -135,6 +136,11 @@ def inspect(redis: Redis, probe: bool = True, mark_start: bool = False) -> Redis
             raise writes[0]
         health.refused_write = str(writes[0])
     return health
+
+
+def mark_data_start(redis: Redis | Pipeline) -> None:
+    """Note when this Redis's data began, unless it is noted already (bridge processes at start)."""
+    redis.set(DATA_SINCE_KEY, f"{time.time():.3f}", nx=True)
 
 
 def _refusal(answer: Any) -> str:

@@ -18,7 +18,7 @@ from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 
 from app import create_app
-from bridge import runtime
+from bridge import redis_health, runtime
 from bridge.runtime import Runtime
 from mappings.config import BridgeConfig, load_config
 
@@ -51,6 +51,7 @@ class Bridge:
         self.runtime = Runtime.from_config(self.config, redis_url)
         runtime.install(self.runtime)
         self.redis: Redis = self.runtime.redis
+        redis_health.mark_data_start(self.redis)  # as `serve` and `worker` do at start
         self.app = create_app(self.config, redis=self.redis)
         self.client: FlaskClient = self.app.test_client()
 

@@ -288,3 +288,24 @@ def test_a_record_whose_data_was_lost_is_said_so_by_every_command(
     assert code == 0 and "data lost in Redis" in out
     code, _, err = run(capsys, "replay", "--config", config, event["id"])
     assert code == 1 and "data lost in Redis" in err and "ask SalonBookIt to send it again" in err
+
+
+def test_check_config_online_reports_an_evicting_redis_and_one_without_persistence(
+    capsys,
+    write_config,
+    destination,
+    private_redis,  # noqa: ANN001
+) -> None:
+    evicting = private_redis(maxmemory_policy="allkeys-lru", appendonly="no", save="")
+    config = str(write_config(with_redis(http_config(destination.url), evicting.url)))
+    code, out, err = run(capsys, "check-config", config, "--online")
+    assert code == 1
+    assert f"{config}: redis_url: Redis at {evicting.url}: Redis evicts keys when it is full" in err
+    assert "`CONFIG SET maxmemory-policy noeviction`" in err
+    assert "warning: Redis at" in out and "Redis keeps nothing on disk" in out
+
+    keeping = private_redis(appendonly="yes")
+    config = str(write_config(with_redis(http_config(destination.url), keeping.url), "keeping.yaml"))
+    code, out, err = run(capsys, "check-config", config, "--online")
+    assert (code, err) == (0, "")
+    assert out.strip().endswith("OK (1 connectors, 1 mappings) (destinations and Redis reached)")

@@ -175,3 +175,57 @@ def test_the_data_loss_note(private_redis: StartRedis) -> None:
         assert data_loss_note(client, since + 1) == ""  # received after the data began: nothing was lost
         note = data_loss_note(client, since - 60)
         assert note.startswith("; Redis lost the bridge's memory at ") and "after this event was received" in note
+
+
+SHIPPED_NOTICE = """
+  - name: shipped
+    on: ["order.shipped"]
+    actions:
+      - connector: crm
+        body: {to: "{{ order.cliente.email }}"}
+"""
+
+
+def test_after_redis_restarted_empty_missing_data_is_blamed_on_the_loss_not_the_platform(
+    private_redis: StartRedis, write_config: Callable[[str], Path], destination: CapturingServer
+) -> None:
+    server = private_redis()
+    text = http_config(destination.url, mappings=SHIPPED_NOTICE).replace(
+        "  jitter: 0", "  jitter: 0\n  wait_for_missing_data: 1s"
+    )
+    config = write_config(text)
+    bridge = Bridge(config, server.url)  # a start: the data-start mark is written
+    try:
+        bridge.post(sample("order.created"))
+        bridge.drain()  # memory has the order's customer
+        server.restart_empty()  # no persistence: memory and the mark are gone
+        shipped = sample("order.shipped")
+        assert bridge.post(shipped).status_code == 202
+        bridge.drain()
+        state = bridge.record(shipped["id"]).actions["shipped/0"]
+        assert state.history[0]["error"].startswith("waiting for earlier events: ")
+        assert state.last_error.startswith(
+            "mappings[0].actions[0].body.to: order 789: cliente unknown (order.created not received); "
+        )
+        assert "Redis has lost the bridge's data since it started" in state.last_error
+        assert "may have been received and lost with it" in state.last_error
+    finally:
+        bridge.close()
+
+
+def test_without_a_loss_missing_data_still_names_the_event_not_received(
+    private_redis: StartRedis, write_config: Callable[[str], Path], destination: CapturingServer
+) -> None:
+    server = private_redis()
+    text = http_config(destination.url, mappings=SHIPPED_NOTICE).replace(
+        "  jitter: 0", "  jitter: 0\n  wait_for_missing_data: 1s"
+    )
+    bridge = Bridge(write_config(text), server.url)
+    try:
+        shipped = sample("order.shipped")
+        bridge.post(shipped)
+        bridge.drain()
+        state = bridge.record(shipped["id"]).actions["shipped/0"]
+        assert state.last_error.endswith("order 789: cliente unknown (order.created not received)")
+    finally:
+        bridge.close()
