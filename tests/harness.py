@@ -55,6 +55,10 @@ class Bridge:
         self.app = create_app(self.config, redis=self.redis)
         self.client: FlaskClient = self.app.test_client()
 
+    def keys_written(self) -> list[bytes]:
+        """The bridge's keys in Redis, but for the mark of when its data began (written at start)."""
+        return [key for key in self.redis.keys("sb:*") if key != redis_health.DATA_SINCE_KEY.encode()]
+
     def post(self, envelope: Any, secret: str | None = SECRET, headers: dict[str, str] | None = None):  # noqa: ANN201
         body = envelope if isinstance(envelope, bytes) else encode(envelope)
         all_headers = {"Content-Type": "application/json"}

@@ -92,7 +92,7 @@ def test_webhook_deliveries_by_type_outcome_and_reason(make_bridge, destination)
 def test_rejected_deliveries_write_nothing_to_redis(bridge: Bridge) -> None:
     bridge.post(sample("booking.created"), secret="wrong")
     bridge.post(b"[]")
-    assert bridge.redis.keys("sb:*") == []
+    assert bridge.keys_written() == []
     assert value(scrape(bridge), "salon_bridge_events_rejected_total", reason="bad_signature") == 1
 
 
