@@ -37,14 +37,17 @@ def redis_arguments(policy: str, maxmemory: str | None, aof: bool) -> list[str]:
 
 
 def fill(redis: Redis) -> int:
-    """Write ballast until Redis refuses (noeviction at maxmemory); returns the keys written."""
+    """Write ballast until Redis refuses (noeviction at maxmemory): large values, then smaller ones
+    until even a tiny write is refused, so that no webhook fits in the margin. Returns the keys written."""
     written = 0
-    while True:
-        try:
-            redis.set(f"{BALLAST}{written}", BALLAST_VALUE)
-        except OutOfMemoryError:
-            return written
-        written += 1
+    for size in (20_000, 1_000, 10):
+        while True:
+            try:
+                redis.set(f"{BALLAST}{written}", BALLAST_VALUE[:size])
+            except OutOfMemoryError:
+                break
+            written += 1
+    return written
 
 
 def free(redis: Redis) -> None:

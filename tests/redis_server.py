@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from redis import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 
 
 def redis_server_binary() -> str:
@@ -55,6 +55,24 @@ class RedisServer:
             except RedisError:
                 time.sleep(0.05)
         raise AssertionError("the private redis-server did not answer within 15 s")
+
+    def fill(self) -> None:
+        """Write until Redis refuses (noeviction at its maxmemory): large values, then small ones until
+        even a tiny write is refused, so that the margin left is smaller than any webhook."""
+        with self.client() as client:
+            for size in (10_000, 1_000, 10):
+                number = 0
+                while True:
+                    try:
+                        client.set(f"filler:{size}:{number}", b"x" * size)
+                    except OutOfMemoryError:
+                        break
+                    number += 1
+
+    def free(self) -> None:
+        with self.client() as client:
+            for key in client.scan_iter("filler:*", count=1000):
+                client.delete(key)
 
     def kill(self) -> None:
         """SIGKILL: what a crash does (nothing is saved on the way out)."""

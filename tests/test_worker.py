@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from redis.exceptions import OutOfMemoryError
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from bridge.queue import QUEUE_NAME
@@ -70,15 +69,6 @@ def _wait_for(condition: Callable[[], bool], timeout: float = 30) -> None:
         time.sleep(0.1)
 
 
-def _fill(server: RedisServer) -> None:
-    with server.client() as client:
-        for number in range(100_000):
-            try:
-                client.set(f"filler:{number}", b"x" * 10_000)
-            except OutOfMemoryError:
-                return
-
-
 def test_a_worker_waits_for_a_full_redis_and_then_works(
     private_redis: StartRedis,
     write_config: Callable[[str], Path],
@@ -90,14 +80,13 @@ def test_a_worker_waits_for_a_full_redis_and_then_works(
     bridge = Bridge(config, server.url)
     try:
         ids = [bridge.post(sample(t)).get_json()["event_id"] for t in ("booking.created", "order.created")]
-        _fill(server)  # RQ's first write (its registration) is refused: RQ 3.0 alone would exit
+        server.fill()  # RQ's first write (its registration) is refused: RQ 3.0 alone would exit
         worker = start_worker(config, server.url)
         _wait_for(lambda: "is full and refuses writes" in worker.output())
         time.sleep(2)
         assert worker.process.poll() is None, worker.output()
         assert destination.requests == []
-        with server.client() as client:
-            client.delete(*client.keys("filler:*"))
+        server.free()
         _wait_for(lambda: len(destination.requests) == 2)
         assert sorted(r.json()["id"] for r in destination.requests) == sorted(ids)
         assert "Redis answers again after" in worker.output()
