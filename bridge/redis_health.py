@@ -10,6 +10,7 @@ INFO): what could not be read is then said, not guessed.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -152,7 +153,9 @@ def _refusal(answer: Any) -> str:
 def check_at_start(redis: Redis, log: logging.Logger) -> RedisHealth | None:
     """At the start of a process: refuse an evicting Redis, warn loudly about one without
     persistence or full now, and write the data-start mark. An unreachable Redis is only logged:
-    the process waits for it, and /readyz checks again."""
+    the process waits for it, and /readyz checks again. Skipped in the processes of `up`: it checked."""
+    if os.environ.get(CHECKED_ENV):
+        return None
     try:
         health = inspect(redis, probe=True, mark_start=True)
     except RedisError as exc:

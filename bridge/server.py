@@ -75,12 +75,11 @@ def web_app() -> Any:
 def check_redis_at_start(config: BridgeConfig) -> None:
     """Refuse an evicting Redis, warn about one without persistence (bridge.redis_health)."""
     from bridge.queue import connect
-    from bridge.redis_health import CHECKED_ENV, check_at_start
+    from bridge.redis_health import check_at_start
     from bridge.runtime import resolve_redis_url
 
-    if not os.environ.get(CHECKED_ENV):  # `up` checked it for its processes
-        with connect(resolve_redis_url(config)) as redis:
-            check_at_start(redis, logging.getLogger("salon_bridge.web"))
+    with connect(resolve_redis_url(config)) as redis:
+        check_at_start(redis, logging.getLogger("salon_bridge.web"))
 
 
 def serve(config: BridgeConfig, host: str = "127.0.0.1", port: int = 8000, workers: int = 2, threads: int = 4) -> None:

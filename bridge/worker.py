@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -218,8 +217,7 @@ WORKER_CLASS = BridgeWorker
 
 def run_worker(config: BridgeConfig, burst: bool = False, dry_run: bool = False, name: str | None = None) -> int:
     rt = Runtime.from_config(config, dry_run=dry_run)
-    if not os.environ.get(redis_health.CHECKED_ENV):  # `up` checked it for its processes
-        redis_health.check_at_start(rt.redis, logging.getLogger("salon_bridge.worker"))
+    redis_health.check_at_start(rt.redis, log)
     runtime.install(rt)
     logging.getLogger("rq.worker").addFilter(PER_JOB_LINES_AT_DEBUG)  # once: the same filter is not added twice
     try:

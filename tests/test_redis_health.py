@@ -173,15 +173,17 @@ SHIPPED_NOTICE = """
 """
 
 
+def impatient_config(destination: CapturingServer) -> str:
+    """order.shipped to the CRM with the customer's address, waiting 1 s for missing data."""
+    text = http_config(destination.url, mappings=SHIPPED_NOTICE)
+    return text.replace("  jitter: 0", "  jitter: 0\n  wait_for_missing_data: 1s")
+
+
 def test_after_redis_restarted_empty_missing_data_is_blamed_on_the_loss_not_the_platform(
     private_redis: StartRedis, write_config: Callable[[str], Path], destination: CapturingServer
 ) -> None:
     server = private_redis()
-    text = http_config(destination.url, mappings=SHIPPED_NOTICE).replace(
-        "  jitter: 0", "  jitter: 0\n  wait_for_missing_data: 1s"
-    )
-    config = write_config(text)
-    bridge = Bridge(config, server.url)  # a start: the data-start mark is written
+    bridge = Bridge(write_config(impatient_config(destination)), server.url)  # a start: the mark is written
     try:
         bridge.post(sample("order.created"))
         bridge.drain()  # memory has the order's customer
@@ -204,10 +206,7 @@ def test_without_a_loss_missing_data_still_names_the_event_not_received(
     private_redis: StartRedis, write_config: Callable[[str], Path], destination: CapturingServer
 ) -> None:
     server = private_redis()
-    text = http_config(destination.url, mappings=SHIPPED_NOTICE).replace(
-        "  jitter: 0", "  jitter: 0\n  wait_for_missing_data: 1s"
-    )
-    bridge = Bridge(write_config(text), server.url)
+    bridge = Bridge(write_config(impatient_config(destination)), server.url)
     try:
         shipped = sample("order.shipped")
         bridge.post(shipped)
