@@ -182,11 +182,12 @@ class EventStore:
         return records
 
 
-def load_record(key: str, raw: dict[bytes, bytes]) -> EventRecord:
+def load_record(key: str, raw: dict[bytes, bytes], envelope: dict[str, Any] | None = None) -> EventRecord:
+    """The record from its hash; `envelope` when the body was parsed already (it never changes)."""
     actions = {name.decode()[2:]: ActionState.from_json(value) for name, value in raw.items() if name.startswith(b"a:")}
     return EventRecord(
         key=key,
-        envelope=json.loads(raw[b"body"]),
+        envelope=envelope if envelope is not None else json.loads(raw[b"body"]),
         received_at=float(raw.get(b"received_at", b"0")),
         actions=actions,
         note=text(raw.get(b"note", b"")),
