@@ -163,8 +163,10 @@ class EventStore:
     def trim(self, now: float | None = None) -> None:
         """Forget index entries older than the retention (the records themselves expire by TTL)."""
         now = time.time() if now is None else now
-        self.redis.zremrangebyscore(EVENTS_INDEX, 0, now - self.retention)
-        self.redis.zremrangebyscore(DEAD_INDEX, 0, now - self.dead_retention)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zremrangebyscore(EVENTS_INDEX, 0, now - self.retention)
+        pipe.zremrangebyscore(DEAD_INDEX, 0, now - self.dead_retention)
+        pipe.execute()
 
     def load_many(self, keys: list[str], index: str | None = None) -> list[EventRecord]:
         """Records by key in one round trip; keys whose record expired are dropped from `index`."""
