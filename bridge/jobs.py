@@ -264,6 +264,7 @@ class Failure:
     retry_after: float | None = None
     retry_by: float | None = None  # epoch seconds: the end of retry.wait_for_missing_data
     unexpected: bool = False  # not one of the errors connectors and templates raise on purpose
+    reason_if_dead: str | None = None  # recorded when no try is left (default: "gave up after ...")
 
 
 def judge(exc: Exception, received_at: float, wait_for_missing_data: float, now: float) -> Failure:
@@ -274,7 +275,8 @@ def judge(exc: Exception, received_at: float, wait_for_missing_data: float, now:
         deadline = received_at + wait_for_missing_data
         if now >= deadline:
             return Failure(str(exc), permanent=True)
-        return Failure(f"waiting for earlier events: {exc}", permanent=False, retry_by=deadline)
+        waiting = f"waiting for earlier events: {exc}"
+        return Failure(waiting, permanent=False, retry_by=deadline, reason_if_dead=str(exc))
     if isinstance(exc, RenderError | PermanentError):
         return Failure(str(exc), permanent=True)
     if isinstance(exc, JobTimeoutException):
@@ -310,7 +312,7 @@ def attempt(rt: Runtime, work: EntityWork, spec: ActionSpec, state: ActionState)
         failure = judge(exc, record.received_at, rt.config.model.retry.wait_for_missing_data, time.time())
         if failure.unexpected:
             log.exception("unexpected error in %s for event %s", spec.id, record.id)
-        error = _after_failure(rt, work, spec, state, failure, isinstance(exc, MissingDataError))
+        error = _after_failure(rt, work, spec, state, failure)
     duration = time.monotonic() - started
     if state.status != RETRYING:
         state.next_attempt_at = None
@@ -368,9 +370,7 @@ def _run(rt: Runtime, work: EntityWork, spec: ActionSpec, state: ActionState) ->
         rt.ordering.mark_synced_on(work.writes, target, work.version)
 
 
-def _after_failure(
-    rt: Runtime, work: EntityWork, spec: ActionSpec, state: ActionState, failure: Failure, missing_data: bool
-) -> str:
+def _after_failure(rt: Runtime, work: EntityWork, spec: ActionSpec, state: ActionState, failure: Failure) -> str:
     """Dead-letter the action or schedule its next try (on `work.writes`); the error to record."""
     delay = None if failure.permanent else next_delay(rt, state.attempts, failure.retry_after)
     if delay is not None and failure.retry_by is not None:
@@ -378,9 +378,9 @@ def _after_failure(
         delay = min(delay, failure.retry_by - time.time())
     if delay is None or delay < 0:
         state.status = DEAD
-        if failure.permanent or missing_data:
-            return failure.error.removeprefix("waiting for earlier events: ")
-        return f"gave up after {state.attempts} attempts; last error: {failure.error}"
+        if failure.permanent:
+            return failure.error
+        return failure.reason_if_dead or f"gave up after {state.attempts} attempts; last error: {failure.error}"
     state.status = RETRYING
     state.next_attempt_at = time.time() + delay
     job_id = retry_job_id(work.record.key, spec.id, state.attempts)
