@@ -43,7 +43,7 @@ from bridge.store import (
     load_record,
     record_key,
 )
-from connectors.base import ActionRequest, PermanentError, Subject, TransientError
+from connectors.base import KINDS, ActionRequest, Entity, PermanentError, Subject, TransientError
 from mappings.config import ActionSpec
 from mappings.routing import plan, render_action
 from mappings.templates import EntityView, MissingDataError, RenderError
@@ -219,6 +219,11 @@ class EntityWork:
         if self.lock is not None and not answers[-1]:
             raise EntityBusy(f"{self.lock.entity}: its lock expired and another worker took it")
 
+    def entities(self) -> dict[str, Entity | None]:
+        """The merged views as the read-only entities connectors receive."""
+        views = {kind: self.context.get(kind) for kind in KINDS}
+        return {kind: Entity(v.kind, v.entity_id, v) if v is not None else None for kind, v in views.items()}
+
     def held_during_send(self) -> AbstractContextManager[None]:
         """The entity stays locked for as long as the connector's call takes."""
         return self.lock.held_during() if self.lock is not None else nullcontext()
@@ -362,6 +367,9 @@ def _run(rt: Runtime, work: EntityWork, spec: ActionSpec, state: ActionState) ->
         context=work.context,
         store=RedisConnectorStore(rt.redis, spec.connector),
         forced=state.forced,
+        subject=work.subject,
+        **work.entities(),
+        timezone=rt.config.model.timezone,
     )
     with work.held_during_send():
         result = connector.send(request)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import builtins
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -90,7 +90,8 @@ class ConnectorStore(Protocol):
 
 @dataclass(frozen=True)
 class ActionRequest:
-    """One rendered action, with what a connector needs to make its effect idempotent."""
+    """One rendered action, with what a connector needs to make its effect idempotent and to say
+    what it is about: the event's identity, its subject, and what the bridge remembers."""
 
     action: str
     fields: dict[str, Any]
@@ -105,6 +106,12 @@ class ActionRequest:
     store: ConnectorStore | None = None
     # A replay with --force: the owner asks for the effect again, even if it was already done.
     forced: bool = False
+    subject: Subject | None = None
+    # The booking, order and customer the event is about, merged from every event so far (None: unknown).
+    booking: Entity | None = None
+    order: Entity | None = None
+    customer: Entity | None = None
+    timezone: str = "UTC"  # the salon's: booking dates and times are wall-clock times in it
 
 
 @dataclass
@@ -186,6 +193,30 @@ def connector_class(type_name: str) -> type[Connector]:
         ) from exc
     cls: type[Connector] = getattr(module, class_name)
     return cls
+
+
+class Entity(Mapping[str, Any]):
+    """A remembered booking, order or customer (or a nested part of one), read-only."""
+
+    __slots__ = ("_data", "id", "kind")
+
+    def __init__(self, kind: str, entity_id: str, data: Mapping[str, Any]):
+        self.kind = kind
+        self.id = entity_id
+        self._data = data
+
+    def __getitem__(self, key: str) -> Any:
+        value = self._data[key]
+        return Entity(self.kind, self.id, value) if isinstance(value, Mapping) else value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return f"Entity({self.kind} {self.id}: {dict(self._data)!r})"
 
 
 KINDS = ("booking", "order", "customer")
