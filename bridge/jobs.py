@@ -254,6 +254,10 @@ def attempt(rt: Runtime, work: EntityWork, spec: ActionSpec, state: ActionState)
         state.status, error = DEAD, str(exc)
     except TransientError as exc:
         error, retry_after = str(exc), exc.retry_after
+        if exc.maybe_delivered:
+            # Sent, but the answer never came: the destination may have it, and a retry sends it again.
+            work.writes.incr(POSSIBLE_DUPLICATES_KEY)
+            log.warning("possible duplicate: event=%s action=%s was sent but not answered: %s", record.id, spec.id, exc)
     except Exception as exc:  # a connector bug or an unexpected library error: retry, but say so
         log.exception("unexpected error in %s for event %s", spec.id, record.id)
         error = f"unexpected error: {type(exc).__name__}: {exc}"
