@@ -49,8 +49,11 @@ BUSY_RETRY_AFTER = 5.0  # another worker is posting this thread's parent right n
 CHANNEL_TTL = 30 * 86400  # how long a channel name's id is remembered (to search its history)
 MARKER_EVENT = "salon_bridge_action"  # the metadata event_type of every message posted with a token
 LOOKUP_PAGE = 200  # messages per page when searching for an earlier attempt's message
-LOOKUP_PAGES = 5  # at most 1,000 messages since that attempt
-CLOCK_MARGIN = 60.0  # seconds searched before the attempt: Slack's clock and ours may differ a little
+LOOKUP_PAGES = 5  # at most 1,000 messages around those attempts
+CLOCK_MARGIN = 60.0  # seconds searched before the first attempt: Slack's clock and ours may differ a little
+# Seconds searched after the last attempt: Slack posts a message while it handles the request, and no
+# request is still being handled ten minutes after it was sent.
+SEARCH_AFTER = 600.0
 PENDING = "pending"
 MAX_BLOCKS = 50
 TOKEN_ENV = "SLACK_BOT_TOKEN"
@@ -310,8 +313,8 @@ class SlackConnector(Connector):
     def _post(self, request: ActionRequest, text: str, thread_ts: str | None = None) -> Posted:
         """Post the action's message, unless an earlier attempt of it already did (its answer never came).
 
-        The attempt is written down (time, thread) before posting and kept when the answer may have
-        been lost, so the next attempt knows where and since when to search."""
+        The attempts are written down (first and last time, thread) before posting, and kept when the
+        answer may have been lost, so the next attempt knows where and when to search."""
         store = _require_store(request.store)
         channel = str(request.fields["channel"])
         key, attempt_key = _action_key(request), _attempt_key(request)
@@ -321,11 +324,13 @@ class SlackConnector(Connector):
             found, note = self._find_earlier(store, channel, key, earlier)
             if found is not None:
                 return found
-        first = store.set_if_absent(attempt_key, f"{time.time():.6f} {thread_ts or '-'}", ttl=SENT_TTL)
+        now = time.time()
+        first = float(earlier.split()[0]) if earlier else now
+        store.set(attempt_key, f"{first:.6f} {now:.6f} {thread_ts or '-'}", ttl=SENT_TTL)
         try:
             channel_id, ts = self._chat_post(channel, text, request.fields, key, thread_ts)
         except ConnectorError as exc:
-            if first and not (isinstance(exc, TransientError) and exc.maybe_delivered):
+            if earlier is None and not (isinstance(exc, TransientError) and exc.maybe_delivered):
                 store.delete(attempt_key)  # Slack answered: nothing was posted
             raise
         if not _CHANNEL_ID.match(channel):
@@ -333,12 +338,13 @@ class SlackConnector(Connector):
         return Posted(channel_id, ts, note)
 
     def _find_earlier(self, store: ConnectorStore, channel: str, key: str, earlier: str) -> tuple[Posted | None, str]:
-        """The message an earlier attempt posted, found by its metadata in the channel (or thread) since
-        that attempt; else None and, when Slack would not let us look, a note saying so."""
-        since, _, thread_ts = earlier.partition(" ")
+        """The message an earlier attempt posted, found by its metadata in the channel (or thread) around
+        the earlier attempts; else None and, when Slack would not let us look, a note saying so."""
+        first, last, thread_ts = earlier.split()
+        window = (float(first) - CLOCK_MARGIN, float(last) + SEARCH_AFTER)
         try:
             channel_id = self._channel_id(store, channel)
-            for message in self._messages_since(channel_id, float(since) - CLOCK_MARGIN, thread_ts.strip("-")):
+            for message in self._messages_within(channel_id, window, thread_ts.strip("-")):
                 if _marker_of(message) == key:
                     ts = str(message["ts"])
                     note = f"found the message an earlier attempt posted in {channel} (ts {ts}): not posted again"
@@ -376,12 +382,16 @@ class SlackConnector(Connector):
         store.set(_channel_store_key(channel), str(found["id"]), ttl=CHANNEL_TTL)
         return str(found["id"])
 
-    def _messages_since(self, channel_id: str, oldest: float, thread_ts: str) -> Iterator[dict[str, Any]]:
-        """Messages (with metadata) of the channel, or of one thread, since `oldest`; a bounded number of pages."""
+    def _messages_within(
+        self, channel_id: str, window: tuple[float, float], thread_ts: str
+    ) -> Iterator[dict[str, Any]]:
+        """Messages (with metadata) of the channel, or of one thread, posted within `window`; a bounded
+        number of pages."""
         web = self._web_client
         method = "conversations.replies" if thread_ts else "conversations.history"
         fetch = web.conversations_replies if thread_ts else web.conversations_history
-        args: dict[str, Any] = {"channel": channel_id, "oldest": f"{oldest:.6f}", "limit": LOOKUP_PAGE}
+        oldest, latest = (f"{t:.6f}" for t in window)
+        args: dict[str, Any] = {"channel": channel_id, "oldest": oldest, "latest": latest, "limit": LOOKUP_PAGE}
         if thread_ts:
             args["ts"] = thread_ts
         cursor = None

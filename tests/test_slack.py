@@ -631,7 +631,24 @@ def test_a_late_answer_is_found_in_the_channel_not_posted_again(redis: Redis, sl
     assert result.data == {"channel": message.channel, "ts": message.ts}
     [search] = slack.calls_of("conversations.history")
     assert search.params["channel"] == message.channel and search.params["include_all_metadata"] == "1"
+    assert float(search.params["oldest"]) < float(message.ts) < float(search.params["latest"])
     assert connector.send(make_request(redis)).detail.startswith("already posted")  # and remembered
+
+
+def test_every_late_attempt_is_searched_for(redis: Redis, slack: FakeSlack) -> None:
+    connector = make_connector(slack, timeout=0.3)
+    slack.fail("chat.postMessage", delay=1.0)  # no answer, and (this time) nothing posted
+    with pytest.raises(TransientError):
+        connector.send(make_request(redis))
+    slack.late("chat.postMessage", 1.0)  # the second attempt searches, finds nothing, posts: late again
+    with pytest.raises(TransientError):
+        connector.send(make_request(redis))
+    assert len(slack.messages) == 1
+    assert connector.send(make_request(redis)).detail.startswith("found the message an earlier attempt posted")
+    only(slack.messages)
+    first_search, second_search = slack.calls_of("conversations.history")
+    assert float(first_search.params["latest"]) < float(second_search.params["latest"])
+    assert float(second_search.params["oldest"]) == float(first_search.params["oldest"])
 
 
 def test_a_late_reply_is_found_in_its_thread(redis: Redis, slack: FakeSlack) -> None:
