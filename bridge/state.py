@@ -2,30 +2,37 @@
 customer (entity memory), which event was last applied to an external object (ordering), the
 per-entity lock, and the connectors' own key-value stores.
 
-Entity memory: one hash per (tenant, kind, id) at `sb:mem:<tenant>:<kind>:<id>`. Nested objects
-are flattened to dotted fields (`cliente.nombre`); each field keeps the `created` time of the
-event that set it (`~cliente.nombre`) and only a newer event overwrites it, atomically (Lua).
+Entity memory: one hash per (tenant, kind, id) at `sb:mem:<tenant>:<kind>:<id>` (each part
+escaped by `key_part`). Nested objects are flattened to dotted fields (`cliente.nombre`); each
+field keeps the `created` time of the event that set it (`~cliente.nombre`) and only a newer event
+overwrites it, atomically (Lua). Fields starting with `~` are memory's own bookkeeping: a data
+field that would start with `~` or `\\` is stored with a `\\` in front, so event data never
+reaches them.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 from redis import Redis
 from redis.client import Pipeline
 
-from bridge.store import PREFIX, text
+from bridge.store import PREFIX, key_part, text
 from mappings.templates import EntityView
 
 KINDS = ("booking", "order", "customer")
-# Seconds an entity lock lives without renewal: longer than one action (connector timeouts are
-# at most 60 s), short enough that a killed worker's lock frees the entity soon.
+# Seconds an entity lock lives without renewal: short enough that a killed worker's lock frees the
+# entity soon. A connector call can take longer (timeouts up to 120 s, several calls in a row), so
+# the lock is renewed while a call is in flight (`EntityLock.held_during`).
 LOCK_TIMEOUT = 75
+VERSION_FIELD = "~~version"
 
 # Event types accepted for memory even when no mapping acts on them (so later events can use them).
 MEMORY_TYPES = frozenset(
@@ -108,6 +115,11 @@ def primary_entity(envelope: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
+def _data_field(name: str) -> str:
+    """The hash field of a flattened data name: never one of memory's own `~` fields."""
+    return "\\" + name if name[:1] in ("~", "\\") else name
+
+
 def _flatten(obj: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
     for key, value in obj.items():
         if isinstance(value, dict) and value:
@@ -140,7 +152,7 @@ class EntityMemory:
         self.ttl = int(ttl)
 
     def key(self, tenant: str, kind: str, entity_id: str) -> str:
-        return f"{PREFIX}mem:{tenant}:{kind}:{entity_id}"
+        return f"{PREFIX}mem:{key_part(tenant)}:{kind}:{key_part(entity_id)}"
 
     def remember_on(self, pipe: Pipeline, envelope: dict[str, Any]) -> None:
         """Queue the merge of what the event says; each field keeps the newest event's value."""
@@ -148,7 +160,7 @@ class EntityMemory:
         for kind, obj in entity_parts(envelope):
             args: list[str] = [created, str(self.ttl)]
             for name, value in _flatten(obj):
-                args += [name, json.dumps(value, ensure_ascii=False)]
+                args += [_data_field(name), json.dumps(value, ensure_ascii=False)]
             # EVAL, not EVALSHA: Redis caches the compiled script by its hash anyway, and a
             # restarted Redis that forgot its scripts cannot fail the pipeline with NOSCRIPT.
             pipe.eval(_MERGE, 1, self.key(envelope["tenant_id"], kind, str(obj["id"])), *args)
@@ -204,7 +216,7 @@ class EntityMemory:
         if entity is None:
             return ""
         own = hashes.get(entity[0]) or {}
-        versions = [text(own.get(b"~~version", b"0"))]
+        versions = [text(own.get(VERSION_FIELD.encode(), b"0"))]
         own_customer = own.get(b"cliente.id")
         if own_customer is not None and entity[0] != "customer":
             own_customer_id = text(json.loads(own_customer))
@@ -212,7 +224,7 @@ class EntityMemory:
                 customer = hashes.get("customer") or {}
             else:  # memory's customer differs from the one the event names
                 customer = self._hgetall(self.key(envelope["tenant_id"], "customer", own_customer_id))
-            versions.append(text(customer.get(b"~~version", b"0")))
+            versions.append(text(customer.get(VERSION_FIELD.encode(), b"0")))
         return ".".join(versions)
 
     def views(self, envelope: dict[str, Any]) -> dict[str, EntityView | None]:
@@ -234,7 +246,8 @@ def _fields(raw: dict[bytes, bytes] | None) -> dict[str, Any] | None:
     """A memory hash as the nested object it was flattened from (None when empty)."""
     if not raw:
         return None
-    return _unflatten({k.decode(): json.loads(v) for k, v in raw.items() if not k.startswith(b"~")})
+    fields = {k.decode(): json.loads(v) for k, v in raw.items() if not k.startswith(b"~")}
+    return _unflatten({k[1:] if k.startswith("\\") else k: v for k, v in fields.items()})
 
 
 class EntityBusy(Exception):
@@ -251,11 +264,30 @@ return 1
 """
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
+# Versions are dotted counters ("3", "3.1": the entity's, then its customer's), compared part by
+# part as numbers: set the mark unless it already holds a newer version.
+_MARK_SYNCED = """
+local old = redis.call('get', KEYS[1])
+if old then
+  local a, b = {}, {}
+  for n in string.gmatch(old, '[^.]+') do a[#a + 1] = tonumber(n) or 0 end
+  for n in string.gmatch(ARGV[1], '[^.]+') do b[#b + 1] = tonumber(n) or 0 end
+  for i = 1, math.max(#a, #b) do
+    local x, y = a[i] or -1, b[i] or -1
+    if x > y then return 0 end
+    if x < y then break end
+  end
+end
+redis.call('set', KEYS[1], ARGV[1], 'ex', ARGV[2])
+return 1
+"""
+
 
 class EntityLock:
     """The lock that keeps two workers from writing one entity's external objects at the same
-    time. It expires by itself when its worker dies, so the holder renews it before each action
-    and it only has to outlive one. Each step is queued on a pipeline the job sends anyway."""
+    time. It expires by itself when its worker dies, so the holder renews it before each action,
+    and while a connector call is in flight. Each step before and after a call is queued on a
+    pipeline the job sends anyway."""
 
     def __init__(self, redis: Redis, name: str, entity: str, timeout: float = LOCK_TIMEOUT):
         self.redis = redis
@@ -283,6 +315,29 @@ class EntityLock:
     def release_on(self, pipe: Pipeline) -> None:
         pipe.eval(_RELEASE, 1, self.name, self.token)
 
+    @contextmanager
+    def held_during(self) -> Iterator[None]:
+        """Keep the lock while the block runs (a connector call may outlast LOCK_TIMEOUT): a
+        thread renews it every third of its lifetime. It stops renewing when another worker
+        has the lock; the job finds that out at its next `before_send`."""
+        done = threading.Event()
+
+        def renew() -> None:
+            while not done.wait(self.timeout_ms / 3000):
+                try:
+                    if not self.redis.eval(_RENEW, 1, self.name, self.token, self.timeout_ms):
+                        return
+                except Exception:  # noqa: BLE001 - Redis away for a moment: try again at the next tick
+                    continue
+
+        renewer = threading.Thread(target=renew, name=f"lock {self.entity}", daemon=True)
+        renewer.start()
+        try:
+            yield
+        finally:
+            done.set()
+            renewer.join()
+
     def release(self) -> None:
         pipe = self.redis.pipeline(transaction=False)
         self.release_on(pipe)
@@ -302,7 +357,7 @@ class Ordering:
         if entity is None:
             return None
         kind, entity_id = entity
-        name = f"{PREFIX}lock:{tenant}:{kind}:{entity_id}"
+        name = f"{PREFIX}lock:{key_part(tenant)}:{kind}:{key_part(entity_id)}"
         return EntityLock(self.redis, name, f"{kind} {entity_id}", self.lock_timeout)
 
     def is_synced(self, target: str, version: str) -> bool:
@@ -311,7 +366,9 @@ class Ordering:
         return value is not None and text(value) == version
 
     def mark_synced_on(self, pipe: Pipeline, target: str, version: str) -> None:
-        pipe.set(f"{PREFIX}synced:{target}", version, ex=self.ttl)
+        """Queue the mark; it never moves back to an older version (a late job that somehow ran
+        with older data must not make the next event look new or old again)."""
+        pipe.eval(_MARK_SYNCED, 1, f"{PREFIX}synced:{target}", version, self.ttl)
 
 
 class RedisConnectorStore:

@@ -22,7 +22,7 @@ from redis.client import Pipeline
 PREFIX = "sb:"
 EVENTS_INDEX = PREFIX + "events"
 DEAD_INDEX = PREFIX + "dead"
-_SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
+_SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
 
 # Action statuses, as shown to people.
 PENDING = "pending"
@@ -34,6 +34,9 @@ DRY_RUN = "dry-run"
 SKIPPED = "skipped"  # the mapping's condition was false
 STALE = "stale"  # the external object already has everything known up to this event
 STATUSES = [PENDING, SENDING, RETRYING, DONE, DEAD, DRY_RUN, SKIPPED, STALE]
+# The entry under which an event that could not be processed at all is recorded, as an action
+# would be (shown, dead-lettered, replayed). Action ids always hold a `/`; this one cannot clash.
+EVENT_ACTION = "(event)"
 
 
 def text(value: Any) -> str:
@@ -43,9 +46,15 @@ def text(value: Any) -> str:
 
 def event_key(event_id: str) -> str:
     """A Redis- and RQ-safe key for a platform event id (RQ job ids allow [A-Za-z0-9_-] only)."""
-    if _SAFE_ID.match(event_id):
+    if _SAFE_ID.fullmatch(event_id):
         return "e-" + event_id
     return "h-" + hashlib.sha256(event_id.encode()).hexdigest()[:40]
+
+
+def key_part(value: str) -> str:
+    """One part of a `:`-joined key, escaped so that distinct parts never join into the same key
+    (tenant `acme` + id `booking:1` against tenant `acme:booking` + id `1`). Plain ids are unchanged."""
+    return value.replace("%", "%25").replace(":", "%3A")
 
 
 def seen_key(key: str) -> str:
@@ -89,6 +98,7 @@ class EventRecord:
     envelope: dict[str, Any]
     received_at: float
     actions: dict[str, ActionState]
+    note: str = ""  # what ingest had to change to store the event (e.g. a replaced lone surrogate)
 
     @property
     def id(self) -> str:
@@ -179,4 +189,5 @@ def load_record(key: str, raw: dict[bytes, bytes]) -> EventRecord:
         envelope=json.loads(raw[b"body"]),
         received_at=float(raw.get(b"received_at", b"0")),
         actions=actions,
+        note=text(raw.get(b"note", b"")),
     )

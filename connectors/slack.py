@@ -783,7 +783,7 @@ class Posted(NamedTuple):
 
 
 def _action_key(request: ActionRequest) -> str:
-    """The action's key in its message's metadata (the same as the http connector's Idempotency-Key)."""
+    """The action's key in its message's metadata: `<event id>/<action id>`."""
     return f"{request.event_id}/{request.action_id}"
 
 

@@ -25,7 +25,7 @@ from bridge.store import DEAD, DONE, PENDING, event_key
 from mappings.config import ConfigError, load_config_text
 from tests.conftest import http_config
 from tests.fakes.http_server import CapturingServer
-from tests.harness import Bridge, sample
+from tests.harness import Bridge, encode, sample
 
 PASSWORD = "correct horse battery"
 # A cheap hash keeps the tests fast; `hash-password` makes the strong default one (tested below).
@@ -653,3 +653,12 @@ def test_hash_password_refuses_a_short_password(capsys, monkeypatch) -> None:  #
     assert main(["hash-password"]) == 1
     captured = capsys.readouterr()
     assert captured.out == "" and "use at least 10 characters" in captured.err
+
+
+def test_the_event_page_says_what_ingest_changed_to_store_it(make_bridge, destination: CapturingServer) -> None:  # noqa: ANN001
+    bridge = make_bridge(admin_config(destination.url, SECRET_FIELD_MAPPING))
+    event = sample("booking.created")
+    bridge.post(encode(event).replace(b"Juan P", b"Juan \\ud83d P"))
+    html = logged_in(bridge).get(f"/admin/events/{event_key(event['id'])}").text
+    assert "Stored with a change" in html
+    assert "replaced with U+FFFD in data.booking.cliente.nombre" in html

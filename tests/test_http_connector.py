@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import socket
@@ -109,3 +110,26 @@ def test_connection_refused_is_transient() -> None:
         crm.send(request({}))
     crm.close()
     assert not caught.value.maybe_delivered  # nothing left the machine
+
+
+@pytest.mark.parametrize(
+    ("event_id", "header"),
+    [
+        pytest.param("evt_1", "evt_1/m/0", id="plain-unchanged"),
+        pytest.param("evt_\U0001f600", "evt_%F0%9F%98%80/m/0", id="emoji"),
+        pytest.param("evt 1", "evt 1/m/0", id="inner-space-unchanged"),
+    ],
+)
+def test_the_idempotency_key_goes_out_whatever_the_event_id(destination: CapturingServer, event_id, header) -> None:  # noqa: ANN001
+    crm = connector(f"{destination.url}/in")
+    crm.send(dataclasses.replace(request({"n": 1}), event_id=event_id))
+    crm.close()
+    assert destination.requests[0].headers["Idempotency-Key"] == header
+
+
+def test_a_request_that_can_never_be_sent_is_permanent(destination: CapturingServer) -> None:
+    crm = connector(f"{destination.url}/in", headers={"X-Tenant": "acme\nX-Evil: 1"})
+    with pytest.raises(PermanentError, match="cannot be sent as configured"):
+        crm.send(request({"n": 1}))
+    crm.close()
+    assert destination.requests == []
