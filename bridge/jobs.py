@@ -26,7 +26,7 @@ from bridge import metrics
 from bridge import runtime as runtime_module
 from bridge.queue import JOB_TIMEOUT, PROCESS_EVENT, RUN_ACTION, enqueue
 from bridge.runtime import Runtime
-from bridge.state import EntityBusy, RedisConnectorStore, primary_entity
+from bridge.state import EntityBusy, RedisConnectorStore, subject_of
 from bridge.store import (
     DEAD,
     DONE,
@@ -43,7 +43,7 @@ from bridge.store import (
     load_record,
     record_key,
 )
-from connectors.base import ActionRequest, PermanentError, TransientError
+from connectors.base import ActionRequest, PermanentError, Subject, TransientError
 from mappings.config import ActionSpec
 from mappings.routing import plan, render_action
 from mappings.templates import EntityView, MissingDataError, RenderError
@@ -170,7 +170,8 @@ class EntityWork:
         self.rt = rt
         self.record = record
         self.remember = remember
-        self.lock = rt.ordering.entity_lock(record.tenant_id, primary_entity(record.envelope))
+        self.subject = subject_of(record.envelope)  # with memory's code and customer name once read
+        self.lock = rt.ordering.entity_lock(self.subject)
         self.writes = rt.redis.pipeline(transaction=True)
         self.context: dict[str, Any] = {}
         self.version = ""
@@ -196,15 +197,16 @@ class EntityWork:
     def _read(self, pipe: Pipeline) -> list[Any]:
         """Queue the reads on `pipe`, send it, keep what was read; returns the answers before the reads."""
         envelope = self.record.envelope
-        keys = self.rt.memory.keys(envelope)
+        keys = self.rt.memory.keys(self.subject)
         for key in keys.values():
             pipe.hgetall(key)
         pipe.hgetall(record_key(self.record.key))
         answers = pipe.execute()
         raw_record, hashes = answers[-1], answers[-1 - len(keys) : -1]
-        if raw_record:
-            self.record = load_record(self.record.key, raw_record)
-        views, self.version = self.rt.memory.read(envelope, dict(zip(keys, hashes, strict=True)))
+        if raw_record:  # the action states, now under the lock; the body was parsed already
+            self.record = load_record(self.record.key, raw_record, envelope)
+        views, self.version = self.rt.memory.read(self.subject, dict(zip(keys, hashes, strict=True)))
+        self.subject = subject_of(envelope, views)
         self.context = template_context(self.rt.config.model.timezone, envelope, views)
         return answers[: -1 - len(keys)]
 
@@ -262,6 +264,7 @@ class Failure:
     retry_after: float | None = None
     retry_by: float | None = None  # epoch seconds: the end of retry.wait_for_missing_data
     unexpected: bool = False  # not one of the errors connectors and templates raise on purpose
+    reason_if_dead: str | None = None  # recorded when no try is left (default: "gave up after ...")
     maybe_delivered: bool = False  # sent, but the answer never came: the destination may have it
 
 
@@ -273,7 +276,8 @@ def judge(exc: Exception, received_at: float, wait_for_missing_data: float, now:
         deadline = received_at + wait_for_missing_data
         if now >= deadline:
             return Failure(str(exc), permanent=True)
-        return Failure(f"waiting for earlier events: {exc}", permanent=False, retry_by=deadline)
+        waiting = f"waiting for earlier events: {exc}"
+        return Failure(waiting, permanent=False, retry_by=deadline, reason_if_dead=str(exc))
     if isinstance(exc, RenderError | PermanentError):
         return Failure(str(exc), permanent=True)
     if isinstance(exc, JobTimeoutException):
@@ -318,7 +322,7 @@ def attempt(rt: Runtime, work: EntityWork, spec: ActionSpec, state: ActionState)
                 spec.id,
                 failure.error,
             )
-        error = _after_failure(rt, work, spec, state, failure, isinstance(exc, MissingDataError))
+        error = _after_failure(rt, work, spec, state, failure)
     duration = time.monotonic() - started
     if state.status != RETRYING:
         state.next_attempt_at = None
@@ -343,7 +347,7 @@ def _run(rt: Runtime, work: EntityWork, spec: ActionSpec, state: ActionState) ->
     sync an entity's state to an external object skip an event that brings nothing new since the
     object's last write (`work.version`)."""
     record = work.record
-    target = _sync_target(spec, record)
+    target = _sync_target(spec, work.subject)
     fields = render_action(spec, work.context)
     state.rendered = fields
     if target and not state.forced and rt.ordering.is_synced(target, work.version):
@@ -376,9 +380,7 @@ def _run(rt: Runtime, work: EntityWork, spec: ActionSpec, state: ActionState) ->
         rt.ordering.mark_synced_on(work.writes, target, work.version)
 
 
-def _after_failure(
-    rt: Runtime, work: EntityWork, spec: ActionSpec, state: ActionState, failure: Failure, missing_data: bool
-) -> str:
+def _after_failure(rt: Runtime, work: EntityWork, spec: ActionSpec, state: ActionState, failure: Failure) -> str:
     """Dead-letter the action or schedule its next try (on `work.writes`); the error to record."""
     delay = None if failure.permanent else next_delay(rt, state.attempts, failure.retry_after)
     if delay is not None and failure.retry_by is not None:
@@ -386,9 +388,9 @@ def _after_failure(
         delay = min(delay, failure.retry_by - time.time())
     if delay is None or delay < 0:
         state.status = DEAD
-        if failure.permanent or missing_data:
-            return failure.error.removeprefix("waiting for earlier events: ")
-        return f"gave up after {state.attempts} attempts; last error: {failure.error}"
+        if failure.permanent:
+            return failure.error
+        return failure.reason_if_dead or f"gave up after {state.attempts} attempts; last error: {failure.error}"
     state.status = RETRYING
     state.next_attempt_at = time.time() + delay
     job_id = retry_job_id(work.record.key, spec.id, state.attempts)
@@ -396,12 +398,12 @@ def _after_failure(
     return failure.error
 
 
-def _sync_target(spec: ActionSpec, record: EventRecord) -> str | None:
+def _sync_target(spec: ActionSpec, subject: Subject) -> str | None:
     """The external object a state-syncing action writes (per connector and entity), else None."""
-    entity = primary_entity(record.envelope)
+    entity = subject.primary
     if not type(spec.fields).syncs_state or entity is None:
         return None
-    return f"{spec.connector}:{key_part(record.tenant_id)}:{entity[0]}:{key_part(entity[1])}"
+    return f"{spec.connector}:{key_part(subject.tenant)}:{entity[0]}:{key_part(entity[1])}"
 
 
 def next_delay(rt: Runtime, attempts: int, retry_after: float | None) -> float | None:

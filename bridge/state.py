@@ -25,9 +25,9 @@ from redis import Redis
 from redis.client import Pipeline
 
 from bridge.store import PREFIX, key_part, text
+from connectors.base import KINDS, Subject
 from mappings.templates import EntityView
 
-KINDS = ("booking", "order", "customer")
 # Seconds an entity lock lives without renewal: short enough that a killed worker's lock frees the
 # entity soon. A connector call can take longer (timeouts up to 120 s, several calls in a row), so
 # the lock is renewed while a call is in flight (`EntityLock.held_during`).
@@ -105,14 +105,23 @@ def event_views(envelope: dict[str, Any]) -> dict[str, EntityView | None]:
     return views
 
 
-def primary_entity(envelope: dict[str, Any]) -> tuple[str, str] | None:
-    """The entity whose external objects an event may write: its booking, else order, else customer."""
+def subject_of(envelope: dict[str, Any], views: dict[str, EntityView | None] | None = None) -> Subject:
+    """What the event is about (see `Subject`); `views` (memory) fill in a code or a customer's
+    name the event itself does not carry (a `booking.no_show` has neither)."""
     parts = entity_parts(envelope)
-    for kind in KINDS:
-        for part_kind, obj in parts:
-            if part_kind == kind:
-                return kind, str(obj["id"])
-    return None
+    ids: dict[str, str] = {}
+    for kind, obj in parts:
+        ids.setdefault(kind, str(obj["id"]))
+    entities = tuple((kind, ids[kind]) for kind in KINDS if kind in ids)
+    if not entities:
+        return Subject(str(envelope.get("tenant_id", "")))
+    kind = entities[0][0]
+    known = [obj for k, obj in parts if k == kind] + [dict((views or {}).get(kind) or {})]
+    code = next((str(o[Subject.code_field(kind)]) for o in known if o.get(Subject.code_field(kind))), "")
+    people: list[Any] = [obj for k, obj in parts if k == "customer"] + [(views or {}).get("customer")]
+    people += [o.get("cliente") for o in known]
+    name = next((str(p["nombre"]) for p in people if isinstance(p, dict) and p.get("nombre")), "")
+    return Subject(str(envelope.get("tenant_id", "")), entities, code, name)
 
 
 def _data_field(name: str) -> str:
@@ -170,26 +179,19 @@ class EntityMemory:
         self.remember_on(pipe, envelope)
         pipe.execute()
 
-    def keys(self, envelope: dict[str, Any]) -> dict[str, str]:
+    def keys(self, subject: Subject) -> dict[str, str]:
         """The memory key of each kind of entity the event names (its first of each kind)."""
-        keys: dict[str, str] = {}
-        for kind, obj in entity_parts(envelope):
-            keys.setdefault(kind, self.key(envelope["tenant_id"], kind, str(obj["id"])))
-        return keys
+        return {kind: self.key(subject.tenant, kind, entity_id) for kind, entity_id in subject.entities}
 
-    def read(
-        self, envelope: dict[str, Any], hashes: dict[str, dict[bytes, bytes]]
-    ) -> tuple[dict[str, EntityView | None], str]:
+    def read(self, subject: Subject, hashes: dict[str, dict[bytes, bytes]]) -> tuple[dict[str, EntityView | None], str]:
         """The merged `booking`, `order` and `customer` views the event refers to (None when it
         refers to none), and the version of what is known of its primary entity and that entity's
         customer (it changes whenever memory learns something new about either).
 
-        `hashes`: HGETALL of `keys(envelope)`, by kind. A customer the event does not name but
+        `hashes`: HGETALL of `keys(subject)`, by kind. A customer the event does not name but
         memory knows (a booking's `cliente.id`) is read here: one more round trip."""
-        tenant = envelope["tenant_id"]
-        ids: dict[str, str] = {}
-        for kind, obj in entity_parts(envelope):
-            ids.setdefault(kind, str(obj["id"]))
+        tenant = subject.tenant
+        ids = dict(subject.entities)
         merged: dict[str, dict[str, Any] | None] = {kind: _fields(hashes.get(kind)) for kind in ("booking", "order")}
         hashes = dict(hashes)
         if "customer" not in ids:
@@ -209,10 +211,10 @@ class EntityMemory:
                     view["cliente"] = {**cliente, **customer}
         merged["customer"] = customer
         views = {kind: EntityView(data, kind, ids[kind]) if data else None for kind, data in merged.items()}
-        return views, self._version(envelope, hashes, ids.get("customer"))
+        return views, self._version(subject, hashes, ids.get("customer"))
 
-    def _version(self, envelope: dict[str, Any], hashes: dict[str, dict[bytes, bytes]], customer_id: str | None) -> str:
-        entity = primary_entity(envelope)
+    def _version(self, subject: Subject, hashes: dict[str, dict[bytes, bytes]], customer_id: str | None) -> str:
+        entity = subject.primary
         if entity is None:
             return ""
         own = hashes.get(entity[0]) or {}
@@ -223,17 +225,17 @@ class EntityMemory:
             if own_customer_id == customer_id:
                 customer = hashes.get("customer") or {}
             else:  # memory's customer differs from the one the event names
-                customer = self._hgetall(self.key(envelope["tenant_id"], "customer", own_customer_id))
+                customer = self._hgetall(self.key(subject.tenant, "customer", own_customer_id))
             versions.append(text(customer.get(VERSION_FIELD.encode(), b"0")))
         return ".".join(versions)
 
-    def views(self, envelope: dict[str, Any]) -> dict[str, EntityView | None]:
+    def views(self, subject: Subject) -> dict[str, EntityView | None]:
         """The views alone, read in one round trip (two when the customer is known only through memory)."""
-        keys = self.keys(envelope)
+        keys = self.keys(subject)
         pipe = self.redis.pipeline(transaction=False)
         for key in keys.values():
             pipe.hgetall(key)
-        return self.read(envelope, dict(zip(keys, pipe.execute(), strict=True)))[0]
+        return self.read(subject, dict(zip(keys, pipe.execute(), strict=True)))[0]
 
     def load(self, tenant: str, kind: str, entity_id: str) -> dict[str, Any] | None:
         return _fields(self._hgetall(self.key(tenant, kind, entity_id)))
@@ -352,12 +354,12 @@ class Ordering:
         self.ttl = int(ttl)
         self.lock_timeout = lock_timeout
 
-    def entity_lock(self, tenant: str, entity: tuple[str, str] | None) -> EntityLock | None:
+    def entity_lock(self, subject: Subject) -> EntityLock | None:
         """The lock of the entity an event may write (None when it names no entity)."""
-        if entity is None:
+        if subject.primary is None:
             return None
-        kind, entity_id = entity
-        name = f"{PREFIX}lock:{key_part(tenant)}:{kind}:{key_part(entity_id)}"
+        kind, entity_id = subject.primary
+        name = f"{PREFIX}lock:{key_part(subject.tenant)}:{kind}:{key_part(entity_id)}"
         return EntityLock(self.redis, name, f"{kind} {entity_id}", self.lock_timeout)
 
     def is_synced(self, target: str, version: str) -> bool:

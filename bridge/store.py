@@ -163,8 +163,10 @@ class EventStore:
     def trim(self, now: float | None = None) -> None:
         """Forget index entries older than the retention (the records themselves expire by TTL)."""
         now = time.time() if now is None else now
-        self.redis.zremrangebyscore(EVENTS_INDEX, 0, now - self.retention)
-        self.redis.zremrangebyscore(DEAD_INDEX, 0, now - self.dead_retention)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zremrangebyscore(EVENTS_INDEX, 0, now - self.retention)
+        pipe.zremrangebyscore(DEAD_INDEX, 0, now - self.dead_retention)
+        pipe.execute()
 
     def load_many(self, keys: list[str], index: str | None = None) -> list[EventRecord]:
         """Records by key in one round trip; keys whose record expired are dropped from `index`."""
@@ -182,11 +184,12 @@ class EventStore:
         return records
 
 
-def load_record(key: str, raw: dict[bytes, bytes]) -> EventRecord:
+def load_record(key: str, raw: dict[bytes, bytes], envelope: dict[str, Any] | None = None) -> EventRecord:
+    """The record from its hash; `envelope` when the body was parsed already (it never changes)."""
     actions = {name.decode()[2:]: ActionState.from_json(value) for name, value in raw.items() if name.startswith(b"a:")}
     return EventRecord(
         key=key,
-        envelope=json.loads(raw[b"body"]),
+        envelope=envelope if envelope is not None else json.loads(raw[b"body"]),
         received_at=float(raw.get(b"received_at", b"0")),
         actions=actions,
         note=text(raw.get(b"note", b"")),

@@ -191,3 +191,40 @@ def connector_class(type_name: str) -> type[Connector]:
         ) from exc
     cls: type[Connector] = getattr(module, class_name)
     return cls
+
+
+KINDS = ("booking", "order", "customer")
+# What people know each kind of entity by on the platform (a booking's code, an order's number).
+_CODE_FIELD = {"booking": "codigo", "order": "numero", "customer": "id"}
+
+
+@dataclass(frozen=True)
+class Subject:
+    """What an event is about, worked out once per event (`bridge.state.subject_of`): its tenant,
+    the entities it carries (kind, id) in the order booking, order, customer, and how people know
+    the main one (its code and the customer's name, from memory when the event lacks them)."""
+
+    tenant: str
+    entities: tuple[tuple[str, str], ...] = ()
+    code: str = ""
+    customer_name: str = ""
+
+    @property
+    def primary(self) -> tuple[str, str] | None:
+        """The entity whose external objects the event may write: its booking, else order, else customer."""
+        return self.entities[0] if self.entities else None
+
+    def id_of(self, kind: str) -> str | None:
+        return next((entity_id for k, entity_id in self.entities if k == kind), None)
+
+    @property
+    def label(self) -> str:
+        """`booking ABC123XY · Juan Pérez`: the one label an event shows everywhere ("" for none)."""
+        if self.primary is None:
+            return ""
+        label = f"{self.primary[0]} {self.code or self.primary[1]}"
+        return f"{label} · {self.customer_name}" if self.customer_name and self.primary[0] != "customer" else label
+
+    @staticmethod
+    def code_field(kind: str) -> str:
+        return _CODE_FIELD[kind]

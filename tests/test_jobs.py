@@ -27,6 +27,7 @@ from bridge.store import (
     DONE,
     DRY_RUN,
     EVENT_ACTION,
+    EVENTS_INDEX,
     RETRYING,
     SENDING,
     SKIPPED,
@@ -34,6 +35,7 @@ from bridge.store import (
     event_key,
     record_key,
 )
+from bridge.worker import BridgeWorker
 from tests.conftest import http_config
 from tests.fakes.http_server import Reply
 from tests.harness import EVENT_TYPES, Bridge, encode, sample
@@ -463,3 +465,14 @@ def test_missing_data_is_awaited_for_the_configured_window_not_a_schedule_step_m
     assert {h["outcome"] for h in state.history[:-1]} == {RETRYING}
     assert record.received_at + 2 <= state.history[-1]["at"] < record.received_at + 10
     assert state.last_error.endswith("(order.created not received)")
+
+
+def test_a_workers_maintenance_trims_the_event_index_to_its_retention(bridge: Bridge) -> None:
+    """The index of events would otherwise keep every id forever (the records expire by TTL)."""
+    old, new = sample("booking.created"), sample("booking.updated")
+    bridge.post(old)
+    bridge.post(new)
+    retention = bridge.config.model.retention.events
+    bridge.redis.zadd(EVENTS_INDEX, {event_key(old["id"]): time.time() - retention - 60})
+    BridgeWorker([bridge.runtime.queue], connection=bridge.redis, serializer=JSONSerializer).work(burst=True)
+    assert bridge.redis.zrange(EVENTS_INDEX, 0, -1) == [event_key(new["id"]).encode()]

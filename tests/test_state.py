@@ -10,7 +10,7 @@ import time
 import pytest
 from redis import Redis
 
-from bridge.state import EntityMemory, Ordering
+from bridge.state import EntityMemory, Ordering, subject_of
 from bridge.store import DEAD, DONE, RETRYING, STALE, seen_key
 from tests.conftest import http_config
 from tests.fakes.http_server import CapturingServer
@@ -78,7 +78,7 @@ def test_customer_changes_reach_the_booking_view(redis_url: str) -> None:
     memory = EntityMemory(Redis.from_url(redis_url), ttl=3600)
     memory.remember(sample("booking.created"))
     memory.remember(sample("customer.updated"))  # renames customer 456 two days later
-    views = memory.views(sample("booking.no_show"))
+    views = memory.views(subject_of(sample("booking.no_show")))
     assert views["booking"]["cliente"]["nombre"] == "Juan Pérez García"
     assert views["customer"]["nombre"] == "Juan Pérez García"
     assert views["order"] is None
@@ -365,3 +365,28 @@ def test_the_lock_is_kept_while_a_call_outlasts_its_lifetime(make_bridge, destin
     bridge.drain()
     assert len(seen_while_in_flight) == 2 and all(seen_while_in_flight), "the lock expired during the call"
     assert bridge.redis.keys("sb:lock:*") == []
+
+
+@pytest.mark.parametrize(
+    ("event_type", "label"),
+    [
+        pytest.param("booking.created", "booking ABC123XY · Juan Pérez", id="booking"),
+        pytest.param("booking.no_show", "booking 12345", id="booking-without-code"),
+        pytest.param("payment.completed", "booking ABC123XY · Juan Pérez", id="payment"),
+        pytest.param("order.created", "order PED-2024-0789 · Juan Pérez", id="order"),
+        pytest.param("customer.updated", "customer 456", id="customer"),
+    ],
+)
+def test_what_an_event_is_about_is_worked_out_once(event_type: str, label: str) -> None:
+    subject = subject_of(sample(event_type))
+    assert subject.label == label
+    assert subject.tenant == "uuid-tenant"
+
+
+def test_memory_gives_the_label_an_event_lacks(redis_url: str) -> None:
+    memory = EntityMemory(Redis.from_url(redis_url), ttl=3600)
+    memory.remember(sample("booking.created"))
+    no_show = sample("booking.no_show")
+    subject = subject_of(no_show)
+    assert subject.primary == ("booking", "12345") and subject.entities == (("booking", "12345"),)
+    assert subject_of(no_show, memory.views(subject)).label == "booking ABC123XY · Juan Pérez"

@@ -33,6 +33,7 @@ from bridge.logs import hide_secret_fields
 from bridge.operations import REPLAYABLE, REPLAYABLE_WITH_FORCE, ReplayError, replay
 from bridge.runtime import Runtime
 from bridge.samples import sample_types
+from bridge.state import subject_of
 from bridge.store import (
     DEAD,
     DONE,
@@ -366,7 +367,7 @@ def event(key: str) -> str | tuple[str, int]:
     record = _load(key)
     if record is None:
         return _not_found(key)
-    views = rt.memory.views(record.envelope)
+    views = rt.memory.views(subject_of(record.envelope))
     actions = [action_view(rt, a, s) for a, s in sorted(record.actions.items())]
     kind, code = entity_of(record.envelope)
     return render_template(
