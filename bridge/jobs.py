@@ -270,6 +270,7 @@ class Failure:
     retry_by: float | None = None  # epoch seconds: the end of retry.wait_for_missing_data
     unexpected: bool = False  # not one of the errors connectors and templates raise on purpose
     reason_if_dead: str | None = None  # recorded when no try is left (default: "gave up after ...")
+    maybe_delivered: bool = False  # sent, but the answer never came: the destination may have it
 
 
 def judge(exc: Exception, received_at: float, wait_for_missing_data: float, now: float) -> Failure:
@@ -288,7 +289,7 @@ def judge(exc: Exception, received_at: float, wait_for_missing_data: float, now:
         # Running it again would take as long again, while the event's other actions wait.
         return Failure(f"took longer than the job's limit of {JOB_TIMEOUT} s; nothing more is tried", permanent=True)
     if isinstance(exc, TransientError):
-        return Failure(str(exc), permanent=False, retry_after=exc.retry_after)
+        return Failure(str(exc), permanent=False, retry_after=exc.retry_after, maybe_delivered=exc.maybe_delivered)
     # A connector bug or an unexpected library error: retried, and logged with its traceback.
     return Failure(f"unexpected error: {type(exc).__name__}: {exc}", permanent=False, unexpected=True)
 
@@ -317,6 +318,15 @@ def attempt(rt: Runtime, work: EntityWork, spec: ActionSpec, state: ActionState)
         failure = judge(exc, record.received_at, rt.config.model.retry.wait_for_missing_data, time.time())
         if failure.unexpected:
             log.exception("unexpected error in %s for event %s", spec.id, record.id)
+        if failure.maybe_delivered:
+            # Counted now, whether the retry finds it done, sends it again or the action dies.
+            work.writes.incr(POSSIBLE_DUPLICATES_KEY)
+            log.warning(
+                "possible duplicate: event=%s action=%s was sent but not answered: %s",
+                record.id,
+                spec.id,
+                failure.error,
+            )
         error = _after_failure(rt, work, spec, state, failure)
     duration = time.monotonic() - started
     if state.status != RETRYING:

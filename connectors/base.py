@@ -32,11 +32,16 @@ class ConnectorError(Exception):
 
 
 class TransientError(ConnectorError):
-    """Try again later: timeouts, connection errors, 408, 429, 5xx."""
+    """Try again later: timeouts, connection errors, 408, 429, 5xx.
 
-    def __init__(self, reason: str, retry_after: float | None = None):
+    `maybe_delivered`: the request went out and its answer never came (a read timeout), so the
+    destination may have acted on it and trying again may repeat that; not set for writes that a
+    repeat cannot double (a calendar entry with a fixed id, an edit)."""
+
+    def __init__(self, reason: str, retry_after: float | None = None, maybe_delivered: bool = False):
         super().__init__(reason)
         self.retry_after = retry_after
+        self.maybe_delivered = maybe_delivered
 
 
 class PermanentError(ConnectorError):

@@ -116,8 +116,13 @@ class HttpConnector(Connector):
                 timeout=settings.timeout,
                 allow_redirects=False,
             )
-        except requests.Timeout:
-            raise TransientError(f"{settings.url} did not answer within {settings.timeout:g} s") from None
+        except requests.ReadTimeout:
+            # Connected and sent: the receiver may have acted on it (it can dedupe by Idempotency-Key).
+            raise TransientError(
+                f"{settings.url} did not answer within {settings.timeout:g} s", maybe_delivered=True
+            ) from None
+        except requests.Timeout:  # could not even connect: nothing was sent
+            raise TransientError(f"cannot connect to {settings.url} within {settings.timeout:g} s") from None
         except requests.ConnectionError as exc:
             raise TransientError(f"cannot connect to {settings.url}: {_root_cause(exc)}") from None
         except (ValueError, UnicodeError) as exc:  # requests' InvalidHeader/InvalidURL are ValueErrors

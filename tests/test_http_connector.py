@@ -82,12 +82,23 @@ def test_retry_after_as_an_http_date() -> None:
     assert parse_retry_after(None) is None
 
 
-def test_timeout_is_transient(destination: CapturingServer) -> None:
+def test_timeout_is_transient_and_may_have_been_delivered(destination: CapturingServer) -> None:
     destination.respond_with(200, delay=1.5)
     crm = connector(destination.url, timeout=0.3)
-    with pytest.raises(TransientError, match="did not answer within 0.3 s"):
+    with pytest.raises(TransientError, match="did not answer within 0.3 s") as caught:
         crm.send(request({}))
     crm.close()
+    # The receiver got the request; only its answer was late.
+    assert caught.value.maybe_delivered and len(destination.requests) == 1
+
+
+def test_an_error_answer_was_not_delivered(destination: CapturingServer) -> None:
+    destination.respond_with(503, "busy")
+    crm = connector(destination.url)
+    with pytest.raises(TransientError) as caught:
+        crm.send(request({}))
+    crm.close()
+    assert not caught.value.maybe_delivered
 
 
 def test_connection_refused_is_transient() -> None:
@@ -95,9 +106,10 @@ def test_connection_refused_is_transient() -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     crm = connector(f"http://127.0.0.1:{port}/")
-    with pytest.raises(TransientError, match="cannot connect to"):
+    with pytest.raises(TransientError, match="cannot connect to") as caught:
         crm.send(request({}))
     crm.close()
+    assert not caught.value.maybe_delivered  # nothing left the machine
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -36,6 +37,7 @@ from bridge.store import (
 )
 from bridge.worker import BridgeWorker
 from tests.conftest import http_config
+from tests.fakes.http_server import Reply
 from tests.harness import EVENT_TYPES, Bridge, encode, sample
 from tests.test_state import SHIPPED_NOTICE
 
@@ -86,6 +88,36 @@ def test_transient_failure_is_retried_then_succeeds(bridge: Bridge, destination)
     assert (state.status, state.attempts, state.last_error) == (DONE, 3, "")
     assert [h["outcome"] for h in state.history] == [RETRYING, RETRYING, DONE]
     assert "HTTP 503: maintenance" in state.history[0]["error"]
+
+
+def test_a_late_answer_is_counted_as_a_possible_duplicate(make_bridge, destination, caplog) -> None:  # noqa: ANN001
+    bridge = make_bridge(http_config(destination.url).replace("timeout: 2", "timeout: 0.3"))
+    destination.respond_with(503, "maintenance")  # an answer: nothing was done, nothing to count
+    destination.respond_with(200, delay=1.0)  # received and done, answered after the client's timeout
+    event = sample("payment.failed")
+    bridge.post(event)
+    with caplog.at_level(logging.WARNING, logger="salon_bridge.jobs"):
+        bridge.drain()
+    # The receiver had it twice, with one Idempotency-Key to recognise the repeat by.
+    assert len(destination.requests) == 3
+    assert {r.headers["Idempotency-Key"] for r in destination.requests} == {f"{event['id']}/all-to-crm/notify"}
+    state = bridge.record(event["id"]).actions["all-to-crm/notify"]
+    assert (state.status, state.attempts) == (DONE, 3)
+    assert bridge.redis.get(POSSIBLE_DUPLICATES_KEY) == b"1"
+    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("possible duplicate")]
+    assert f"event={event['id']} action=all-to-crm/notify was sent but not answered" in line
+
+
+def test_late_answers_until_the_action_is_dead_are_all_counted(make_bridge, destination) -> None:  # noqa: ANN001
+    bridge = make_bridge(http_config(destination.url).replace("timeout: 2", "timeout: 0.3"))
+    destination.default = Reply(200, delay=1.0)
+    event = sample("payment.failed")
+    bridge.post(event)
+    bridge.drain()
+    state = bridge.record(event["id"]).actions["all-to-crm/notify"]
+    assert (state.status, state.attempts) == (DEAD, 4)
+    assert len(destination.requests) == 4
+    assert bridge.redis.get(POSSIBLE_DUPLICATES_KEY) == b"4"
 
 
 def test_retries_exhausted_go_to_the_dead_letters(bridge: Bridge, destination) -> None:  # noqa: ANN001
