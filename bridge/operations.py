@@ -5,10 +5,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from bridge.jobs import process_event, run_action
-from bridge.queue import CRASH_RETRY, FAILURE_TTL
+from bridge.queue import PROCESS_EVENT, RUN_ACTION, enqueue
 from bridge.runtime import Runtime
-from bridge.store import DEAD, DONE, DRY_RUN, PENDING, SENDING, SKIPPED, STALE, EventRecord
+from bridge.store import DEAD, DONE, DRY_RUN, EVENT_ACTION, PENDING, SENDING, SKIPPED, STALE, EventRecord
 
 # Dead actions, and unfinished ones whose job RQ gave up on (they stay pending or sending); the
 # entity lock and the ledger make a replay of one that is in fact still queued harmless.
@@ -42,9 +41,7 @@ def replay(rt: Runtime, event_id: str, action: str | None = None, force: bool = 
         raise ReplayError(f"event {event_id!r}: {DATA_LOST}")
     if not record.actions and action is None:
         # Never processed (its job was lost or given up on by RQ): route the whole event again.
-        rt.queue.enqueue_call(
-            process_event, args=[record.key], retry=CRASH_RETRY, result_ttl=600, failure_ttl=FAILURE_TTL
-        )
+        enqueue(rt.queue, PROCESS_EVENT, record.key)
         return Replayed(event_id, ["(every action of the event)"])
     eligible = REPLAYABLE_WITH_FORCE if force else REPLAYABLE
     if action is not None and action not in record.actions:
@@ -66,15 +63,11 @@ def replay(rt: Runtime, event_id: str, action: str | None = None, force: bool = 
         state.forced = force and state.status != DEAD
         state.status, state.attempts, state.last_error, state.next_attempt_at = PENDING, 0, "", None
         rt.store.save_action(record.key, action_id, state, pipe=pipe)
-        rt.queue.enqueue_call(
-            run_action,
-            args=[record.key, action_id],
-            job_id=_replay_job_id(record, action_id, len(state.history)),
-            retry=CRASH_RETRY,
-            result_ttl=600,
-            failure_ttl=FAILURE_TTL,
-            pipeline=pipe,
-        )
+        job_id = _replay_job_id(record, action_id, len(state.history))
+        if action_id == EVENT_ACTION:  # the event itself had failed: route it again, whole
+            enqueue(rt.queue, PROCESS_EVENT, record.key, job_id=job_id, pipeline=pipe)
+        else:
+            enqueue(rt.queue, RUN_ACTION, record.key, action_id, job_id=job_id, pipeline=pipe)
     pipe.execute()
     return Replayed(event_id, [a for a, _ in chosen])
 

@@ -185,6 +185,12 @@ class BridgeWorker(SimpleWorker):
             return
         super().set_state(state, pipeline=pipeline)
 
+    def clean_registries(self) -> None:
+        """RQ's periodic maintenance, and the bridge's: the event and dead-letter indexes forget
+        what is older than their retention (the records expire by themselves)."""
+        super().clean_registries()
+        runtime.current().store.trim()
+
     def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
         # RQ also sets the job's last_heartbeat here, for callbacks that run after the job; the
         # bridge has none, and the job's result and end time are written next.

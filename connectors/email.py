@@ -572,6 +572,7 @@ class EmailConnector(Connector):
         """One SMTP transaction; DATA only once every recipient is accepted (never half-sent)."""
         smtp: smtplib.SMTP | None = None
         polite = True
+        in_data = False
         try:
             smtp = self._open()
             options: list[str] = []
@@ -599,6 +600,7 @@ class EmailConnector(Connector):
                 if any(code >= 500 for _, code, _ in refused):
                     raise PermanentError(f"{self.where} refused a recipient, so nothing was sent: {detail}")
                 raise TransientError(f"{self.where} cannot take a recipient right now: {detail}")
+            in_data = True
             code, reply = smtp.data(data)
             if code != 250:
                 raise _by_code(f"{self.where} did not accept the message: {code} {_text(reply)}", code)
@@ -607,7 +609,12 @@ class EmailConnector(Connector):
             raise
         except (smtplib.SMTPException, ssl.SSLError, OSError) as exc:
             polite = isinstance(exc, smtplib.SMTPResponseException)
-            raise self._failure(exc) from None
+            failure = self._failure(exc)
+            if in_data and not polite and isinstance(failure, TransientError):
+                # A timeout or a dropped connection from DATA on, without an answer: the server may
+                # have the message already (a retry sends it again, with the same Message-ID).
+                failure.maybe_delivered = True
+            raise failure from None
         finally:
             if smtp is not None:
                 _close(smtp, polite)

@@ -85,8 +85,10 @@ STORE_TTL = 400 * 86400  # what the connector remembers of a booking, like entit
 
 
 def google_event_id(tenant_id: str, booking_id: str) -> str:
-    """The Google event id of a booking: base32hex (a-v, 0-9) of a hash of (tenant, booking), 52 chars."""
-    digest = hashlib.sha256(f"salon-bridge\x00{tenant_id}\x00{booking_id}".encode()).digest()
+    """The Google event id of a booking: base32hex (a-v, 0-9) of a hash of (tenant, booking), 52 chars.
+    Each part is escaped, so no two (tenant, booking) pairs hash the same text."""
+    tenant, booking = (part.replace("\\", "\\\\").replace("\x00", "\\0") for part in (tenant_id, booking_id))
+    digest = hashlib.sha256(f"salon-bridge\x00{tenant}\x00{booking}".encode()).digest()
     return base64.b32hexencode(digest).decode().rstrip("=").lower()
 
 

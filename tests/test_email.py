@@ -515,6 +515,22 @@ def test_a_server_that_never_answers_is_a_timeout(make_connector) -> None:  # no
     finally:
         silent.stop()
     assert caught.value.reason == f"127.0.0.1:{silent.port} did not answer within 0.3 s"
+    assert not caught.value.maybe_delivered  # nothing was sent
+
+
+def test_a_timeout_after_data_may_have_been_delivered(make_connector, smtp: SmtpServer) -> None:  # noqa: ANN001
+    smtp.data_delay = 1.0  # the server takes the message, then answers after the client's timeout
+    with pytest.raises(TransientError) as caught:
+        make_connector(smtp, timeout=0.3).send(request({"to": ["juan@email.com"]}))
+    assert caught.value.reason == f"127.0.0.1:{smtp.port} did not answer within 0.3 s"
+    assert caught.value.maybe_delivered and len(smtp.messages) == 1
+
+
+def test_a_refused_message_was_not_delivered(make_connector, smtp: SmtpServer) -> None:  # noqa: ANN001
+    smtp.respond_with("DATA", "451 4.3.0 try again later")
+    with pytest.raises(TransientError) as caught:
+        make_connector(smtp).send(request({"to": ["juan@email.com"]}))
+    assert not caught.value.maybe_delivered
 
 
 @pytest.mark.parametrize(

@@ -911,3 +911,8 @@ def test_check_config_validates_the_key_offline_and_reaches_google_with_online(
     key_file.write_text('{"type": "authorized_user"}', encoding="utf-8")
     assert main(["check-config", path]) == 1
     assert f"connectors.agenda: key file {key_file} is not a service account key" in capsys.readouterr().err
+
+
+def test_distinct_tenant_and_booking_pairs_never_share_an_event_id() -> None:
+    assert google_event_id("a\x00b", "c") != google_event_id("a", "b\x00c")
+    assert google_event_id("a\\", "0b") != google_event_id("a", "\\0b")

@@ -34,6 +34,7 @@ from bridge.logs import hide_secret_fields
 from bridge.operations import DATA_LOST, REPLAYABLE, REPLAYABLE_WITH_FORCE, ReplayError, replay
 from bridge.runtime import Runtime
 from bridge.samples import sample_types
+from bridge.state import subject_of
 from bridge.store import (
     DEAD,
     DONE,
@@ -378,7 +379,7 @@ def event(key: str) -> str | tuple[str, int]:
     record = _load(key)
     if record is None:
         return _not_found(key)
-    views = {} if record.data_lost else rt.memory.views(record.envelope)
+    views = {} if record.data_lost else rt.memory.views(subject_of(record.envelope))
     actions = [action_view(rt, a, s) for a, s in sorted(record.actions.items())]
     for action in actions:
         action.replayable = not record.data_lost
