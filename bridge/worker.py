@@ -162,9 +162,11 @@ class BridgeWorker(SimpleWorker):
         try:
             with self.connection.pipeline(transaction=False) as pipe:
                 super().heartbeat(None, pipeline=pipe)
-                worker_registration.register(self, pipe)  # two SADDs: back on the queue's list if lost
-                created = pipe.execute()[0]
-            if created:  # HSET made a new field: the worker's hash was gone
+                worker_registration.register(self, pipe)  # SADDs: back on the workers' lists if lost
+                answers = pipe.execute()
+            # A new hash field, or a new member of a list: Redis had lost the registration (a job's
+            # own heartbeat may have written the hash again first, with only a few of its fields).
+            if answers[0] or any(answers[3:]):
                 self._register_again()
         except RedisError:
             self._last_bare_heartbeat = 0.0  # what needs Redis next says why (and waits)

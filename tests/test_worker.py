@@ -123,3 +123,24 @@ def test_a_worker_registers_again_after_redis_restarted_empty(
         _wait_for(lambda: len(destination.requests) == 1)
     finally:
         bridge.close()
+
+
+def test_a_heartbeat_writes_the_whole_registration_again_when_only_part_came_back(
+    private_redis: StartRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    from rq.serializers import JSONSerializer
+
+    from bridge.queue import work_queue
+    from bridge.worker import BridgeWorker
+
+    server = private_redis()
+    with server.client() as redis:
+        worker = BridgeWorker([work_queue(redis)], connection=redis, serializer=JSONSerializer, worker_ttl=75)
+        worker.register_birth()
+        redis.flushall()  # Redis restarted empty...
+        redis.hset(worker.key, "last_heartbeat", "x")  # ...and a job's own heartbeat wrote one field back
+        worker.heartbeat()
+        assert redis.sismember(WORKERS_BY_QUEUE_KEY % QUEUE_NAME, worker.key)
+        assert {b"birth", b"queues", b"pid", b"state"} <= set(redis.hkeys(worker.key))
+        assert 0 < redis.ttl(worker.key) <= 135
+    assert "its registration was gone from Redis" in caplog.text
