@@ -557,6 +557,7 @@ class ChaosRun:
         print(f"\n{verdict}")
         if self.args.report:
             fig["problem list"] = findings.problems
+            fig["expected losses"] = expected_losses
             fig["kills"] = [{k: v for k, v in kill.__dict__.items() if k != "event"} for kill in self.kills]
             Path(self.args.report).write_text(json.dumps(fig, indent=2, default=str, ensure_ascii=False) + "\n")
         return 0 if not findings.problems else 1
