@@ -51,6 +51,8 @@ from mappings.templates import EntityView, MissingDataError, RenderError
 log = logging.getLogger("salon_bridge.jobs")
 
 POSSIBLE_DUPLICATES_KEY = "sb:stats:possible_duplicates"
+# The reason when an event's stored body is gone (evicted, or Redis restarted without its data).
+LOST_IN_REDIS = "data lost in Redis: the event's stored body is gone, so it cannot be processed"
 BUSY_DELAY = 2  # seconds before a job whose entity is locked by another worker runs again
 
 
@@ -62,6 +64,8 @@ def process_event(key: str) -> str:
         if record is None:
             log.warning("event %s expired before it was processed", key)
             return "expired"
+        if record.data_lost:
+            return fail_event(rt, key, EVENT_ACTION, LOST_IN_REDIS)
         with EntityWork(rt, record, remember=True) as work:
             outcomes = [f"{action_id}={status}" for action_id, status in _first_attempts(rt, work)]
             event_state = work.record.actions.get(EVENT_ACTION)
@@ -104,6 +108,8 @@ def run_action(key: str, action_id: str) -> str:
         if record is None:
             log.warning("event %s expired before action %s could run again", key, action_id)
             return "expired"
+        if record.data_lost:
+            return fail_event(rt, key, action_id, LOST_IN_REDIS)
         with EntityWork(rt, record, remember=False) as work:
             state = work.record.actions.get(action_id)
             if state is None or state.status not in (PENDING, RETRYING, SENDING):

@@ -18,7 +18,7 @@ from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 from rq.timeouts import JobTimeoutException
 
-from bridge.jobs import POSSIBLE_DUPLICATES_KEY, judge
+from bridge.jobs import LOST_IN_REDIS, POSSIBLE_DUPLICATES_KEY, judge
 from bridge.operations import replay
 from bridge.queue import PROCESS_EVENT, enqueue
 from bridge.store import (
@@ -476,3 +476,13 @@ def test_a_workers_maintenance_trims_the_event_index_to_its_retention(bridge: Br
     bridge.redis.zadd(EVENTS_INDEX, {event_key(old["id"]): time.time() - retention - 60})
     BridgeWorker([bridge.runtime.queue], connection=bridge.redis, serializer=JSONSerializer).work(burst=True)
     assert bridge.redis.zrange(EVENTS_INDEX, 0, -1) == [event_key(new["id"]).encode()]
+
+
+def test_an_event_whose_body_was_lost_in_redis_ends_dead_saying_so(bridge: Bridge) -> None:
+    event = sample("booking.created")
+    bridge.post(event)
+    key = event_key(event["id"])
+    bridge.redis.hdel(record_key(key), "body")  # evicted, or lost in a restart mid-action
+    bridge.drain()
+    state = ActionState.from_json(bridge.redis.hget(record_key(key), "a:" + EVENT_ACTION))
+    assert (state.status, state.last_error) == (DEAD, LOST_IN_REDIS)
