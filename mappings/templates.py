@@ -269,7 +269,7 @@ def _guard_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
             separator = args[skip + 1] if len(args) > skip + 1 else kwargs.get("d", "")
             _refuse_size(_joined(str(separator), items), what)
             args = (*args[:skip], items, *args[skip + 1 :])
-        elif name == "sum" and len(args) > skip:
+        elif name == "sum" and not isinstance(kwargs.get("start", args[3] if len(args) > 3 else 0), (int, float)):
             return _sum(*args, **kwargs)
         elif estimate is not None and len(args) > skip:
             _refuse_size(estimate(*args[skip:], **kwargs), what)
@@ -352,15 +352,10 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
         self.globals["lipsum"] = _guard_global("lipsum", cast(Callable[..., Any], self.globals["lipsum"]), _lorem)
 
     def getattr(self, obj: Any, attribute: str) -> Any:
-        _check_time()
         # Event data first: `order.items` is the order's items, not the dict method of that name.
         if isinstance(obj, dict):
             return self.getitem(obj, attribute)
         return super().getattr(obj, attribute)
-
-    def getitem(self, obj: Any, argument: Any) -> Any:
-        _check_time()
-        return super().getitem(obj, argument)
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805 - Jinja's signature
         _check_time()
@@ -403,7 +398,6 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
         return _checked(value, "a string joined with ~")
 
     def call_binop(self, context: Any, op: str, left: Any, right: Any) -> Any:
-        _check_time()
         if op == "*":
             if isinstance(left, int) and isinstance(right, int):
                 _refuse_bits(abs(left).bit_length() + abs(right).bit_length(), "a product")
