@@ -24,6 +24,8 @@ from jinja2.utils import missing
 from jinja2.visitor import NodeTransformer
 from markupsafe import Markup
 
+from connectors.base import wall_clock
+
 MAX_OUTPUT_CHARS = 100_000  # per rendered field; a template cannot produce more
 # Any string or sequence a template builds on the way (characters or items): above the output cap,
 # so that a whole event field (bodies are at most 1 MB) can still be trimmed, split or sliced.
@@ -438,7 +440,12 @@ def _to_decimal(value: Any) -> Decimal:
 
 def money(value: Any, currency: str | None = "EUR") -> str:
     """25.5 -> '25,50 €' (Spanish grouping: 1.234,50)."""
-    amount = _to_decimal(value).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+    if currency is not None and not isinstance(currency, str):
+        raise ValueError(f"money: the currency {currency!r} is not a currency code like EUR")
+    try:
+        amount = _to_decimal(value).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+    except InvalidOperation as exc:  # infinite, not a number, or more digits than any price has
+        raise ValueError(f"money: {value!r} is not an amount of money") from exc
     sign = "-" if amount < 0 else ""
     whole, _, cents = f"{abs(amount):.2f}".partition(".")
     groups: list[str] = []
@@ -457,7 +464,18 @@ class _Clock:
     def __init__(self, zone: ZoneInfo):
         self.zone = zone
 
-    def parse(self, value: Any) -> datetime | date | time:
+    def parse(self, value: Any, name: str) -> datetime | date | time:
+        """The value as a date, time or moment in the zone; ValueError naming the filter and the value."""
+        try:
+            return self._parse(value)
+        except ValueError:
+            raise ValueError(
+                f"{name}: {value!r} is not a date or time (expected 2024-01-25, 10:30 or 2024-01-25T10:30:00Z)"
+            ) from None
+        except OverflowError:
+            raise ValueError(f"{name}: {value!r} is outside the dates that can be shown (years 1 to 9999)") from None
+
+    def _parse(self, value: Any) -> datetime | date | time:
         if isinstance(value, (datetime, date, time)):
             return value
         text = str(value).strip()
@@ -467,21 +485,21 @@ class _Clock:
             return date.fromisoformat(text)
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
         if moment.tzinfo is None:
-            return moment.replace(tzinfo=self.zone)
+            return wall_clock(moment.date(), moment.time(), self.zone)
         return moment.astimezone(self.zone)
 
     def date(self, value: Any, fmt: str = "%d/%m/%Y") -> str:
-        return self.parse(value).strftime(fmt)
+        return self.parse(value, "date").strftime(fmt)
 
     def time(self, value: Any, fmt: str = "%H:%M") -> str:
-        return self.parse(value).strftime(fmt)
+        return self.parse(value, "time").strftime(fmt)
 
     def datetime(self, value: Any, fmt: str = "%d/%m/%Y %H:%M") -> str:
-        return self.parse(value).strftime(fmt)
+        return self.parse(value, "datetime").strftime(fmt)
 
     def longdate(self, value: Any) -> str:
         """'jueves, 25 de enero de 2024'."""
-        day = self.parse(value)
+        day = self.parse(value, "longdate")
         if isinstance(day, time):
             raise ValueError(f"longdate: {value!r} is a time, not a date")
         return f"{_WEEKDAYS_ES[day.weekday()]}, {day.day} de {_MONTHS_ES[day.month - 1]} de {day.year}"

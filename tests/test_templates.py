@@ -245,3 +245,35 @@ def test_normal_templates_are_unaffected_by_the_limits() -> None:
     )
     assert render("{{ [[1], [2]] | sum(start=[]) }} {{ [1, 2] | sum }}") == "[1, 2] 3"
     assert render("{{ '{name}'.format_map({'name': 'Ana'}) }} {{ 'a' ~ 1 }}") == "Ana a1"
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        pytest.param(
+            "{{ 25 | money(data.currency) }}", "money: the currency 5 is not a currency code like EUR", id="int"
+        ),
+        pytest.param("{{ data.amount | money }}", "money: inf is not an amount of money", id="infinite"),
+        pytest.param("{{ 1e308 | money }}", "money: 1e+308 is not an amount of money", id="huge"),
+        pytest.param("{{ 'ayer' | date }}", "date: 'ayer' is not a date or time (expected 2024-01-25", id="date"),
+        pytest.param("{{ data | longdate }}", "longdate: {'currency': 5, 'amount': inf} is not a date", id="dict"),
+        pytest.param(
+            "{{ '9999-12-31T23:30:00-05:00' | datetime }}",
+            "datetime: '9999-12-31T23:30:00-05:00' is outside the dates that can be shown",
+            id="out-of-range",
+        ),
+        pytest.param("{{ data.currency | dictsort }}", "the template failed: ", id="int-through-a-jinja-filter"),
+    ],
+)
+def test_bad_event_data_in_a_filter_is_a_render_error_naming_the_template(source: str, message: str) -> None:
+    """RenderError is permanent: the action is dead at once with this reason, not retried as unexpected."""
+    with pytest.raises(RenderError) as caught:
+        ENGINE.compile(source, "mappings[1].actions[0].text").render({"data": {"currency": 5, "amount": float("inf")}})
+    assert str(caught.value).startswith("mappings[1].actions[0].text: ")
+    assert message in str(caught.value)
+
+
+def test_a_local_time_the_clocks_skip_is_shown_as_the_calendar_would() -> None:
+    """The shared rule (connectors.base.wall_clock): skipped -> forward by the gap; repeated -> the first."""
+    assert render("{{ '2024-03-31T02:30:00' | datetime('%H:%M %Z') }}") == "03:30 CEST"
+    assert render("{{ '2024-10-27T02:30:00' | datetime('%H:%M %Z') }}") == "02:30 CEST"
