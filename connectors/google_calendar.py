@@ -743,7 +743,7 @@ def _service_minutes(booking: dict[str, Any]) -> float:
     """The sum of the services' duracion_minutos; a value no booking can have is a PermanentError."""
     minutes = 0.0
     for index, service in enumerate(booking.get("servicios") or []):
-        value = service.get("duracion_minutos") if isinstance(service, dict) else None
+        value = service.get("duracion_minutos") if isinstance(service, Mapping) else None
         if value is None or value == "":
             continue
         try:

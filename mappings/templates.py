@@ -333,9 +333,32 @@ def _env_call(method: str, argument: nodes.Node, lineno: int) -> nodes.Call:
     return nodes.Call(nodes.EnvironmentAttribute(method), [argument], [], None, None, lineno=lineno)
 
 
+class _OutputBuffer(list[Any]):
+    """The output a block set, macro, call or filter block collects, counted as it grows."""
+
+    size = 0
+
+    def append(self, item: Any) -> None:
+        self._grow(item)
+        super().append(item)
+
+    def extend(self, items: Iterable[Any]) -> None:
+        for item in items:
+            self.append(item)
+
+    def _grow(self, item: Any) -> None:
+        self.size += len(item) if isinstance(item, str) else 0
+        _refuse_size(self.size, "the output of a block (set, macro, call or filter)")
+
+
 class _GuardedCodeGenerator(CodeGenerator):
     def visit_Template(self, node: nodes.Template, frame: Frame | None = None) -> None:
         super().visit_Template(_Guards().visit(node), frame)
+
+    def buffer(self, frame: Frame) -> None:
+        # Jinja collects such output in a plain list, joined only at the end: ours counts it.
+        frame.buffer = self.temporary_identifier()
+        self.writeline(f"{frame.buffer} = environment.output_buffer()")
 
 
 class _BoundedSandbox(ImmutableSandboxedEnvironment):
@@ -395,6 +418,9 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
         for item in iterable:
             _check_time()
             yield item
+
+    def output_buffer(self) -> _OutputBuffer:
+        return _OutputBuffer()
 
     def guard_concat(self, value: Any) -> Any:
         return _checked(value, "a string joined with ~")

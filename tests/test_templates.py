@@ -170,6 +170,28 @@ BOMBS = [
     pytest.param("{{ ((10 ** 100) ** 100) ** 100 }}", "a power would be a number of about", id="power-chain"),
     pytest.param("{% set n = (10 ** 100) ** 100 %}{{ n * n * n * n }}", "a product would be a number of", id="product"),
     pytest.param("{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}", "a macro calls itself", id="recursion"),
+    pytest.param(
+        "{% set x %}{% for i in range(100000) %}{% for j in range(100) %}" + "x" * 100 + "{% endfor %}{% endfor %}"
+        "{% endset %}",
+        "the output of a block (set, macro, call or filter) would be 1,000,100",
+        id="block-set",
+    ),
+    pytest.param(
+        "{% macro m() %}{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}{% endmacro %}{{ m() | length }}",
+        "the output of a block",
+        id="macro-output",
+    ),
+    pytest.param(
+        "{% filter length %}{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}{% endfilter %}",
+        "the output of a block",
+        id="filter-block",
+    ),
+    pytest.param(
+        "{% macro m() %}{{ caller() | length }}{% endmacro %}"
+        "{% call m() %}{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}{% endcall %}",
+        "the output of a block",
+        id="call-block",
+    ),
 ]
 
 
