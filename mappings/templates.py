@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import operator
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -180,16 +181,23 @@ def _spec_size(spec: str) -> int:
     return max((int(number) for number in _DIGITS.findall(spec)), default=0)
 
 
-def _padded(text: Any, width: Any = 0, *args: Any, **kwargs: Any) -> int:
-    return max(len(str(text)), _int(width))
+# Estimators of what a call would build, from its arguments by name (as the function's signature
+# binds them, so `center(width=...)` and `center(...)` are seen alike), before it runs: the calls
+# whose result can be far larger than what goes in (padding widths, repetitions, separators).
+Arguments = dict[str, Any]
 
 
-def _tabs_expanded(text: str, tabsize: Any = 8) -> int:
-    return len(text) + text.count("\t") * _int(tabsize)
+def _padded(text: Any, a: Arguments) -> int:
+    return max(len(str(text)), _int(a.get("width")))
 
 
-def _replaced(text: Any, old: Any = "", new: Any = "", count: Any = None, *args: Any) -> int:
-    text, old, new = str(text), str(old), str(new)
+def _tabs_expanded(text: Any, a: Arguments) -> int:
+    text = str(text)
+    return len(text) + text.count("\t") * _int(a.get("tabsize"))
+
+
+def _replaced(text: Any, a: Arguments) -> int:
+    text, old, new, count = str(text), str(a.get("old", "")), str(a.get("new", "")), a.get("count")
     found = text.count(old) if old else len(text) + 1
     if isinstance(count, int) and count >= 0:
         found = min(found, count)
@@ -200,42 +208,40 @@ def _joined(separator: str, items: list[Any]) -> int:
     return len(separator) * max(len(items) - 1, 0) + sum(len(str(item)) for item in items)
 
 
-def _translated(text: str, table: Any = None) -> int:
-    longest = max((len(v) for v in table.values() if isinstance(v, str)), default=1) if isinstance(table, dict) else 1
-    return len(text) * max(longest, 1)
+def _translated(text: Any, a: Arguments) -> int:
+    table = a.get("table")
+    values = table.values() if isinstance(table, dict) else ()
+    return len(str(text)) * max([1, *(len(v) for v in values if isinstance(v, str))])
 
 
-def _indented(text: Any, width: Any = 4, *args: Any, **kwargs: Any) -> int:
-    text = str(text)
+def _indented(text: Any, a: Arguments) -> int:
+    text, width = str(text), a.get("width")
     indent = len(width) if isinstance(width, str) else _int(width)
     return len(text) + indent * (text.count("\n") + 1)
 
 
-def _wrapped(text: Any, width: Any = 79, break_long_words: Any = True, wrapstring: Any = None, **kwargs: Any) -> int:
-    text = str(text)
-    wrapstring = kwargs.get("wrapstring", wrapstring)
-    return len(text) * (1 + (len(wrapstring) if isinstance(wrapstring, str) else 1))
+def _wrapped(text: Any, a: Arguments) -> int:
+    wrapstring = a.get("wrapstring")
+    return len(str(text)) * (1 + (len(wrapstring) if isinstance(wrapstring, str) else 1))
 
 
-def _counted(value: Any, count: Any = 0, *args: Any, **kwargs: Any) -> int:
-    return _int(count)
+def _counted(value: Any, a: Arguments) -> int:
+    return _int(a.get("linecount", a.get("slices")))
 
 
-def _formatted(value: Any, *args: Any, **kwargs: Any) -> int:
-    return _printf_size(str(value), args or kwargs)
+def _formatted(text: Any, a: Arguments) -> int:
+    return _printf_size(str(text), a.get("args") or a.get("kwargs"))
 
 
-def _json_indented(value: Any, indent: Any = None) -> int:
-    return MAX_VALUE_SIZE + 1 if _int(indent) > MAX_JSON_INDENT else 0
+def _json_indented(value: Any, a: Arguments) -> int:
+    return MAX_VALUE_SIZE + 1 if _int(a.get("indent")) > MAX_JSON_INDENT else 0
 
 
-def _lorem(n: Any = 5, html: Any = True, min: Any = 20, max: Any = 100) -> int:  # noqa: A002 - Jinja's names
-    return _int(n) * _int(max) * 12  # words of at most about 12 characters
+def _lorem(value: Any, a: Arguments) -> int:
+    return _int(a.get("n")) * _int(a.get("max")) * 12  # words of at most about 12 characters
 
 
-# What a call would build, estimated from its arguments before it runs: the operations whose
-# result can be far larger than what goes in (padding widths, repetitions, separators).
-_STR_METHOD_SIZES: dict[str, Callable[..., int]] = {
+_STR_METHOD_SIZES: dict[str, Callable[[Any, Arguments], int]] = {
     "center": _padded,
     "ljust": _padded,
     "rjust": _padded,
@@ -244,7 +250,7 @@ _STR_METHOD_SIZES: dict[str, Callable[..., int]] = {
     "replace": _replaced,
     "translate": _translated,
 }
-_FILTER_SIZES: dict[str, Callable[..., int]] = {
+_FILTER_SIZES: dict[str, Callable[[Any, Arguments], int]] = {
     "center": _padded,
     "indent": _indented,
     "wordwrap": _wrapped,
@@ -254,14 +260,44 @@ _FILTER_SIZES: dict[str, Callable[..., int]] = {
     "slice": _counted,
     "tojson": _json_indented,
 }
+_PASSED = ("context", "eval_ctx", "environment")
+
+
+def _bind(signature: inspect.Signature, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Arguments | None:
+    """A call's arguments by parameter name, defaults included; None when they do not fit (the
+    call itself will then say what is wrong)."""
+    try:
+        bound = signature.bind(*args, **kwargs)
+    except TypeError:
+        return None
+    bound.apply_defaults()
+    return {name: value for name, value in bound.arguments.items() if name not in _PASSED}
+
+
+def _filter_check(
+    func: Callable[..., Any], estimate: Callable[[Any, Arguments], int], what: str
+) -> Callable[..., None]:
+    """Checks a filter's arguments with `estimate`: (the filtered value, the other arguments by name)."""
+    signature = inspect.signature(func)
+    first = next(iter(signature.parameters), "")
+    # Filters marked pass_context/... get that object first; Jinja's async variants do not show it.
+    drop = 1 if getattr(func, "jinja_pass_arg", None) is not None and first not in _PASSED else 0
+
+    def check(*args: Any, **kwargs: Any) -> None:
+        arguments = _bind(signature, args[drop:], kwargs)
+        if arguments:
+            value, *_ = arguments.values()
+            _refuse_size(estimate(value, arguments), what)
+
+    return check
 
 
 def _guard_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
     """A filter with the time check, a size estimate before it runs and a size check after."""
-    # Filters marked pass_context/pass_eval_context/pass_environment get that object first.
     skip = 1 if getattr(func, "jinja_pass_arg", None) is not None else 0
-    estimate = _FILTER_SIZES.get(name)
     what = f"the result of the {name} filter"
+    estimate = _FILTER_SIZES.get(name)
+    check = _filter_check(func, estimate, what) if estimate is not None else None
 
     @functools.wraps(func)
     def guarded(*args: Any, **kwargs: Any) -> Any:
@@ -273,8 +309,8 @@ def _guard_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
             args = (*args[:skip], items, *args[skip + 1 :])
         elif name == "sum" and not isinstance(kwargs.get("start", args[3] if len(args) > 3 else 0), (int, float)):
             return _sum(*args, **kwargs)
-        elif estimate is not None and len(args) > skip:
-            _refuse_size(estimate(*args[skip:], **kwargs), what)
+        elif check is not None:
+            check(*args, **kwargs)
         return _checked(func(*args, **kwargs), what)
 
     return guarded
@@ -290,10 +326,14 @@ def _sum(environment: Any, iterable: Iterable[Any], attribute: Any = None, start
     return total
 
 
-def _guard_global(name: str, func: Callable[..., Any], estimate: Callable[..., int]) -> Callable[..., Any]:
+def _guard_global(name: str, func: Callable[..., Any], estimate: Callable[[Any, Arguments], int]) -> Callable[..., Any]:
+    signature = inspect.signature(func)
+
     @functools.wraps(func)
     def guarded(*args: Any, **kwargs: Any) -> Any:
-        _refuse_size(estimate(*args, **kwargs), f"the result of {name}()")
+        arguments = _bind(signature, args, kwargs)
+        if arguments is not None:
+            _refuse_size(estimate(None, arguments), f"the result of {name}()")
         return func(*args, **kwargs)
 
     return guarded
@@ -392,7 +432,9 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
                 args = (_bounded_list(args[0], what), *args[1:])
                 _refuse_size(_joined(str(owner), args[0]), what)
             elif name in _STR_METHOD_SIZES:
-                _refuse_size(_STR_METHOD_SIZES[name](owner, *args, **kwargs), what)
+                arguments = _bind(inspect.signature(__obj), args, kwargs)
+                if arguments is not None:
+                    _refuse_size(_STR_METHOD_SIZES[name](owner, arguments), what)
         return _checked(super().call(__context, __obj, *args, **kwargs), "a value returned by a call")
 
     def wrap_str_format(self, value: Any) -> Callable[..., str] | None:

@@ -151,6 +151,15 @@ BOMBS = [
     pytest.param("{{ range(3) | batch(1000000000, 'x') | list }}", "the result of the batch filter", id="batch"),
     pytest.param("{{ data | tojson(1000000) }}", "the result of the tojson filter", id="tojson-indent"),
     pytest.param("{{ lipsum(1000000) }}", "the result of lipsum()", id="lipsum"),
+    # The same with the arguments named, or all given by position: bound to the parameters by name.
+    pytest.param("{{ 'x' | center(width=100000000) }}", "the result of the center filter", id="center-named"),
+    pytest.param("{{ range(3) | batch(linecount=1000000000) | list }}", "the batch filter", id="batch-named"),
+    pytest.param("{{ range(3) | slice(slices=1000000000) | list }}", "the slice filter", id="slice-named"),
+    pytest.param("{{ 'a\nb' | indent(width=10000000) }}", "the result of the indent filter", id="indent-named"),
+    pytest.param("{{ ('x' * 10000) | replace(old='x', new='y' * 1000) }}", "the replace filter", id="replace-named"),
+    pytest.param("{{ ('a ' * 1000) | wordwrap(1, True, 'x' * 10000, True) }}", "wordwrap filter", id="wordwrap-all"),
+    pytest.param("{{ data | tojson(indent=1000000) }}", "the result of the tojson filter", id="tojson-named"),
+    pytest.param("{{ lipsum(n=1000000) }}", "the result of lipsum()", id="lipsum-named"),
     pytest.param("{{ [1] * 10000000 }}", "a repeated string or list would be 10,000,000", id="list-repeat"),
     pytest.param(
         "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
