@@ -293,25 +293,47 @@ def _filter_check(
 
 
 def _guard_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
-    """A filter with the time check, a size estimate before it runs and a size check after."""
+    """A filter with the time check, a size estimate before it runs (when it has one) and a size
+    check after."""
     skip = 1 if getattr(func, "jinja_pass_arg", None) is not None else 0
     what = f"the result of the {name} filter"
+    if name == "join":
+        return _guard_join(func, skip, what)
+    if name == "sum":
+        return _guard_sum(func)
     estimate = _FILTER_SIZES.get(name)
     check = _filter_check(func, estimate, what) if estimate is not None else None
 
     @functools.wraps(func)
     def guarded(*args: Any, **kwargs: Any) -> Any:
         _check_time()
-        if name == "join" and len(args) > skip:
+        if check is not None:
+            check(*args, **kwargs)
+        return _checked(func(*args, **kwargs), what)
+
+    return guarded
+
+
+def _guard_join(func: Callable[..., Any], skip: int, what: str) -> Callable[..., Any]:
+    @functools.wraps(func)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        _check_time()
+        if len(args) > skip:
             items = _bounded_list(args[skip], what)
             separator = args[skip + 1] if len(args) > skip + 1 else kwargs.get("d", "")
             _refuse_size(_joined(str(separator), items), what)
             args = (*args[:skip], items, *args[skip + 1 :])
-        elif name == "sum" and not isinstance(kwargs.get("start", args[3] if len(args) > 3 else 0), (int, float)):
-            return _sum(*args, **kwargs)
-        elif check is not None:
-            check(*args, **kwargs)
         return _checked(func(*args, **kwargs), what)
+
+    return guarded
+
+
+def _guard_sum(func: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(func)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        _check_time()
+        start = kwargs.get("start", args[3] if len(args) > 3 else 0)
+        return func(*args, **kwargs) if isinstance(start, (int, float)) else _sum(*args, **kwargs)
 
     return guarded
 
