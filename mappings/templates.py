@@ -164,16 +164,13 @@ _DIGITS = re.compile(r"\d+")
 
 
 def _printf_size(text: str, args: Any) -> int:
-    """An upper bound of the padding `text % args` asks for: its widths and precisions."""
-    biggest = 0
+    """An upper bound of the padding `text % args` asks for: its widths and precisions, added up."""
+    padding = 0
+    starred = sum(_int(v) for v in (args if isinstance(args, tuple) else (args,)))
     for width, precision in _PRINTF_FIELD.findall(text):
         for number in (width, precision):
-            if number == "*":
-                values = args if isinstance(args, tuple) else (args,)
-                biggest = max([biggest, *(_int(v) for v in values)])
-            elif number:
-                biggest = max(biggest, int(number))
-    return len(text) + biggest
+            padding += starred if number == "*" else int(number or 0)
+    return len(text) + padding
 
 
 def _spec_size(spec: str) -> int:
@@ -362,11 +359,20 @@ def _guard_global(name: str, func: Callable[..., Any], estimate: Callable[[Any, 
 
 
 class _SizedFormatting:
-    """str.format with the padding and precision of each field bounded."""
+    """str.format with the padding and precision its fields ask for bounded, added up."""
+
+    _size = 0
+
+    def vformat(self, format_string: str, args: Any, kwargs: Any) -> str:
+        self._size = len(format_string)
+        return super().vformat(format_string, args, kwargs)  # type: ignore[misc]
 
     def format_field(self, value: Any, format_spec: str) -> Any:
-        _refuse_size(_spec_size(format_spec), "a formatted field")
-        return super().format_field(value, format_spec)  # type: ignore[misc]
+        _refuse_size(self._size + _spec_size(format_spec), "a formatted string")
+        formatted = super().format_field(value, format_spec)  # type: ignore[misc]
+        self._size += len(formatted)
+        _refuse_size(self._size, "a formatted string")
+        return formatted
 
 
 class _Formatter(_SizedFormatting, SandboxedFormatter):
