@@ -7,7 +7,9 @@ import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time
 from typing import Any, ClassVar, Protocol
+from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict
 
@@ -21,6 +23,19 @@ def excerpt(text: str | bytes | None, limit: int = EXCERPT_BYTES) -> str:
     if isinstance(text, bytes):
         text = text[:limit].decode("utf-8", errors="replace")
     return text if len(text) <= limit else text[:limit] + "…"
+
+
+def wall_clock(day: date, clock: time, zone: ZoneInfo) -> datetime:
+    """The moment a salon's wall-clock date and time denote in `zone`, by RFC 5545's rule (3.3.5):
+    a time the clocks skip in spring moves forward by the gap (02:30 -> 03:30 in Madrid on
+    2024-03-31), a time they show twice in autumn is its first occurrence (summer time).
+    ValueError when the moment is outside years 1-9999."""
+    try:
+        # fold=0 takes the offset in force before a transition; through UTC a skipped time becomes real.
+        local = datetime.combine(day, clock.replace(tzinfo=None, fold=0), tzinfo=zone)
+        return local.astimezone(UTC).astimezone(zone)
+    except OverflowError:
+        raise ValueError(f"{day} {clock:%H:%M} is outside the dates a calendar can hold") from None
 
 
 class ConnectorError(Exception):

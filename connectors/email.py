@@ -439,8 +439,10 @@ class EmailConnector(Connector):
         to = self._mailboxes(request, who, "to", fields.get("to"))
         cc = self._mailboxes(request, who, "cc", fields.get("cc"))
         bcc = self._mailboxes(request, who, "bcc", fields.get("bcc"))
-        subject = clean_text(str(fields.get("subject") or ""), MAX_SUBJECT_CHARS)
+        subject = _sendable(clean_text(str(fields.get("subject") or ""), MAX_SUBJECT_CHARS), who, "subject")
         text, html = _bodies(fields, who)
+        html = _sendable(html, who, "html")  # first: a text part made from the html would have it too
+        text = _sendable(text, who, "text")
         message_id, digest = self.message_id(request)
         marker = f"sent:{digest}"
         sent_at = request.store.get(marker) if request.store is not None and not request.forced else None
@@ -504,7 +506,8 @@ class EmailConnector(Connector):
                 name = None if name is None else str(name)
             else:
                 value = entry
-            value = "" if value is None else str(value).strip()
+            value = _sendable("" if value is None else str(value).strip(), who, label)
+            name = None if name is None else _sendable(name, who, f"the name in {label}")
             if value in ("", "None"):
                 raise PermanentError(_missing_reason(request, who, label))
             try:
@@ -744,6 +747,18 @@ def _bodies(fields: dict[str, Any], who: str) -> tuple[str, str]:
     if not text.strip():
         text = html_to_text(html)
     return text, html if html.strip() else ""
+
+
+def _sendable(text: str, who: str, label: str) -> str:
+    """Text that can be encoded in an e-mail; event data with a lone UTF-16 surrogate cannot."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise PermanentError(
+            f"{who}: {label} holds a character that cannot be sent ({exc.object[exc.start]!r} at position "
+            f"{exc.start}, half of an emoji cut in two?); nothing was sent"
+        ) from None
+    return text
 
 
 def _kind(request: ActionRequest) -> str:

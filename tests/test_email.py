@@ -367,6 +367,27 @@ def test_invalid_customer_email_says_where_to_correct_it(smtp, make_connector) -
     )
 
 
+@pytest.mark.parametrize(
+    ("fields", "label"),
+    [
+        pytest.param({"subject": "Tu pedido \ud83d"}, "subject", id="subject"),
+        pytest.param({"text": "Hola \ud83d"}, "text", id="text"),
+        pytest.param({"text": None, "html": "<p>Hola \ud83d</p>"}, "html", id="html-only"),
+        pytest.param({"to": [{"email": "juan@email.com", "name": "Juan \ud83d"}]}, "the name in to", id="name"),
+        pytest.param({"to": ["ju\ud83dan@email.com"]}, "to", id="address"),
+    ],
+)
+def test_text_that_cannot_be_encoded_is_a_dead_letter_naming_the_field(  # noqa: ANN001
+    smtp, make_connector, fields: dict[str, Any], label: str
+) -> None:
+    """Half of an emoji (a lone surrogate) from event data: nothing to retry, so dead at once."""
+    fields = {"to": ["juan@email.com"], **fields}
+    with pytest.raises(PermanentError) as caught:
+        make_connector(smtp).send(request(fields, context={"order": {"id": 789}}))
+    assert caught.value.reason.startswith(f"order 789: {label} holds a character that cannot be sent ('\\ud83d' at")
+    assert smtp.messages == []
+
+
 def test_one_bad_recipient_means_nothing_is_sent(smtp, make_connector) -> None:  # noqa: ANN001
     fields = {"to": ["juan@email.com"], "cc": ["ana@salon.example", "no es una dirección"]}
     with pytest.raises(PermanentError) as caught:
