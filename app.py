@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from flask import Flask, Response, jsonify, request
 from redis import Redis
 from werkzeug.exceptions import HTTPException
+from werkzeug.wsgi import get_input_stream
 
 from bridge import metrics
 from bridge.admin import register_admin
@@ -87,7 +88,9 @@ def create_app(config: BridgeConfig | str | None = None, redis: Redis | None = N
     @app.post("/webhooks")
     def webhooks():
         """Deliveries without a Content-Length (chunked); the others take WebhookFastPath."""
-        outcome = answer_webhook(request.get_data(cache=False), request.headers.get(SIGNATURE_HEADER))
+        # One byte past the limit, so that an oversized chunked body is 413, not cut to fit (then a 401).
+        body = get_input_stream(request.environ, max_content_length=config.webhook.max_body_bytes + 1).read()
+        outcome = answer_webhook(body, request.headers.get(SIGNATURE_HEADER))
         return jsonify(outcome.body), outcome.status, outcome.headers
 
     @app.get("/healthz")

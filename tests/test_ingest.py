@@ -248,3 +248,24 @@ def test_a_delivery_without_content_length_is_handled_too(bridge: Bridge) -> Non
     assert response.status_code == 202
     assert response.get_json() == {"received": True, "event_id": event["id"]}
     assert bridge.record(event["id"]).envelope == event
+
+
+def test_a_chunked_delivery_over_the_limit_is_413_not_a_signature_error(make_bridge, destination) -> None:  # noqa: ANN001
+    """Without a Content-Length the body was cut at the limit and then failed its signature (401)."""
+    import io
+
+    from tests.harness import sign
+
+    bridge = make_bridge(http_config(destination.url).replace("secrets:", "max_body_bytes: 2000\n  secrets:"))
+    big = sample("booking.created")
+    big["data"]["booking"]["notas"] = "x" * 3000
+    body = encode(big)
+    response = bridge.client.post(
+        "/webhooks",
+        input_stream=io.BytesIO(body),
+        headers={"X-SalonBookIt-Signature": sign(body), "Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+    assert response.status_code == 413
+    assert "larger than 2000 bytes" in response.get_json()["error"]
+    assert bridge.redis.keys("sb:*") == []
