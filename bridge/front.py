@@ -15,8 +15,9 @@ import io
 import json
 import logging
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from granian.rsgi import ProtocolClosed, ProtocolError
@@ -25,6 +26,10 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
 
 log = logging.getLogger("salon_bridge.web")
+
+SIGNATURE = "x-salonbookit-signature"
+# POST /webhooks, answered without building a WSGI environ: (body, signature) -> status, headers, body
+Webhook = Callable[[bytes, str | None], tuple[int, list[tuple[str, str]], bytes]]
 
 # What every request's environ shares (PEP 3333); per-request keys are added to a copy.
 _BASE_ENVIRON: dict[str, Any] = {
@@ -50,8 +55,16 @@ class BodyTooLarge(Exception):
 class Front:
     """RSGI application wrapping a WSGI application (granian calls `__rsgi__` per request)."""
 
-    def __init__(self, wsgi_app: WSGIApplication, threads: int, max_body: int, body_timeout: float):
+    def __init__(
+        self,
+        wsgi_app: WSGIApplication,
+        threads: int,
+        max_body: int,
+        body_timeout: float,
+        webhook: Webhook | None = None,
+    ):
         self.wsgi_app = wsgi_app
+        self.webhook = webhook
         self.max_body = max_body
         self.body_timeout = body_timeout
         self.pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="web")
@@ -75,9 +88,12 @@ class Front:
             return
         except (ProtocolClosed, ProtocolError):  # the client went away mid-body: nobody to answer
             return
-        environ = wsgi_environ(scope, body)
+        if self.webhook is not None and scope.path == "/webhooks" and scope.method == "POST":
+            job = partial(self.webhook, body, scope.headers.get(SIGNATURE))
+        else:
+            job = partial(self._call, wsgi_environ(scope, body))
         try:
-            answer = await asyncio.get_running_loop().run_in_executor(self.pool, self._call, environ)
+            answer = await asyncio.get_running_loop().run_in_executor(self.pool, job)
         except Exception:
             log.exception("the web app failed on %s %r", scope.method, scope.path)
             answer = 500, [("content-type", "application/json")], b'{"error": "internal error, see the log"}\n'

@@ -74,7 +74,8 @@ def server_options(host: str, port: int, workers: int, threads: int, header_time
 
 def front(wsgi_app: Any, max_body: int, body_timeout: float) -> Front:
     """The RSGI front around a WSGI app, with the thread count `server_options` was given."""
-    return Front(wsgi_app, int(os.environ.get(THREADS_ENV, "4")), max_body, body_timeout)
+    webhook = getattr(wsgi_app, "extensions", {}).get("salon_bridge", {}).get("webhook")
+    return Front(wsgi_app, int(os.environ.get(THREADS_ENV, "4")), max_body, body_timeout, webhook)
 
 
 def web_app() -> Front:
