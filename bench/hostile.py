@@ -522,6 +522,8 @@ class Run:
             busy = queue.count + queue.started_job_registry.count + queue.scheduled_job_registry.count
             idle_since = (idle_since or time.monotonic()) if busy == 0 else None
             if open_events == 0 or time.monotonic() > deadline or (idle_since and time.monotonic() - idle_since > 20):
+                # Past the deadline, events still queued count as without an outcome: say so.
+                print(f"  drain ended: {open_events} events open, {busy} jobs queued/running/scheduled", flush=True)
                 break
             print(f"  draining: {open_events} events open, {busy} jobs queued/running/scheduled", flush=True)
             time.sleep(5)
