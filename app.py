@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from flask import Flask, Response, jsonify, request
 from redis import Redis
 from werkzeug.exceptions import HTTPException
+from werkzeug.wsgi import get_input_stream
 
 from bridge import metrics
 from bridge.admin import register_admin
@@ -45,11 +46,17 @@ class WebhookFastPath:
             or int(length) > self.max_body  # Flask answers 413
         ):
             return self.next_app(environ, start_response)
-        outcome = self.answer(environ["wsgi.input"].read(int(length)), environ.get("HTTP_X_SALONBOOKIT_SIGNATURE"))
+        body = environ["wsgi.input"].read(int(length))
+        status, headers, payload = self.respond(body, environ.get("HTTP_X_SALONBOOKIT_SIGNATURE"))
+        start_response(f"{status} {HTTPStatus(status).phrase}", headers)
+        return [payload]
+
+    def respond(self, body: bytes, signature: str | None) -> tuple[int, list[tuple[str, str]], bytes]:
+        """The whole answer to one delivery; `serve`'s front calls it directly (bridge/front.py)."""
+        outcome = self.answer(body, signature)
         payload = json.dumps(outcome.body).encode() + b"\n"
         headers = [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))]
-        start_response(f"{outcome.status} {HTTPStatus(outcome.status).phrase}", [*headers, *outcome.headers.items()])
-        return [payload]
+        return outcome.status, [*headers, *outcome.headers.items()], payload
 
 
 def create_app(config: BridgeConfig | str | None = None, redis: Redis | None = None) -> Flask:
@@ -87,7 +94,9 @@ def create_app(config: BridgeConfig | str | None = None, redis: Redis | None = N
     @app.post("/webhooks")
     def webhooks():
         """Deliveries without a Content-Length (chunked); the others take WebhookFastPath."""
-        outcome = answer_webhook(request.get_data(cache=False), request.headers.get(SIGNATURE_HEADER))
+        # One byte past the limit, so that an oversized chunked body is 413, not cut to fit (then a 401).
+        body = get_input_stream(request.environ, max_content_length=config.webhook.max_body_bytes + 1).read()
+        outcome = answer_webhook(body, request.headers.get(SIGNATURE_HEADER))
         return jsonify(outcome.body), outcome.status, outcome.headers
 
     @app.get("/healthz")
@@ -110,7 +119,9 @@ def create_app(config: BridgeConfig | str | None = None, redis: Redis | None = N
         return Response(body, content_type=content_type)
 
     register_admin(app, config, redis)
-    app.wsgi_app = WebhookFastPath(app.wsgi_app, answer_webhook, config.webhook.max_body_bytes)  # type: ignore[method-assign]
+    fast_path = WebhookFastPath(app.wsgi_app, answer_webhook, config.webhook.max_body_bytes)
+    app.wsgi_app = fast_path  # type: ignore[method-assign]
+    app.extensions["salon_bridge"]["webhook"] = fast_path.respond
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

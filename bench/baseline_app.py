@@ -61,9 +61,11 @@ def create_app(redis_url: str = "", secret: str = SECRET, redis: Redis | None = 
     return app
 
 
-def factory() -> Flask:
-    """Granian's factory, in each worker process."""
-    return create_app(os.environ["SB_BASELINE_REDIS_URL"])
+def factory() -> Any:
+    """Granian's factory, in each worker process: behind the same front as `serve`'s app."""
+    from bridge.server import front
+
+    return front(create_app(os.environ["SB_BASELINE_REDIS_URL"]), max_body=1024 * 1024, body_timeout=10.0)
 
 
 def main() -> None:

@@ -1,9 +1,13 @@
 """`serve`: the Flask app under granian, the production server.
 
-Granian does the HTTP work (parsing, keep-alive, writing answers) in Rust, outside the GIL; the
-app runs in each worker process's blocking threads. Measured against gunicorn's threaded worker
-with the same processes and threads (docs/performance.md): 37% more webhooks per second, p99
-14.6 ms instead of 20.6 ms, and none of gthread's runs stuck at ~1,000 events/s.
+Granian does the HTTP work (parsing, keep-alive, writing answers) in Rust, outside the GIL.
+Measured against gunicorn's threaded worker with the same processes and threads
+(docs/performance.md): 37% more webhooks per second, p99 14.6 ms instead of 20.6 ms, and none of
+gthread's runs stuck at ~1,000 events/s.
+
+Granian serves `bridge.front.Front` over its RSGI interface: each request's body is awaited in
+the worker's event loop (with `webhook.body_timeout`), and only complete requests reach the
+`--threads` threads that run the Flask app, so slow or idle clients cannot hold them (issue 13).
 """
 
 from __future__ import annotations
@@ -15,12 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from granian.constants import HTTPModes, Interfaces
+from granian.http import HTTP1Settings
 from granian.server import Server
 
+from bridge.front import Front
 from mappings.config import BridgeConfig
 
 CONFIG_PATH_ENV = "SALON_BRIDGE_CONFIG"
 LOG_LEVEL_ENV = "SALON_BRIDGE_LOG_LEVEL"
+THREADS_ENV = "SALON_BRIDGE_WEB_THREADS"
 
 
 def prepare_metrics_dir() -> str:
@@ -37,15 +44,20 @@ def prepare_metrics_dir() -> str:
     return folder
 
 
-def server_options(host: str, port: int, workers: int, threads: int) -> dict[str, Any]:
-    """Granian's settings for `serve`; the ingest benchmark runs its baseline with the same."""
+def server_options(host: str, port: int, workers: int, threads: int, header_timeout: float = 10.0) -> dict[str, Any]:
+    """Granian's settings for `serve`; the ingest benchmark runs its baseline with the same.
+
+    `threads` reach the factory through the environment (granian's workers are new processes)."""
+    os.environ[THREADS_ENV] = str(threads)
     return {
         "address": host,
         "port": port,
-        "interface": Interfaces.WSGI,
+        "interface": Interfaces.RSGI,
         "workers": workers,
-        "blocking_threads": threads,
+        "blocking_threads": 1,  # the event loop's thread; the app's threads are the front's pool
         "http": HTTPModes.http1,  # the platform posts HTTP/1.1; no h2c upgrade to think about
+        # A client still sending its headers after this is disconnected by granian itself.
+        "http1_settings": HTTP1Settings(header_read_timeout=int(header_timeout * 1000)),
         "websockets": False,
         "log_access": False,  # the app logs one line per webhook, with its outcome
         # granian's own lines (start, workers, stop) go through the bridge's handler: same format, masked
@@ -60,7 +72,13 @@ def server_options(host: str, port: int, workers: int, threads: int) -> dict[str
     }
 
 
-def web_app() -> Any:
+def front(wsgi_app: Any, max_body: int, body_timeout: float) -> Front:
+    """The RSGI front around a WSGI app, with the thread count `server_options` was given."""
+    webhook = getattr(wsgi_app, "extensions", {}).get("salon_bridge", {}).get("webhook")
+    return Front(wsgi_app, int(os.environ.get(THREADS_ENV, "4")), max_body, body_timeout, webhook)
+
+
+def web_app() -> Front:
     """Granian's factory, run in each worker process: the config `serve` loaded, by its path."""
     from app import create_app
     from bridge import logs
@@ -69,7 +87,7 @@ def web_app() -> Any:
     logs.configure(os.environ.get(LOG_LEVEL_ENV, "info"), os.environ.get(logs.FORMAT_ENV, "text"))
     config = load_config(os.environ[CONFIG_PATH_ENV])
     logs.remember_secrets(logs.config_secrets(config))
-    return create_app(config)
+    return front(create_app(config), config.webhook.max_body_bytes, config.webhook.body_timeout)
 
 
 def check_redis_at_start(config: BridgeConfig) -> None:
@@ -87,4 +105,5 @@ def serve(config: BridgeConfig, host: str = "127.0.0.1", port: int = 8000, worke
     prepare_metrics_dir()
     os.environ[CONFIG_PATH_ENV] = str(Path(config.path).resolve())
     os.environ[LOG_LEVEL_ENV] = logging.getLevelName(logging.getLogger().level).lower()
-    Server("bridge.server:web_app", **server_options(host, port, workers, threads)).serve()
+    options = server_options(host, port, workers, threads, header_timeout=config.webhook.body_timeout)
+    Server("bridge.server:web_app", **options).serve()

@@ -78,6 +78,7 @@ class WebhookModel(_Strict):
     tenants: list[str] = []
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
     dedupe_window: Duration = 7 * 86400
+    body_timeout: Duration = 10  # a request body not complete by then is answered 408 (bridge/front.py)
 
     @field_validator("secrets")
     @classmethod

@@ -149,6 +149,16 @@ def test_a_login_remembers_where_it_was_going_but_never_leaves_the_admin(admin: 
         assert login(other, next=target).headers["Location"] == "/admin/", target
 
 
+@pytest.mark.parametrize("target", ["/admin/\r\nSet-Cookie: x=1", "/admin/events\n", "/admin/\x00", "/admin/\t"])
+def test_a_next_with_control_characters_is_unsafe_and_goes_to_the_list(admin: Bridge, target: str) -> None:
+    """urlsplit drops CR, LF and tab before parsing, so such a target looked like an admin path (was a 500)."""
+    client = admin.app.test_client()
+    assert client.get("/admin/login", query_string={"next": target}).status_code == 200
+    response = login(client, next=target)
+    assert response.status_code == 303
+    assert response.headers["Location"] == "/admin/"
+
+
 # ---- login, sessions ----------------------------------------------------------------------------
 
 

@@ -232,20 +232,24 @@ def test_redis_down_gives_503_and_a_later_retry_is_accepted(private_redis, write
         bridge.close()
 
 
-def test_a_delivery_without_content_length_is_handled_too(bridge: Bridge) -> None:
-    """Chunked bodies skip the fast path and are answered by the Flask route, identically."""
+def _post_chunked(bridge: Bridge, body: bytes):  # noqa: ANN202
+    """A signed delivery without a Content-Length, as a server passes a chunked body on."""
     import io
 
     from tests.harness import sign
 
-    event = sample("booking.created")
-    body = encode(event)
-    response = bridge.client.post(
+    return bridge.client.post(
         "/webhooks",
         input_stream=io.BytesIO(body),
-        headers={"X-SalonBookIt-Signature": sign(body), "Content-Type": "application/json"},
+        headers={"X-SalonBookIt-Signature": sign(body), "Transfer-Encoding": "chunked"},
         environ_overrides={"wsgi.input_terminated": True},
     )
+
+
+def test_a_delivery_without_content_length_is_handled_too(bridge: Bridge) -> None:
+    """Chunked bodies skip the fast path and are answered by the Flask route, identically."""
+    event = sample("booking.created")
+    response = _post_chunked(bridge, encode(event))
     assert response.status_code == 202
     assert response.get_json() == {"received": True, "event_id": event["id"]}
     assert bridge.record(event["id"]).envelope == event
@@ -321,3 +325,14 @@ def test_a_valid_surrogate_pair_is_left_as_it_is(bridge: Bridge) -> None:
     record = bridge.record(event["id"])
     assert record.envelope["data"]["booking"]["notas"] == "\U0001f600"
     assert record.note == ""
+
+
+def test_a_chunked_delivery_over_the_limit_is_413_not_a_signature_error(make_bridge, destination) -> None:  # noqa: ANN001
+    """Without a Content-Length the body was cut at the limit and then failed its signature (401)."""
+    bridge = make_bridge(http_config(destination.url).replace("secrets:", "max_body_bytes: 2000\n  secrets:"))
+    big = sample("booking.created")
+    big["data"]["booking"]["notas"] = "x" * 3000
+    response = _post_chunked(bridge, encode(big))
+    assert response.status_code == 413
+    assert "larger than 2000 bytes" in response.get_json()["error"]
+    assert bridge.keys_written() == []

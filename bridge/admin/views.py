@@ -281,8 +281,9 @@ def row_of(rt: Runtime, record: EventRecord) -> Row:
 
 
 def _safe_next(target: str | None) -> str:
-    """Only a path of this admin: never another site (an open redirect)."""
-    if target:
+    """Only a path of this admin: never another site (an open redirect), nor a control character
+    (urlsplit drops CR, LF and tab before parsing, and a CR/LF cannot go into a Location header)."""
+    if target and target.isprintable():
         parts = urlsplit(target)
         if not parts.scheme and not parts.netloc and is_admin_path(parts.path) and not target.startswith("//"):
             return target
