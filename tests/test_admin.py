@@ -691,3 +691,15 @@ def test_the_event_page_says_what_ingest_changed_to_store_it(make_bridge, destin
     html = logged_in(bridge).get(f"/admin/events/{event_key(event['id'])}").text
     assert "Stored with a change" in html
     assert "replaced with U+FFFD in data.booking.cliente.nombre" in html
+
+
+def test_an_event_page_labels_its_booking_from_memory(make_bridge, destination: CapturingServer) -> None:  # noqa: ANN001
+    """A booking.no_show carries neither the code nor the customer: its page shows memory's."""
+    bridge = make_bridge(admin_config(destination.url, SECRET_FIELD_MAPPING))
+    bridge.post(sample("booking.created"))
+    no_show = sample("booking.no_show")
+    bridge.post(no_show)
+    bridge.drain()
+    html = logged_in(bridge).get(f"/admin/events/{event_key(no_show['id'])}").text
+    assert '<span class="entity">booking ABC123XY</span>' in html
+    assert "<dt>Customer</dt><dd>Juan Pérez</dd>" in html

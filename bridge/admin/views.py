@@ -48,6 +48,7 @@ from bridge.store import (
     ActionState,
     EventRecord,
 )
+from connectors.base import Subject
 
 log = logging.getLogger("salon_bridge.admin")
 
@@ -253,31 +254,15 @@ class Row:
     actions: list[ActionView]
 
 
-def entity_of(envelope: dict[str, Any]) -> tuple[str, str]:
-    """("booking", its code) or ("order", its number): what people know an event by."""
-    data = envelope.get("data") or {}
-    for kind, code_key in (("booking", "codigo"), ("order", "numero"), ("customer", "id"), ("payment", "id")):
-        obj = data.get(kind)
-        if isinstance(obj, dict) and obj.get("id") is not None:
-            return kind, str(obj.get(code_key) or obj["id"])
-    return "", ""
-
-
-def customer_of(envelope: dict[str, Any]) -> str:
-    data = envelope.get("data") or {}
-    for holder in (data.get("booking"), data.get("order"), data):
-        if isinstance(holder, dict):
-            for key in ("cliente", "customer"):
-                person = holder.get(key)
-                if isinstance(person, dict) and person.get("nombre"):
-                    return str(person["nombre"])
-    return ""
+def entity_label(subject: Subject) -> str:
+    """`booking ABC123XY`: the code people know the event's booking or order by ("" for none)."""
+    return f"{subject.primary[0]} {subject.code or subject.primary[1]}" if subject.primary else ""
 
 
 def row_of(rt: Runtime, record: EventRecord) -> Row:
-    kind, code = entity_of(record.envelope)
+    subject = subject_of(record.envelope)
     actions = [action_view(rt, a, s) for a, s in sorted(record.actions.items())]
-    return Row(record, f"{kind} {code}".strip(), customer_of(record.envelope), actions)
+    return Row(record, entity_label(subject), subject.customer_name, actions)
 
 
 def _safe_next(target: str | None) -> str:
@@ -380,16 +365,17 @@ def event(key: str) -> str | tuple[str, int]:
     record = _load(key)
     if record is None:
         return _not_found(key)
-    views = {} if record.data_lost else rt.memory.views(subject_of(record.envelope))
+    subject = subject_of(record.envelope)
+    views = {} if record.data_lost else rt.memory.views(subject)
+    subject = subject_of(record.envelope, views)
     actions = [action_view(rt, a, s) for a, s in sorted(record.actions.items())]
     for action in actions:
         action.replayable = not record.data_lost
-    kind, code = entity_of(record.envelope)
     return render_template(
         "admin/event.html",
         record=record,
-        entity=f"{kind} {code}".strip(),
-        customer=customer_of(record.envelope),
+        entity=entity_label(subject),
+        customer=subject.customer_name,
         payload=pretty(record.envelope),
         memory={kind: pretty(view) for kind, view in views.items() if view is not None},
         actions=actions,
