@@ -162,14 +162,22 @@ def build_parser() -> argparse.ArgumentParser:
     replay = command(
         "replay",
         cmd_replay,
-        "Run the dead actions of an event again (--force: also done ones).",
-        "  salon-bridge replay evt_abc123\n  salon-bridge replay evt_abc123 --action agenda/0\n"
-        "  salon-bridge replay evt_abc123 --force      # send a done action once more",
+        "Run the dead (or stuck unfinished) actions of an event again; --force: also done ones.",
+        "  salon-bridge replay evt_abc123\n  salon-bridge replay evt_abc123 --action agenda/sync\n"
+        "  salon-bridge replay evt_abc123 --force      # send a done action once more\n\n"
+        "--force runs done, dry-run and stale actions again: the destination gets them a second time\n"
+        "(a done e-mail is sent again as a new e-mail, with a new Message-ID: the customer gets a second\n"
+        "copy). An action its mapping's `when:` skipped runs only if that condition is true now\n"
+        "(evaluated on replay, with what the bridge now knows); else it stays skipped and says why.",
     )
     _config_option(replay)
     replay.add_argument("event_id", help="the platform's event id (see `salon-bridge events`)")
     replay.add_argument("--action", help="only this action (mapping-name/action-name)")
-    replay.add_argument("--force", action="store_true", help="also run actions that are done")
+    replay.add_argument(
+        "--force",
+        action="store_true",
+        help="also run done actions (sent again), and skipped ones whose condition is true now",
+    )
 
     send = command(
         "send-sample",
@@ -373,6 +381,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from None
     for action_id in done.action_ids:
         print(f"queued again: {done.event_id} {action_id}")
+    for action_id, reason in done.still_skipped.items():
+        print(f"still skipped: {done.event_id} {action_id} ({reason})")
     return 0
 
 

@@ -11,8 +11,9 @@ import pytest
 from werkzeug.serving import make_server
 
 from bridge.cli import main
-from bridge.store import DONE
+from bridge.store import DONE, SKIPPED
 from tests.conftest import http_config
+from tests.fakes.smtp_server import SmtpServer
 from tests.harness import SECRET, Bridge, sample
 
 REPO = Path(__file__).resolve().parent.parent
@@ -255,3 +256,110 @@ def test_replay_of_an_event_never_processed_routes_it_again(
     assert (code, out.strip()) == (0, f"queued again: {event['id']} (every action of the event)")
     bridge.drain()
     assert bridge.record(event["id"]).actions["all-to-crm/notify"].status == DONE
+
+
+def test_force_runs_a_skipped_action_only_when_its_condition_is_true_now(
+    capsys, make_bridge, destination, redis_url, write_config
+) -> None:  # noqa: ANN001
+    """A no-show that came before its booking was skipped; --force runs it once memory knows the customer."""
+    mappings = """
+  - name: no-show
+    on: ["booking.no_show"]
+    when: "booking.cliente is defined"
+    actions:
+      - connector: crm
+        name: notify
+        body: {customer: "{{ booking.cliente.nombre }}"}
+"""
+    text = with_redis(http_config(destination.url, mappings), redis_url)
+    bridge: Bridge = make_bridge(text)
+    config = str(write_config(text, "cli.yaml"))
+    no_show = sample("booking.no_show")
+    bridge.post(no_show)
+    bridge.drain()
+    assert bridge.record(no_show["id"]).actions["no-show/notify"].status == SKIPPED
+
+    code, _, err = run(capsys, "replay", "--config", config, no_show["id"], "--force")
+    assert code == 1
+    assert "no-show/notify=skipped, and still would be: condition of mapping 'no-show' is false" in err
+    bridge.drain()
+    assert destination.requests == []
+
+    bridge.post(sample("booking.created"))  # now the bridge knows the customer
+    bridge.drain()
+    code, out, _ = run(capsys, "replay", "--config", config, no_show["id"])
+    assert code == 1  # without --force a skipped action is left alone
+    code, out, _ = run(capsys, "replay", "--config", config, no_show["id"], "--force")
+    assert (code, out.strip()) == (0, f"queued again: {no_show['id']} no-show/notify")
+    bridge.drain()
+    assert [r.json() for r in destination.requests] == [{"customer": "Juan Pérez"}]
+
+
+def test_force_with_a_dead_action_leaves_a_still_skipped_one_and_says_so(
+    capsys, make_bridge, destination, redis_url, write_config
+) -> None:  # noqa: ANN001
+    mappings = """
+  - name: always
+    on: ["payment.failed"]
+    actions:
+      - {connector: crm, name: notify, body: {id: "{{ event.id }}"}}
+  - name: never
+    on: ["payment.failed"]
+    when: "false"
+    actions:
+      - {connector: crm, name: notify, body: {id: "{{ event.id }}"}}
+"""
+    text = with_redis(http_config(destination.url, mappings), redis_url)
+    bridge: Bridge = make_bridge(text)
+    config = str(write_config(text, "cli.yaml"))
+    event = sample("payment.failed")
+    bridge.post(event)
+    bridge.drain()
+    code, out, _ = run(capsys, "replay", "--config", config, event["id"], "--force")
+    assert code == 0
+    assert out.splitlines() == [
+        f"queued again: {event['id']} always/notify",
+        f"still skipped: {event['id']} never/notify (condition of mapping 'never' is false: false)",
+    ]
+    bridge.drain()
+    assert len(destination.requests) == 2  # the done action twice, the skipped one never
+
+
+def test_forced_replay_of_a_done_email_sends_a_new_email(capsys, make_bridge, redis_url, write_config) -> None:  # noqa: ANN001
+    """What replay --help and docs/email.md promise: the customer gets a second copy, with a new Message-ID
+    (a mailbox drops a copy whose Message-ID it already has)."""
+    smtp = SmtpServer().start()
+    try:
+        text = f"""
+version: 1
+webhook: {{secrets: ["{SECRET}"]}}
+redis_url: "{redis_url}"
+connectors:
+  mailer: {{type: email, host: "{smtp.host}", port: {smtp.port}, security: none, from: "s@salon.example"}}
+mappings:
+  - name: payment-failed-email
+    on: ["payment.failed"]
+    actions:
+      - {{connector: mailer, name: customer, to: "juan@email.com", subject: "Pago", text: "Hola"}}
+"""
+        bridge: Bridge = make_bridge(text)
+        config = str(write_config(text, "cli.yaml"))
+        event = sample("payment.failed")
+        bridge.post(event)
+        bridge.drain()
+        code, _, _ = run(capsys, "replay", "--config", config, event["id"])
+        assert code == 1 and len(smtp.messages) == 1  # not without --force
+        for _ in range(2):
+            code, _, _ = run(capsys, "replay", "--config", config, event["id"], "--force")
+            assert code == 0
+            bridge.drain()
+        ids = [m.message()["Message-ID"] for m in smtp.messages]
+        assert len(ids) == 3 and len(set(ids)) == 3
+        detail = bridge.record(event["id"]).actions["payment-failed-email/customer"].detail
+        assert detail.startswith("sent to juan@email.com as " + ids[-1])
+    finally:
+        smtp.stop()
+    _, out, _ = run(capsys, "replay", "--help")
+    assert "a done e-mail is sent again as a new e-mail, with a new Message-ID" in " ".join(out.split())
+    email_doc = " ".join((REPO / "docs" / "email.md").read_text().split())
+    assert "`replay --force` of a done e-mail action sends it again as a new e-mail" in email_doc
