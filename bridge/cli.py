@@ -288,8 +288,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from bridge.up import Up, UpError, dev_secret
+    from bridge.up import Up, UpError, check_port, dev_secret
 
+    try:
+        check_port(args.host, args.port)
+    except UpError as exc:
+        raise CommandError(str(exc)) from None
     data_dir = Path(args.data_dir).resolve()
     if args.dry_run and not os.environ.get(SECRET_VARIABLE):
         os.environ[SECRET_VARIABLE] = dev_secret(data_dir)

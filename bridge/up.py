@@ -5,10 +5,12 @@ its data in an append-only file, so nothing is lost across restarts."""
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,6 +30,19 @@ _PR_SET_PDEATHSIG = 1
 
 class UpError(Exception):
     """`up` cannot start; the message says why."""
+
+
+def check_port(host: str, port: int) -> None:
+    """Fail before anything starts when the web server could not listen there."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as granian does
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            why = "is already in use" if exc.errno == errno.EADDRINUSE else f"cannot be listened on ({exc.strerror})"
+            raise UpError(
+                f"port {port} on {host} {why}: stop what uses it, or choose another port with --port"
+            ) from None
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
@@ -139,6 +154,7 @@ class Up:
         self.embedded: EmbeddedRedis | None = None
         self.children: list[Child] = []
         self._stopping = False
+        self.gave_up = False  # a child kept exiting: `up` ends with status 1
 
     def redis_url(self) -> str:
         if self.config.model.redis_url or os.environ.get("REDIS_URL"):
@@ -172,7 +188,7 @@ class Up:
             self._supervise()
         finally:
             self.stop()
-        return 0
+        return 1 if self.gave_up else 0
 
     def _banner(self, redis_url: str) -> None:
         where = f"http://{self.host}:{self.port}/webhooks"
@@ -203,7 +219,7 @@ class Up:
                 child.restarts = [t for t in child.restarts if now - t < 60]
                 if len(child.restarts) >= 5:
                     print(f"{child.name} keeps exiting; stopping salon-bridge", file=sys.stderr, flush=True)
-                    self._stopping = True
+                    self._stopping = self.gave_up = True
                     break
                 code = child.process.returncode if child.process else None
                 print(f"{child.name} exited ({code}); restarting", file=sys.stderr, flush=True)

@@ -132,3 +132,37 @@ def test_restart_keeps_accepted_events(tmp_path: Path, destination: CapturingSer
     finally:
         restarted.stop()
     assert _processes_mentioning(str(tmp_path)) == []
+
+
+def _up(tmp_path: Path, *argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    config = tmp_path / "config.yaml"
+    config.write_text(http_config("http://127.0.0.1:9"))
+    clean = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "SALON_BRIDGE_CONFIG")}
+    return subprocess.run(
+        [sys.executable, "-m", "bridge.cli", "up", "--config", str(config), "--data-dir", str(tmp_path / "var"), *argv],
+        env={**clean, **(env or {})}, capture_output=True, text=True, timeout=90,
+    )  # fmt: skip
+
+
+def test_up_with_its_port_taken_fails_at_once_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        run = _up(tmp_path, "--port", str(port))
+    assert run.returncode == 1
+    assert time.monotonic() - started < 10
+    assert run.stderr.strip() == (
+        f"salon-bridge up: port {port} on 127.0.0.1 is already in use: "
+        "stop what uses it, or choose another port with --port"
+    )
+    assert "salon-bridge is up" not in run.stdout
+    assert not (tmp_path / "var").exists()  # nothing was started, not even the embedded Redis
+
+
+def test_up_that_gives_up_exits_non_zero(tmp_path: Path) -> None:
+    """Workers that cannot reach the configured Redis keep exiting: `up` stops, and says it failed."""
+    run = _up(tmp_path, "--port", str(_free_port()), "--workers", "1", env={"REDIS_URL": "redis://127.0.0.1:1/0"})
+    assert run.returncode != 0, run.stdout + run.stderr
+    assert _processes_mentioning(str(tmp_path)) == []
