@@ -8,16 +8,18 @@ import json
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from redis import Redis
 from redis.exceptions import RedisError
 
 from bridge import logs
-from bridge.runtime import Runtime, resolve_redis_url
+from bridge.runtime import Runtime, data_dir, embedded_data, resolve_redis_url
 from bridge.samples import SAMPLES_DIR, sample_types
 from bridge.store import STATUSES, ActionState
 from mappings.config import BridgeConfig, ConfigError, default_config_path, load_config
@@ -220,23 +222,41 @@ def _config_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="config file (default: $SALON_BRIDGE_CONFIG or ./config.yaml)")
 
 
-def _load(args: argparse.Namespace, dry_run: bool = False, try_out: bool = False) -> BridgeConfig:
-    """The config; `try_out`: a command for looking around (events, replay...), which may use the
-    webhook secret that `up --dry-run` generated in ./var when none is set."""
-    if try_out and not os.environ.get(SECRET_VARIABLE) and (dev_secret := _dev_secret_if_any()):
-        os.environ[SECRET_VARIABLE] = dev_secret
-    config = load_config(default_config_path(getattr(args, "config", None)), dry_run=dry_run)
+# Read only by the web server: other commands do not need their variables set.
+WEB_ONLY_SECTIONS = ("admin", "metrics")
+
+
+def _load(args: argparse.Namespace, dry_run: bool = False, start_up: bool = False) -> BridgeConfig:
+    """The config. `start_up`: a process that serves or works (serve, worker, up) shows its warnings
+    once, and needs every secret it uses. Otherwise a command for looking around (events, replay...)
+    that stays quiet, may use the webhook secret `up --dry-run` generated, and reads no web-only section."""
+    if not start_up:
+        _use_dev_secret()
+    unused = () if args.command in ("serve", "up") else WEB_ONLY_SECTIONS
+    config = load_config(default_config_path(getattr(args, "config", None)), dry_run=dry_run, unused=unused)
     logs.remember_secrets(logs.config_secrets(config))
-    if not os.environ.get(WARNED_VARIABLE):  # `up` already showed them; its processes stay quiet
+    if start_up and not os.environ.get(WARNED_VARIABLE):  # `up` already showed them; its processes stay quiet
         for warning in config.warnings:
             print(f"warning: {warning}", file=sys.stderr)
     return config
 
 
+def _use_dev_secret() -> Path | None:
+    """Without SALONBOOKIT_WEBHOOK_SECRET, the one `up --dry-run` keeps in its data folder, if any."""
+    path = data_dir() / "webhook-secret"
+    if os.environ.get(SECRET_VARIABLE) or not path.is_file():
+        return None
+    os.environ[SECRET_VARIABLE] = path.read_text().strip()
+    return path
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     path = default_config_path(args.path or args.config_option)
+    dev_secret = _use_dev_secret()
     config = load_config(path)
     problems = []
+    if dev_secret is not None:
+        print(f"warning: {SECRET_VARIABLE} is not set: checked with the dry run's secret in {dev_secret}")
     for warning in config.warnings:
         print(f"warning: {warning}")
     for name, spec in config.connectors.items():
@@ -275,7 +295,7 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from bridge.server import serve
 
-    config = _load(args)
+    config = _load(args, start_up=True)
     serve(config, host=args.host, port=args.port, workers=args.workers, threads=args.threads)
     return 0
 
@@ -283,7 +303,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from bridge.worker import run_worker
 
-    config = _load(args, dry_run=args.dry_run)
+    config = _load(args, dry_run=args.dry_run, start_up=True)
     return run_worker(config, burst=args.burst, dry_run=args.dry_run)
 
 
@@ -298,7 +318,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     if args.dry_run and not os.environ.get(SECRET_VARIABLE):
         os.environ[SECRET_VARIABLE] = dev_secret(data_dir)
         print(f"SALONBOOKIT_WEBHOOK_SECRET is not set: this dry run uses the one in {data_dir / 'webhook-secret'}")
-    config = _load(args, dry_run=args.dry_run)
+    config = _load(args, dry_run=args.dry_run, start_up=True)
     os.environ[WARNED_VARIABLE] = "1"
     try:
         return Up(config, args.host, args.port, args.workers, data_dir, args.dry_run).run()
@@ -312,7 +332,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from mappings.routing import plan, render_action
     from mappings.templates import RenderError
 
-    config = _load(args, try_out=True)
+    config = _load(args)
     envelope = read_event(args.event)
     print(f"event {envelope.get('id')} ({envelope.get('type')}, tenant {envelope.get('tenant_id')})")
     context = template_context(config.model.timezone, envelope, event_views(envelope))
@@ -334,19 +354,61 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _runtime(args: argparse.Namespace) -> Runtime:
-    rt = Runtime.from_config(_load(args, try_out=True))
+@contextmanager
+def _runtime(args: argparse.Namespace) -> Iterator[Runtime]:
+    """The event log's Runtime. When `up` is stopped but left its data in its folder, its embedded
+    Redis is started for this command alone (and stopped after), so the command sees that data."""
+    config = _load(args)
+    with ExitStack() as stack:
+        folder = embedded_data(config)
+        if folder is not None and not _answers(folder / "redis.sock"):
+            stack.enter_context(_briefly_started(folder, args.command))
+        rt = Runtime.from_config(config)
+        stack.callback(rt.close)
+        try:
+            rt.redis.ping()
+        except RedisError as exc:
+            raise CommandError(f"cannot reach Redis at {_redacted(resolve_redis_url(rt.config))}: {exc}") from None
+        yield rt
+
+
+def _answers(socket: Path) -> bool:
     try:
-        rt.redis.ping()
-    except RedisError as exc:
-        raise CommandError(f"cannot reach Redis at {_redacted(resolve_redis_url(rt.config))}: {exc}") from None
-    return rt
+        with Redis(unix_socket_path=str(socket), socket_connect_timeout=1) as probe:
+            return bool(probe.ping())
+    except (RedisError, OSError):
+        return False
+
+
+@contextmanager
+def _briefly_started(folder: Path, command: str) -> Iterator[None]:
+    from bridge.up import EmbeddedRedis, UpError
+
+    later = " (replayed actions run when it starts)" if command == "replay" else ""
+    print(
+        f"salon-bridge up is not running: using its data in {folder.resolve()}, "
+        f"with its Redis started for this command only{later}",
+        file=sys.stderr,
+    )
+    embedded = EmbeddedRedis(folder.resolve())
+    try:
+        embedded.start()
+    except UpError as exc:
+        raise CommandError(str(exc)) from None
+    try:
+        yield
+    finally:
+        embedded.stop()
 
 
 def cmd_events(args: argparse.Namespace) -> int:
+    with _runtime(args) as rt:
+        return _show_events(rt, args)
+
+
+def _show_events(rt: Runtime, args: argparse.Namespace) -> int:
     from bridge.operations import matching_events
 
-    rt = _runtime(args)
     records = matching_events(rt, args.event_type, args.status, args.limit)
     if not records:
         print("no events" + (" matching the filters" if args.event_type or args.status else " yet"))
@@ -362,8 +424,12 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 
 def cmd_dead_letters(args: argparse.Namespace) -> int:
-    rt = _runtime(args)
-    letters = rt.store.dead_letters(args.limit)
+    with _runtime(args) as rt:
+        return _show_dead_letters(rt, args.limit)
+
+
+def _show_dead_letters(rt: Runtime, limit: int) -> int:
+    letters = rt.store.dead_letters(limit)
     if not letters:
         print("no dead letters")
     clock = Clock(rt.config.model.timezone)
@@ -378,11 +444,11 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     from bridge.operations import ReplayError, replay
 
-    rt = _runtime(args)
-    try:
-        done = replay(rt, args.event_id, args.action, args.force)
-    except ReplayError as exc:
-        raise CommandError(str(exc)) from None
+    with _runtime(args) as rt:
+        try:
+            done = replay(rt, args.event_id, args.action, args.force)
+        except ReplayError as exc:
+            raise CommandError(str(exc)) from None
     for action_id in done.action_ids:
         print(f"queued again: {done.event_id} {action_id}")
     for action_id, reason in done.still_skipped.items():
@@ -393,7 +459,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_send_sample(args: argparse.Namespace) -> int:
     from bridge.samples import post_sample
 
-    secret = args.secret or os.environ.get(SECRET_VARIABLE) or _dev_secret_if_any()
+    _use_dev_secret()
+    secret = args.secret or os.environ.get(SECRET_VARIABLE)
     if not secret:
         try:
             secret = _load(args).webhook.secrets[0]
@@ -411,12 +478,6 @@ def cmd_send_sample(args: argparse.Namespace) -> int:
         failures += not 200 <= status < 300
         print(f"{event_type:<18} {event_id}  -> {status} {answer}")
     return 1 if failures else 0
-
-
-def _dev_secret_if_any() -> str | None:
-    """The secret `up --dry-run` generated in ./var, for trying the bridge on one machine."""
-    path = Path("var") / "webhook-secret"
-    return path.read_text().strip() if path.is_file() else None
 
 
 def read_event(name: str) -> dict[str, Any]:

@@ -12,9 +12,11 @@ from werkzeug.serving import make_server
 
 from bridge.cli import main
 from bridge.store import DONE, SKIPPED
+from bridge.up import EmbeddedRedis
 from tests.conftest import http_config
 from tests.fakes.smtp_server import SmtpServer
 from tests.harness import SECRET, Bridge, sample
+from tests.test_up import _processes_mentioning
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -363,3 +365,86 @@ mappings:
     assert "a done e-mail is sent again as a new e-mail, with a new Message-ID" in " ".join(out.split())
     email_doc = " ".join((REPO / "docs" / "email.md").read_text().split())
     assert "`replay --force` of a done e-mail action sends it again as a new e-mail" in email_doc
+
+
+def test_commands_use_the_data_up_left_when_it_is_stopped(capsys, monkeypatch, tmp_path, destination) -> None:  # noqa: ANN001
+    """After `up` stops, `events` in its folder reads ./var (its Redis started for the command), not another Redis."""
+    for name in ("REDIS_URL", "SALON_BRIDGE_DATA_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "config.yaml"
+    config.write_text(http_config(destination.url))
+    embedded = EmbeddedRedis(tmp_path / "var")
+    embedded.start()
+    try:
+        bridge = Bridge(config, embedded.url)
+        event = sample("booking.created")
+        bridge.post(event)
+        bridge.drain()
+        bridge.close()
+    finally:
+        embedded.stop()
+    assert not (tmp_path / "var" / "redis.sock").exists()
+
+    code, out, err = run(capsys, "events", "--config", str(config))
+    assert code == 0
+    assert f"{event['id']}  booking.created" in out and "all-to-crm/notify: done" in out
+    assert err.strip() == (
+        f"salon-bridge up is not running: using its data in {tmp_path / 'var'}, "
+        "with its Redis started for this command only"
+    )
+    assert _processes_mentioning(str(tmp_path)) == []  # and stopped again
+
+
+ADMIN = 'admin:\n  username: owner\n  password_hash: "${ADMIN_PASSWORD_HASH}"\nmetrics:\n  token: "${METRICS_TOKEN}"'
+
+
+def test_commands_that_do_not_serve_need_no_admin_variables(capsys, monkeypatch, write_config, redis_url) -> None:  # noqa: ANN001
+    for name in ("ADMIN_PASSWORD_HASH", "METRICS_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    config = str(write_config(with_redis(http_config("http://127.0.0.1:9", extra=ADMIN), redis_url)))
+    for argv in (["events"], ["dead-letters"], ["simulate", "booking.created"]):
+        code, _, err = run(capsys, *argv, "--config", config)
+        assert (code, err) == (0, ""), argv
+    code, _, err = run(capsys, "serve", "--config", config, "--port", "1")
+    assert code == 1
+    assert [line.split(": ", 2)[1] for line in err.strip().splitlines()] == ["admin.password_hash", "metrics.token"]
+    assert all(
+        "ADMIN_PASSWORD_HASH is not set" in line or "METRICS_TOKEN is not set" in line for line in err.splitlines()
+    )
+
+
+def test_check_config_after_a_dry_run_uses_its_secret_and_says_so(capsys, monkeypatch, tmp_path) -> None:  # noqa: ANN001
+    monkeypatch.delenv("SALONBOOKIT_WEBHOOK_SECRET", raising=False)
+    monkeypatch.delenv("SALON_BRIDGE_DATA_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "config.yaml"
+    config.write_text(http_config("http://127.0.0.1:9").replace(SECRET, "${SALONBOOKIT_WEBHOOK_SECRET}"))
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "webhook-secret").write_text("generated-for-the-dry-run\n")
+    code, out, err = run(capsys, "check-config", str(config))
+    assert (code, err) == (0, "")
+    assert out.splitlines() == [
+        "warning: SALONBOOKIT_WEBHOOK_SECRET is not set: checked with the dry run's secret in var/webhook-secret",
+        f"{config}: OK (1 connectors, 1 mappings)",
+    ]
+
+
+def test_warnings_once_and_only_from_check_config_and_start_up(capsys, monkeypatch, tmp_path, redis_url) -> None:  # noqa: ANN001
+    for name in ("SLACK_BOT_TOKEN", "GOOGLE_APPLICATION_CREDENTIALS", "SMTP_USER", "SMTP_PASSWORD", "REDIS_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SALONBOOKIT_WEBHOOK_SECRET", "x")
+    config = tmp_path / "config.yaml"
+    config.write_text((REPO / "config.example.yaml").read_text().replace("# redis_url: ", "redis_url: ", 1))
+    config.write_text(config.read_text().replace('"redis://localhost:6379/0"', f'"{redis_url}"'))
+    code, out, _ = run(capsys, "check-config", str(config))
+    warnings = [line for line in out.splitlines() if line.startswith("warning:")]
+    assert code == 0 and len(warnings) == len(set(warnings)) == 4
+    assert sum("connectors.staff.token" in w for w in warnings) == 1
+    for argv in (
+        ["events"],
+        ["simulate", "payment.failed"],
+        ["send-sample", "booking.created", "--url", "http://127.0.0.1:1/"],
+    ):
+        _, out, err = run(capsys, *argv, "--config", str(config))
+        assert "warning:" not in out + err, argv
