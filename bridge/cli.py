@@ -10,7 +10,7 @@ import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 
 from bridge import logs
 from bridge.runtime import Runtime, data_dir, embedded_data, resolve_redis_url
-from bridge.samples import SAMPLES_DIR, sample_types
+from bridge.samples import SAMPLES_DIR, SEND_ORDER, sample_types
 from bridge.store import STATUSES, ActionState
 from mappings.config import BridgeConfig, ConfigError, default_config_path, load_config
 
@@ -184,7 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     send = command(
         "send-sample",
         cmd_send_sample,
-        "Post the platform's sample events, signed as the platform signs, and print each answer.",
+        "Post the platform's sample events, signed as the platform signs, and print each answer. "
+        "`all` posts the 13 in the order the platform would (a booking's and an order's life), "
+        "with the appointment moved to tomorrow.",
         "  salon-bridge send-sample booking.created\n  salon-bridge send-sample all --url http://127.0.0.1:8000/webhooks\n"
         '  salon-bridge send-sample payment.failed --secret "$SALONBOOKIT_WEBHOOK_SECRET" --tenant my-salon',
     )
@@ -470,9 +472,12 @@ def cmd_send_sample(args: argparse.Namespace) -> int:
                 f"({exc.problems[0]})"
             ) from None
     failures = 0
-    for event_type in sample_types() if args.event_type == "all" else [args.event_type]:
+    types = list(SEND_ORDER) if args.event_type == "all" else [args.event_type]
+    start = datetime.now(UTC) - timedelta(seconds=len(types))
+    for position, event_type in enumerate(types):
+        created = start + timedelta(seconds=position + 1)  # one second apart: the newest is the last
         try:
-            event_id, status, answer = post_sample(args.url, event_type, secret, args.tenant)
+            event_id, status, answer = post_sample(args.url, event_type, secret, args.tenant, created)
         except OSError as exc:
             raise CommandError(f"cannot reach {args.url}: {exc}") from None
         failures += not 200 <= status < 300

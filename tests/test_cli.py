@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from werkzeug.serving import make_server
 
-from bridge.cli import main
-from bridge.store import DONE, SKIPPED
+from bridge.cli import main, read_event
+from bridge.samples import SEND_ORDER, sample_types
+from bridge.store import DONE, DRY_RUN, SKIPPED, STALE
 from bridge.up import EmbeddedRedis
 from tests.conftest import http_config
 from tests.fakes.smtp_server import SmtpServer
@@ -448,3 +450,38 @@ def test_warnings_once_and_only_from_check_config_and_start_up(capsys, monkeypat
     ):
         _, out, err = run(capsys, *argv, "--config", str(config))
         assert "warning:" not in out + err, argv
+
+
+def test_send_sample_all_follows_a_booking_and_an_order_through_their_lives(
+    capsys, monkeypatch, make_bridge, redis_url
+) -> None:  # noqa: ANN001
+    """With the shipped config no action waits for an event still to come, and the appointment is tomorrow."""
+    monkeypatch.setenv("SALONBOOKIT_WEBHOOK_SECRET", SECRET)
+    example = (REPO / "config.example.yaml").read_text()
+    bridge: Bridge = make_bridge(
+        example.replace('# redis_url: "redis://localhost:6379/0"', f'redis_url: "{redis_url}"')
+    )
+    server = make_server("127.0.0.1", 0, bridge.app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        code, out, _ = run(capsys, "send-sample", "all", "--url", f"http://127.0.0.1:{server.server_port}/webhooks")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert [line.split()[0] for line in lines] == list(SEND_ORDER)
+    bridge.drain()
+    records = {r.type: r for r in bridge.runtime.store.recent(limit=20)}
+    statuses = {f"{t} {a}": s.status for t, r in records.items() for a, s in r.actions.items()}
+    assert set(statuses.values()) <= {DRY_RUN, SKIPPED, STALE}, statuses
+    tomorrow = (datetime.now(UTC).date() + timedelta(days=1)).isoformat()
+    assert records["booking.created"].envelope["data"]["booking"]["fecha"] == tomorrow
+    created = [records[t].envelope["created"] for t in SEND_ORDER]
+    assert created == sorted(created) and len(set(created)) == 13
+
+
+def test_the_send_order_is_the_samples_own_timeline() -> None:
+    assert sorted(SEND_ORDER) == sample_types()
+    created = [read_event(t)["created"] for t in SEND_ORDER]
+    assert created == sorted(created)
