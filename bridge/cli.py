@@ -19,10 +19,13 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from bridge import logs
+from bridge.jobs import template_context
 from bridge.runtime import Runtime, data_dir, embedded_data, resolve_redis_url
 from bridge.samples import SAMPLES_DIR, SEND_ORDER, sample_types
+from bridge.state import event_views
 from bridge.store import STATUSES, ActionState
 from mappings.config import BridgeConfig, ConfigError, default_config_path, load_config
+from mappings.routing import PlannedAction
 
 DEFAULT_WEBHOOK_URL = "http://127.0.0.1:8000/webhooks"
 SECRET_VARIABLE = "SALONBOOKIT_WEBHOOK_SECRET"
@@ -134,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     simulate = command(
         "simulate",
         cmd_simulate,
-        "Show the actions an event would trigger, rendered; sends nothing.",
+        "Show the actions an event would trigger, rendered as a worker would: with what entity memory "
+        "knows when Redis answers (read only, never written), else with the event alone; sends nothing.",
         "  salon-bridge simulate my-event.json\n  salon-bridge simulate booking.created   # a shipped sample",
     )
     _config_option(simulate)
@@ -329,37 +333,56 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from bridge.jobs import template_context
-    from bridge.state import event_views
-    from mappings.routing import plan, render_action
-    from mappings.templates import RenderError
+    from bridge.operations import simulated_context
+    from mappings.routing import plan
 
-    config = _load(args)
     envelope = read_event(args.event)
-    print(f"event {envelope.get('id')} ({envelope.get('type')}, tenant {envelope.get('tenant_id')})")
-    context = template_context(config.model.timezone, envelope, event_views(envelope))
-    planned = plan(config, envelope, context)
+    with _runtime(args, required=False) as rt:
+        config = rt.config
+        print(f"event {envelope.get('id')} ({envelope.get('type')}, tenant {envelope.get('tenant_id')})")
+        if rt.reachable:
+            context = simulated_context(rt, envelope)
+            print(f"entity memory: read from Redis at {_redacted(resolve_redis_url(config))} (read-only)")
+        else:
+            context = template_context(config.model.timezone, envelope, event_views(envelope))
+            print(
+                f"entity memory: not used (Redis at {_redacted(resolve_redis_url(config))} does not answer): "
+                "booking, order and customer are what this event says alone"
+            )
+        planned = plan(config, envelope, context)
     if not planned:
         print("  no mapping handles this event: it would be answered 200 ignored")
     for item in planned:
-        spec = item.spec
-        print(f"\n- {spec.id} -> {spec.connector} ({config.connectors[spec.connector].cls.type}) {spec.action}")
-        if item.skip_reason:
-            print(f"  skipped: {item.skip_reason}")
-            continue
-        try:
-            fields = render_action(spec, context)
-        except RenderError as exc:
-            print(f"  would fail permanently: {exc}")
-            continue
-        print(_indent(json.dumps(fields, ensure_ascii=False, indent=2, default=str)))
+        _show_planned(config, item, context)
     return 0
 
 
+def _show_planned(config: BridgeConfig, item: PlannedAction, context: dict[str, Any]) -> None:
+    from mappings.routing import render_action
+    from mappings.templates import MissingDataError, RenderError
+
+    spec = item.spec
+    print(f"\n- {spec.id} -> {spec.connector} ({config.connectors[spec.connector].cls.type}) {spec.action}")
+    if item.skip_reason:
+        print(f"  skipped: {item.skip_reason}")
+        return
+    try:
+        fields = render_action(spec, context)
+    except MissingDataError as exc:
+        wait = config.model.retry.wait_for_missing_data
+        print(f"  would wait for earlier events, retrying for {wait:g} s, then fail: {exc}")
+        return
+    except RenderError as exc:
+        print(f"  would fail permanently: {exc}")
+        return
+    print(_indent(json.dumps(fields, ensure_ascii=False, indent=2, default=str)))
+
+
 @contextmanager
-def _runtime(args: argparse.Namespace) -> Iterator[Runtime]:
-    """The event log's Runtime. When `up` is stopped but left its data in its folder, its embedded
-    Redis is started for this command alone (and stopped after), so the command sees that data."""
+def _runtime(args: argparse.Namespace, required: bool = True) -> Iterator[Runtime]:
+    """The event log's Runtime (`required`: fail when Redis does not answer, else `rt.reachable`
+    says). When `up` is stopped but left its data in its folder, its embedded Redis is started for
+    this command alone (and stopped after), so the command sees that data."""
     config = _load(args)
     with ExitStack() as stack:
         folder = embedded_data(config)
@@ -370,7 +393,9 @@ def _runtime(args: argparse.Namespace) -> Iterator[Runtime]:
         try:
             rt.redis.ping()
         except RedisError as exc:
-            raise CommandError(f"cannot reach Redis at {_redacted(resolve_redis_url(rt.config))}: {exc}") from None
+            if required:
+                raise CommandError(f"cannot reach Redis at {_redacted(resolve_redis_url(config))}: {exc}") from None
+            rt.reachable = False
         yield rt
 
 

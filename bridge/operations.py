@@ -9,8 +9,10 @@ from typing import Any
 from bridge.jobs import process_event, run_action, template_context
 from bridge.queue import CRASH_RETRY, FAILURE_TTL
 from bridge.runtime import Runtime
+from bridge.state import event_views
 from bridge.store import DEAD, DONE, DRY_RUN, PENDING, SENDING, SKIPPED, STALE, ActionState, EventRecord
 from mappings.routing import plan
+from mappings.templates import EntityView
 
 # Dead actions, and unfinished ones whose job RQ gave up on (they stay pending or sending); the
 # entity lock and the ledger make a replay of one that is in fact still queued harmless.
@@ -85,6 +87,25 @@ def _still_skipped(rt: Runtime, record: EventRecord) -> dict[str, str]:
 def current_context(rt: Runtime, envelope: dict[str, Any]) -> dict[str, Any]:
     """What templates would see for the event now: entity memory read, nothing written."""
     return template_context(rt.config.model.timezone, envelope, rt.memory.views(envelope))
+
+
+def simulated_context(rt: Runtime, envelope: dict[str, Any]) -> dict[str, Any]:
+    """What templates would see if the event arrived now: entity memory (read, nothing written)
+    with the event's own facts merged on top, as a worker merges them before routing."""
+    remembered = rt.memory.views(envelope)
+    views: dict[str, EntityView | None] = {}
+    for kind, own in event_views(envelope).items():
+        known = remembered.get(kind)
+        views[kind] = EntityView(_merged(known, own), kind, own.entity_id) if own and known else own or known
+    return template_context(rt.config.model.timezone, envelope, views)
+
+
+def _merged(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(old)
+    for key, value in new.items():
+        both_dicts = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = _merged(merged[key], value) if both_dicts else value
+    return merged
 
 
 def _nothing_to_replay(record: EventRecord, force: bool, still_skipped: dict[str, str]) -> str:

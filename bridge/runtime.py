@@ -27,6 +27,7 @@ class Runtime:
     config: BridgeConfig
     redis: Redis
     dry_run: bool = False
+    reachable: bool = True  # False: a command that can do without Redis found it not answering
     queue: Queue = field(init=False)
     store: EventStore = field(init=False)
     memory: EntityMemory = field(init=False)

@@ -485,3 +485,44 @@ def test_the_send_order_is_the_samples_own_timeline() -> None:
     assert sorted(SEND_ORDER) == sample_types()
     created = [read_event(t)["created"] for t in SEND_ORDER]
     assert created == sorted(created)
+
+
+SIMULATE_MAPPINGS = """
+  - name: no-show
+    on: ["booking.no_show"]
+    actions:
+      - {connector: crm, name: notify, body: {customer: "{{ booking.cliente.nombre }}"}}
+  - name: shipped
+    on: ["order.shipped"]
+    actions:
+      - {connector: crm, name: notify, body: {to: "{{ order.cliente.email }}"}}
+"""
+
+
+def test_simulate_reads_entity_memory_read_only_and_says_so(capsys, make_bridge, redis_url, write_config) -> None:  # noqa: ANN001
+    text = with_redis(http_config("http://127.0.0.1:9", SIMULATE_MAPPINGS), redis_url)
+    bridge: Bridge = make_bridge(text)
+    config = str(write_config(text, "cli.yaml"))
+    code, out, _ = run(capsys, "simulate", "--config", config, "order.shipped")
+    assert code == 0
+    assert f"entity memory: read from Redis at {redis_url} (read-only)" in out
+    assert "would wait for earlier events, retrying for 900 s, then fail: " in out  # as the worker would
+    assert "order 789: cliente unknown (order.created not received)" in out
+
+    code, out, _ = run(capsys, "simulate", "--config", config, "booking.created")
+    assert bridge.runtime.memory.load("uuid-tenant", "booking", "12345") is None  # nothing written
+    bridge.post(sample("booking.created"))
+    bridge.drain()
+    code, out, _ = run(capsys, "simulate", "--config", config, "booking.no_show")
+    assert code == 0 and '"customer": "Juan Pérez"' in out
+
+
+def test_simulate_without_redis_says_it_used_the_event_alone(capsys, write_config) -> None:  # noqa: ANN001
+    config = write_config(with_redis(http_config("http://127.0.0.1:9", SIMULATE_MAPPINGS), "redis://127.0.0.1:1/0"))
+    code, out, _ = run(capsys, "simulate", "--config", str(config), "booking.no_show")
+    assert code == 0
+    assert (
+        "entity memory: not used (Redis at redis://127.0.0.1:1/0 does not answer): "
+        "booking, order and customer are what this event says alone"
+    ) in out
+    assert "would wait for earlier events" in out
