@@ -149,12 +149,18 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_events,
         "List recent events and what each of their actions did.",
         "  salon-bridge events\n  salon-bridge events --type booking.created --limit 5\n"
-        "  salon-bridge events --status dead",
+        "  salon-bridge events --status dead\n"
+        "  salon-bridge events --type order.shipped --show   # what each e-mail says (also in a dry run)",
     )
     _config_option(events)
     events.add_argument("--type", dest="event_type", help="only this event type, e.g. booking.created")
     events.add_argument("--status", choices=STATUSES, help="only events with an action in this status")
     events.add_argument("--limit", type=_positive_int, default=20, help="how many events (default 20)")
+    events.add_argument(
+        "--show",
+        action="store_true",
+        help="also each action's rendered fields (credentials hidden; an e-mail as its text part)",
+    )
 
     dead = command(
         "dead-letters",
@@ -447,7 +453,41 @@ def _show_events(rt: Runtime, args: argparse.Namespace) -> int:
             print("    (no actions yet: queued, or nothing to do)")
         for action_id, state in sorted(record.actions.items()):
             print(f"    {action_id}: {describe_state(state, clock)}")
+            if args.show:
+                _show_fields(rt, state)
     return 0
+
+
+def _show_fields(rt: Runtime, state: ActionState) -> None:
+    """The action's rendered fields as an owner reads them: an e-mail's bodies as its text part."""
+    if state.rendered is None:
+        print("        (nothing rendered)")
+        return
+    fields = logs.hide_secret_fields(state.rendered)
+    spec = rt.config.connectors.get(state.connector)
+    if spec is not None and spec.cls.type == "email":
+        fields = _email_as_read(fields)
+    for name, value in fields.items():
+        if isinstance(value, str) and "\n" in value.strip():
+            print(f"        {name}:")
+            print("\n".join(f"          {line}".rstrip() for line in value.strip().splitlines()))
+        else:
+            shown = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+            print(f"        {name}: {shown}")
+
+
+def _email_as_read(fields: dict[str, Any]) -> dict[str, Any]:
+    from connectors.email import html_to_text
+
+    bodies = ("text", "text_template", "html", "html_template")
+    text = fields.get("text") or fields.get("text_template")
+    if not text:  # the connector makes the text part from the HTML, as here
+        text = html_to_text(str(fields.get("html") or fields.get("html_template") or ""))
+    shown = {name: value for name, value in fields.items() if name not in bodies and value not in (None, [])}
+    for name in ("to", "cc", "bcc"):  # one address a line in the message, one list here
+        if isinstance(shown.get(name), list) and all(isinstance(v, str) for v in shown[name]):
+            shown[name] = ", ".join(shown[name])
+    return shown | {"text part": str(text)}
 
 
 def cmd_dead_letters(args: argparse.Namespace) -> int:

@@ -526,3 +526,50 @@ def test_simulate_without_redis_says_it_used_the_event_alone(capsys, write_confi
         "booking, order and customer are what this event says alone"
     ) in out
     assert "would wait for earlier events" in out
+
+
+def test_events_show_gives_rendered_fields_hidden_secrets_and_the_email_text(
+    capsys, make_bridge, redis_url, write_config
+) -> None:  # noqa: ANN001
+    """What docs/email.md promises: in a dry run, read what each e-mail would have been in `events`."""
+    text = f"""
+version: 1
+webhook: {{secrets: ["{SECRET}"]}}
+redis_url: "{redis_url}"
+connectors:
+  mailer: {{type: email, host: smtp.example.com, from: "s@salon.example", dry_run: true}}
+  crm: {{type: http, url: "http://127.0.0.1:9/hooks", dry_run: true}}
+mappings:
+  - name: order-email
+    on: ["order.created"]
+    actions:
+      - connector: mailer
+        name: customer
+        to: "{{{{ order.cliente.email }}}}"
+        subject: "Pedido {{{{ order.numero }}}}"
+        html: "<p>Hola {{{{ order.cliente.nombre }}}},</p><p>tu pedido va <b>bien</b>.</p>"
+      - connector: crm
+        name: copy
+        body: {{order: "{{{{ order.numero }}}}", api_key: "k-{{{{ event.id }}}}"}}
+"""
+    bridge: Bridge = make_bridge(text)
+    config = str(write_config(text, "cli.yaml"))
+    event = sample("order.created")
+    bridge.post(event)
+    bridge.drain()
+    code, out, _ = run(capsys, "events", "--config", config, "--show")
+    assert code == 0
+    assert out.splitlines()[1:] == [
+        "    order-email/copy: dry-run, 1 attempt(s) (would send (dry run): nothing left the machine)",
+        '        body: {"order": "PED-2024-0789", "api_key": "*** (hidden)"}',
+        "    order-email/customer: dry-run, 1 attempt(s) (would send (dry run): nothing left the machine)",
+        "        to: juan@email.com",
+        "        subject: Pedido PED-2024-0789",
+        "        text part:",
+        "          Hola Juan Pérez,",
+        "",
+        "          tu pedido va bien.",
+    ]
+    _, plain, _ = run(capsys, "events", "--config", config)
+    assert "text part" not in plain
+    assert "in `salon-bridge events --show`" in " ".join((REPO / "docs" / "email.md").read_text().split())
