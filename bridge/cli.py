@@ -24,7 +24,7 @@ from bridge.runtime import Runtime, data_dir, embedded_data, resolve_redis_url
 from bridge.samples import SAMPLES_DIR, SEND_ORDER, sample_types
 from bridge.state import event_views
 from bridge.store import STATUSES, ActionState
-from mappings.config import BridgeConfig, ConfigError, default_config_path, load_config
+from mappings.config import DRY_RUN_ACCEPTED, BridgeConfig, ConfigError, default_config_path, load_config
 from mappings.routing import PlannedAction
 
 DEFAULT_WEBHOOK_URL = "http://127.0.0.1:8000/webhooks"
@@ -133,6 +133,18 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--online", action="store_true", help="also reach each destination (Slack, Google, SMTP) and check access"
     )
+
+    slack = command(
+        "slack-check",
+        cmd_slack_check,
+        "Check each Slack connector against Slack, sending nothing: the token (auth.test), its scopes, and "
+        "that every channel the mappings post to exists and has the app in it (an incoming webhook: that "
+        "its URL is live). Like check-config --online for Slack alone, and also while a connector is in dry run.",
+        "  salon-bridge slack-check\n  salon-bridge slack-check staging.yaml --connector staff",
+    )
+    slack.add_argument("path", nargs="?", help="config file (default: as for --config)")
+    slack.add_argument("--config", dest="config_option", help=argparse.SUPPRESS)
+    slack.add_argument("--connector", help="only this connector (default: every one of type slack)")
 
     simulate = command(
         "simulate",
@@ -266,27 +278,52 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     path = default_config_path(args.path or args.config_option)
     dev_secret = _use_dev_secret()
     config = load_config(path)
-    problems = []
     if dev_secret is not None:
         print(f"warning: {SECRET_VARIABLE} is not set: checked with the dry run's secret in {dev_secret}")
     for warning in config.warnings:
         print(f"warning: {warning}")
+    problems = []
     for name, spec in config.connectors.items():
-        if spec.dry_run or spec.settings is None:
-            continue
-        connector = spec.build()
-        actions = {a.id: a.fields for m in config.mappings for a in m.actions if a.connector == name}
-        try:
-            found = connector.offline_check(actions) + (connector.online_check(actions) if args.online else [])
-        finally:
-            connector.close()
-        problems += [f"{path}: connectors.{name}: {problem}" for problem in found]
+        if not spec.dry_run and spec.settings is not None:
+            problems += _connector_problems(config, name, args.online)
     if problems:
         print("\n".join(problems), file=sys.stderr)
         return 1
     checked = " (destinations reached)" if args.online else ""
     print(f"{path}: OK ({len(config.connectors)} connectors, {len(config.mappings)} mappings){checked}")
     return 0
+
+
+def cmd_slack_check(args: argparse.Namespace) -> int:
+    path = default_config_path(args.path or args.config_option)
+    _use_dev_secret()
+    config = load_config(path, unused=WEB_ONLY_SECTIONS)
+    names = [n for n, spec in config.connectors.items() if spec.cls.type == "slack" and args.connector in (None, n)]
+    if not names:
+        which = f" named {args.connector!r}" if args.connector else ""
+        raise CommandError(f"{path} has no connector of type slack{which}")
+    problems = []
+    for name in names:
+        if config.connectors[name].settings is None:  # a dry-run connector not fully set up yet
+            problems += [w.removesuffix(DRY_RUN_ACCEPTED) for w in config.warnings if f": connectors.{name}." in w]
+        else:
+            problems += _connector_problems(config, name, online=True)
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
+        return 1
+    print(f"{path}: Slack OK ({', '.join(names)}: token, scopes and channels checked)")
+    return 0
+
+
+def _connector_problems(config: BridgeConfig, name: str, online: bool) -> list[str]:
+    """What the connector's own checks find, offline and (`online`) at the destination."""
+    connector = config.connectors[name].build()
+    actions = {a.id: a.fields for m in config.mappings for a in m.actions if a.connector == name}
+    try:
+        found = connector.offline_check(actions) + (connector.online_check(actions) if online else [])
+    finally:
+        connector.close()
+    return [f"{config.path}: connectors.{name}: {problem}" for problem in found]
 
 
 def cmd_hash_password(args: argparse.Namespace) -> int:

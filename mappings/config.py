@@ -559,6 +559,9 @@ def _find_template_file(name: str, base_dir: Path) -> Path:
     raise FileNotFoundError(f"template file {name!r} not found (looked in {', '.join(str(c) for c in candidates)})")
 
 
+DRY_RUN_ACCEPTED = " (accepted: this connector is in dry run)"  # ends a dry-run connector's warning
+
+
 class _Problems:
     """Collects problems with their key paths and turns them into `file:line: path: message`."""
 
@@ -573,7 +576,7 @@ class _Problems:
     def add(self, where: Path_, message: str, strict: bool = False) -> None:
         """A problem; in a dry-run connector a warning, unless `strict` (it would break even there)."""
         if self.lenient(where) and not strict:
-            entry = (where, message + " (accepted: this connector is in dry run)")
+            entry = (where, message + DRY_RUN_ACCEPTED)
             if entry not in self.warnings:
                 self.warnings.append(entry)
         else:

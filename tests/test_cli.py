@@ -16,6 +16,7 @@ from bridge.samples import SEND_ORDER, sample_types
 from bridge.store import DONE, DRY_RUN, SKIPPED, STALE
 from bridge.up import EmbeddedRedis
 from tests.conftest import http_config
+from tests.fakes.slack_server import BOT_NAME, DEFAULT_TOKEN, FakeSlack
 from tests.fakes.smtp_server import SmtpServer
 from tests.harness import SECRET, Bridge, sample
 from tests.test_up import _processes_mentioning
@@ -38,8 +39,8 @@ def with_redis(text: str, redis_url: str) -> str:
 
 def test_every_command_has_help_with_examples(capsys) -> None:  # noqa: ANN001
     commands = [
-        "serve", "worker", "up", "check-config", "simulate", "events", "dead-letters", "replay", "send-sample",
-        "hash-password",
+        "serve", "worker", "up", "check-config", "slack-check", "simulate", "events", "dead-letters", "replay",
+        "send-sample", "hash-password",
     ]  # fmt: skip
     for command in commands:
         code, out, _ = run(capsys, command, "--help")
@@ -573,3 +574,47 @@ mappings:
     _, plain, _ = run(capsys, "events", "--config", config)
     assert "text part" not in plain
     assert "in `salon-bridge events --show`" in " ".join((REPO / "docs" / "email.md").read_text().split())
+
+
+def slack_check_config(fake: FakeSlack, token: str = f'"{DEFAULT_TOKEN}"') -> str:
+    """The shipped Slack connector (in dry run, as config.example.yaml has it) and mappings, on the fake."""
+    mappings = (REPO / "docs" / "examples" / "slack.yaml").read_text().split("\nmappings:\n", 1)[1]
+    return (
+        f'version: 1\nwebhook:\n  secrets: ["{SECRET}"]\nconnectors:\n  staff:\n    type: slack\n'
+        f'    token: {token}\n    base_url: "{fake.api_url}"\n    dry_run: true\nmappings:\n{mappings}'
+    )
+
+
+def test_slack_check_checks_token_scopes_and_channels(capsys, write_config, monkeypatch) -> None:  # noqa: ANN001
+    """What docs/slack.md tells an owner to run before removing dry_run from the Slack connector."""
+    fake = FakeSlack().start()
+    try:
+        for name in ("caja", "recepcion", "tienda"):
+            fake.add_channel(name)
+        config = write_config(slack_check_config(fake))
+        code, out, err = run(capsys, "slack-check", str(config))
+        assert (code, err) == (0, "")
+        assert out.strip() == f"{config}: Slack OK (staff: token, scopes and channels checked)"
+        assert fake.calls_of("auth.test") and not fake.calls_of("chat.postMessage")
+
+        next(c for c in fake.channels.values() if c.name == "tienda").is_member = False
+        fake.scopes.remove("chat:write.public")  # with it the app could post there uninvited
+        code, _, err = run(capsys, "slack-check", str(config))
+        assert code == 1
+        assert (
+            err.strip()
+            == f"{config}: connectors.staff: the app is not in #tienda: invite it (in #tienda, type /invite @{BOT_NAME})"
+        )
+
+        monkeypatch.delenv("SLACK_BOT_TOKEN", raising=False)
+        unset = write_config(slack_check_config(fake, '"${SLACK_BOT_TOKEN}"'), "unset.yaml")
+        code, _, err = run(capsys, "slack-check", str(unset))
+        assert code == 1
+        assert err.strip().endswith(
+            "connectors.staff.token: environment variable SLACK_BOT_TOKEN is not set or empty "
+            "(and ${SLACK_BOT_TOKEN} has no :-default)"
+        )
+    finally:
+        fake.stop()
+    code, _, err = run(capsys, "slack-check", str(write_config(http_config("http://127.0.0.1:9"), "http.yaml")))
+    assert code == 1 and err.strip().endswith("has no connector of type slack")
