@@ -601,10 +601,8 @@ def test_slack_check_checks_token_scopes_and_channels(capsys, write_config, monk
         fake.scopes.remove("chat:write.public")  # with it the app could post there uninvited
         code, _, err = run(capsys, "slack-check", str(config))
         assert code == 1
-        assert (
-            err.strip()
-            == f"{config}: connectors.staff: the app is not in #tienda: invite it (in #tienda, type /invite @{BOT_NAME})"
-        )
+        invite = f"invite it (in #tienda, type /invite @{BOT_NAME})"
+        assert err.strip() == f"{config}: connectors.staff: the app is not in #tienda: {invite}"
 
         monkeypatch.delenv("SLACK_BOT_TOKEN", raising=False)
         unset = write_config(slack_check_config(fake, '"${SLACK_BOT_TOKEN}"'), "unset.yaml")
