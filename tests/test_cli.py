@@ -263,6 +263,16 @@ def test_replay_of_an_event_never_processed_routes_it_again(
     assert bridge.record(event["id"]).actions["all-to-crm/notify"].status == DONE
 
 
+def posted(make_bridge, write_config, text: str, event_type: str) -> tuple[Bridge, str, dict]:  # noqa: ANN001
+    """The bridge on `text`, its config file for the CLI, and a sample of `event_type` posted and run."""
+    bridge: Bridge = make_bridge(text)
+    config = str(write_config(text, "cli.yaml"))
+    event = sample(event_type)
+    bridge.post(event)
+    bridge.drain()
+    return bridge, config, event
+
+
 def test_force_runs_a_skipped_action_only_when_its_condition_is_true_now(
     capsys, make_bridge, destination, redis_url, write_config
 ) -> None:  # noqa: ANN001
@@ -277,11 +287,7 @@ def test_force_runs_a_skipped_action_only_when_its_condition_is_true_now(
         body: {customer: "{{ booking.cliente.nombre }}"}
 """
     text = with_redis(http_config(destination.url, mappings), redis_url)
-    bridge: Bridge = make_bridge(text)
-    config = str(write_config(text, "cli.yaml"))
-    no_show = sample("booking.no_show")
-    bridge.post(no_show)
-    bridge.drain()
+    bridge, config, no_show = posted(make_bridge, write_config, text, "booking.no_show")
     assert bridge.record(no_show["id"]).actions["no-show/notify"].status == SKIPPED
 
     code, _, err = run(capsys, "replay", "--config", config, no_show["id"], "--force")
@@ -315,11 +321,7 @@ def test_force_with_a_dead_action_leaves_a_still_skipped_one_and_says_so(
       - {connector: crm, name: notify, body: {id: "{{ event.id }}"}}
 """
     text = with_redis(http_config(destination.url, mappings), redis_url)
-    bridge: Bridge = make_bridge(text)
-    config = str(write_config(text, "cli.yaml"))
-    event = sample("payment.failed")
-    bridge.post(event)
-    bridge.drain()
+    bridge, config, event = posted(make_bridge, write_config, text, "payment.failed")
     code, out, _ = run(capsys, "replay", "--config", config, event["id"], "--force")
     assert code == 0
     assert out.splitlines() == [
@@ -347,11 +349,7 @@ mappings:
     actions:
       - {{connector: mailer, name: customer, to: "juan@email.com", subject: "Pago", text: "Hola"}}
 """
-        bridge: Bridge = make_bridge(text)
-        config = str(write_config(text, "cli.yaml"))
-        event = sample("payment.failed")
-        bridge.post(event)
-        bridge.drain()
+        bridge, config, event = posted(make_bridge, write_config, text, "payment.failed")
         code, _, _ = run(capsys, "replay", "--config", config, event["id"])
         assert code == 1 and len(smtp.messages) == 1  # not without --force
         for _ in range(2):
