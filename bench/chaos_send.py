@@ -40,6 +40,7 @@ class Sender:
         self.rate = rate
         self.deliveries: dict[str, Delivery] = {}
         self.answers: Counter[str] = Counter()
+        self.answered: list[tuple[float, str]] = []  # (time, answer): what the platform saw when
         self.posted = 0
         self.finished = threading.Event()
         self._lock = threading.Lock()
@@ -104,6 +105,7 @@ class Sender:
             with self._lock:
                 record.answers[label] += 1
                 self.answers[label] += 1
+                self.answered.append((now, label))
                 if label.startswith("2") and record.acked_at is None:
                     record.acked_at = now
             if label.startswith("2") or label.startswith("4"):

@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 
 from bridge import logs
 from bridge.jobs import template_context
+from bridge.redis_health import RedisUnfit
 from bridge.runtime import Runtime, data_dir, embedded_data, resolve_redis_url
 from bridge.samples import SAMPLES_DIR, SEND_ORDER, sample_types
 from bridge.state import event_views
@@ -48,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print("\n".join(exc.problems), file=sys.stderr)
         return 1
-    except CommandError as exc:
+    except (CommandError, RedisUnfit) as exc:
         print(f"salon-bridge {args.command}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -131,7 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("path", nargs="?", help="config file (default: as for --config)")
     check.add_argument("--config", dest="config_option", help=argparse.SUPPRESS)
     check.add_argument(
-        "--online", action="store_true", help="also reach each destination (Slack, Google, SMTP) and check access"
+        "--online",
+        action="store_true",
+        help="also reach each destination (Slack, Google, SMTP) and Redis (its eviction policy and persistence)",
     )
 
     slack = command(
@@ -286,12 +289,31 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     for name, spec in config.connectors.items():
         if not spec.dry_run and spec.settings is not None:
             problems += _connector_problems(config, name, args.online)
+    if args.online:
+        problems += [f"{path}: redis_url: {problem}" for problem in _redis_problems(config)]
     if problems:
         print("\n".join(problems), file=sys.stderr)
         return 1
-    checked = " (destinations reached)" if args.online else ""
+    checked = " (destinations and Redis reached)" if args.online else ""
     print(f"{path}: OK ({len(config.connectors)} connectors, {len(config.mappings)} mappings){checked}")
     return 0
+
+
+def _redis_problems(config: BridgeConfig) -> list[str]:
+    """check-config --online: the Redis the bridge would use answers and does not evict (read
+    only: nothing is written); its warnings (no persistence, what could not be checked) are printed."""
+    from bridge.queue import connect
+    from bridge.redis_health import inspect
+
+    url = resolve_redis_url(config)
+    try:
+        with connect(url) as redis:
+            health = inspect(redis, probe=False)
+    except RedisError as exc:
+        return [f"cannot reach Redis at {_redacted(url)}: {exc}"]
+    for warning in health.warnings():
+        print(f"warning: Redis at {_redacted(url)}: {warning}")
+    return [f"Redis at {_redacted(url)}: {error}" for error in health.errors()]
 
 
 def cmd_slack_check(args: argparse.Namespace) -> int:
@@ -477,7 +499,7 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 
 def _show_events(rt: Runtime, args: argparse.Namespace) -> int:
-    from bridge.operations import matching_events
+    from bridge.operations import DATA_LOST, matching_events
 
     records = matching_events(rt, args.event_type, args.status, args.limit)
     if not records:
@@ -486,6 +508,8 @@ def _show_events(rt: Runtime, args: argparse.Namespace) -> int:
     for record in records:
         label = event_label(record.envelope)
         print(f"{clock.show(record.received_at)}  {record.id}  {record.type}  tenant={record.tenant_id}{label}")
+        if record.data_lost:
+            print(f"    {record.key}: {DATA_LOST}")
         if not record.actions:
             print("    (no actions yet: queued, or nothing to do)")
         for action_id, state in sorted(record.actions.items()):
@@ -533,15 +557,19 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
 
 
 def _show_dead_letters(rt: Runtime, limit: int) -> int:
+    from bridge.operations import DATA_LOST
+
     letters = rt.store.dead_letters(limit)
     if not letters:
         print("no dead letters")
     clock = Clock(rt.config.model.timezone)
     for record, action_id in letters:
         state = record.actions[action_id]
-        print(f"{clock.show(state.updated_at)}  {record.id}  {record.type}{event_label(record.envelope)}")
+        head = f"{record.id}  {record.type}{event_label(record.envelope)}"
+        print(f"{clock.show(state.updated_at)}  {f'{record.key}  {DATA_LOST}' if record.data_lost else head}")
         print(f"    {action_id} ({state.connector}), {state.attempts} attempt(s): {state.last_error}")
-        print(f"    replay: salon-bridge replay {record.id} --action {action_id}")
+        if not record.data_lost:
+            print(f"    replay: salon-bridge replay {record.id} --action {action_id}")
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -15,14 +16,21 @@ from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue
 
-from bridge.jobs import process_event
-from bridge.queue import CRASH_RETRY, FAILURE_TTL
+from bridge.queue import PROCESS_EVENT, enqueue
 from bridge.state import MEMORY_TYPES
 from bridge.store import EVENTS_INDEX, event_key, record_key, seen_key
 from mappings.config import BridgeConfig
 
 SIGNATURE_HEADER = "X-SalonBookIt-Signature"
 RETRY_AFTER_SECONDS = 30
+# The platform's payloads are 3-4 levels deep; far deeper ones cannot be remembered or rendered.
+MAX_DEPTH = 32
+# Characters an id or tenant cannot carry into Redis keys, RQ job ids, headers and log lines.
+_UNSAFE_IN_ID = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+# A parsed body can hold a lone UTF-16 surrogate only if the raw one has a \uD800-\uDFFF escape or
+# surrogate bytes (json.loads decodes bytes with `surrogatepass`): a cheap test before a walk.
+_MAY_HOLD_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
 
 
 @dataclass
@@ -61,6 +69,10 @@ def envelope_problem(envelope: Any) -> str | None:
         return "field 'id' must be a non-empty string"
     if len(event_id) > 256:
         return "field 'id' is longer than 256 characters"
+    if event_id != event_id.strip():
+        return "field 'id' starts or ends with white space"
+    if _UNSAFE_IN_ID.search(event_id):
+        return "field 'id' contains a control character or a lone UTF-16 surrogate"
     if not isinstance(envelope.get("type"), str) or not envelope["type"]:
         return "field 'type' must be a non-empty string"
     created = envelope.get("created")
@@ -72,9 +84,45 @@ def envelope_problem(envelope: Any) -> str | None:
         return f"field 'created' is not an ISO 8601 date-time: {created[:40]!r}"
     if not isinstance(envelope.get("tenant_id"), str):
         return "field 'tenant_id' must be a string"
+    if _UNSAFE_IN_ID.search(envelope["tenant_id"]):
+        return "field 'tenant_id' contains a control character or a lone UTF-16 surrogate"
     if not isinstance(envelope.get("data"), dict):
         return "field 'data' must be a JSON object"
     return None
+
+
+def too_deep(body: bytes, envelope: Any) -> str | None:
+    """The path of the first value nested deeper than MAX_DEPTH, else None. Only a body with more
+    than MAX_DEPTH brackets can be that deep, so the walk is skipped for every real event."""
+    if body.count(b"{") + body.count(b"[") <= MAX_DEPTH:
+        return None
+    stack: list[tuple[Any, str, int]] = [(envelope, "", 0)]
+    while stack:  # iterative: a recursive walk would fail on the very input it is looking for
+        value, path, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return path
+        children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        for name, child in children:
+            stack.append((child, f"{path}.{name}" if path else str(name), depth + 1))
+    return None
+
+
+def replace_lone_surrogates(value: Any, path: str, replaced: list[str]) -> Any:
+    """`value` with each lone UTF-16 surrogate (half an emoji, cut by the sender) replaced by
+    U+FFFD, which can be stored and sent anywhere; the paths changed are added to `replaced`."""
+    if isinstance(value, str):
+        fixed, count = _LONE_SURROGATE.subn("\ufffd", value)
+        if count:
+            replaced.append(path)
+        return fixed
+    if isinstance(value, list):
+        return [replace_lone_surrogates(item, f"{path}.{i}", replaced) for i, item in enumerate(value)]
+    if isinstance(value, dict):
+        return {
+            replace_lone_surrogates(k, path, replaced): replace_lone_surrogates(v, f"{path}.{k}", replaced)
+            for k, v in value.items()
+        }
+    return value
 
 
 # KEYS[1]: the seen mark. ARGV: now, dedupe window, the commands to run as one MessagePack array of
@@ -114,15 +162,29 @@ class Ingestor:
             envelope = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
             return reject(400, f"body is not valid JSON: {exc}", "bad_json")
+        except RecursionError:
+            return reject(400, f"body is nested deeper than {MAX_DEPTH} levels", "too_deep")
         problem = envelope_problem(envelope)
         if problem:
             return reject(400, problem, "bad_envelope")
+        deep = too_deep(body, envelope)
+        if deep:
+            return reject(400, f"field {deep!r} is nested deeper than {MAX_DEPTH} levels", "too_deep")
+        note = ""
+        if _MAY_HOLD_SURROGATE.search(body):
+            replaced: list[str] = []
+            envelope = replace_lone_surrogates(envelope, "", replaced)
+            if replaced:
+                # What is stored must encode as UTF-8 (Redis, templates, destinations): the body as fixed.
+                body = json.dumps(envelope, ensure_ascii=False).encode()
+                fields = ", ".join(p.lstrip(".") for p in replaced[:5]) + (" ..." if len(replaced) > 5 else "")
+                note = f"a lone UTF-16 surrogate (half a character) was replaced with U+FFFD in {fields}"
 
         ignored = self.ignore_reason(envelope)
         if ignored:
             return Outcome(200, {"received": True, "ignored": ignored}, "ignored", envelope=envelope)
         try:
-            accepted = self.store_and_enqueue(envelope, body)
+            accepted = self.store_and_enqueue(envelope, body, note)
         except RedisError as exc:
             outcome = reject(
                 503, f"cannot store the event right now ({type(exc).__name__}); retry later", "unavailable"
@@ -143,7 +205,7 @@ class Ingestor:
             return f"no mapping handles {envelope['type']!r}"
         return None
 
-    def store_and_enqueue(self, envelope: dict[str, Any], body: bytes) -> bool:
+    def store_and_enqueue(self, envelope: dict[str, Any], body: bytes, note: str = "") -> bool:
         """Atomically, in one round trip: mark the id seen, store the event, enqueue its job.
         False for a duplicate (seen before, or a concurrent delivery won).
 
@@ -155,18 +217,13 @@ class Ingestor:
         now = time.time()
         recorder = self.redis.pipeline(transaction=True)
         recorder.multi()  # RQ expects a pipeline already in MULTI
-        recorder.hset(record_key(key), mapping={"body": body, "received_at": now})
+        fields: dict[str, bytes | str | float] = {"body": body, "received_at": now}
+        if note:
+            fields["note"] = note  # what ingest changed to store the event faithfully
+        recorder.hset(record_key(key), mapping=fields)  # type: ignore[arg-type]
         recorder.expire(record_key(key), int(self.config.model.retention.events))
         recorder.zadd(EVENTS_INDEX, {key: now})
-        self.queue.enqueue_call(
-            process_event,
-            args=[key],
-            job_id=key,
-            retry=CRASH_RETRY,
-            result_ttl=600,
-            failure_ttl=FAILURE_TTL,
-            pipeline=recorder,
-        )
+        enqueue(self.queue, PROCESS_EVENT, key, job_id=key, pipeline=recorder)
         # Numbers as redis-py would send them (repr), so Redis stores the same text.
         commands = [[a if isinstance(a, bytes | str) else repr(a) for a in args] for args, _ in recorder.command_stack]
         recorder.reset()

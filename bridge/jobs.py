@@ -1,4 +1,10 @@
-"""What a worker runs: route an event to its actions, run each, retry or dead-letter it on its own."""
+"""What a worker runs: route an event to its actions, run each, retry or dead-letter it on its own.
+
+Every job ends with an outcome in the event log: each action done, retrying or dead with its
+reason, or, when the event itself could not be processed, the event's own entry (`EVENT_ACTION`)
+dead with the reason. Only a Redis that is away lets an error through, for RQ to run the job
+again; when RQ gives up on a job, `job_gave_up` records that too.
+"""
 
 from __future__ import annotations
 
@@ -6,21 +12,26 @@ import hashlib
 import logging
 import random
 import time
-from collections.abc import Callable
-from datetime import timedelta
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from typing import Any
 
+from redis import Redis
 from redis.client import Pipeline
+from redis.exceptions import RedisError
+from rq.job import Job
+from rq.timeouts import JobTimeoutException
 
-from bridge import metrics
+from bridge import metrics, redis_health
 from bridge import runtime as runtime_module
-from bridge.queue import CRASH_RETRY, FAILURE_TTL
+from bridge.queue import JOB_TIMEOUT, PROCESS_EVENT, RUN_ACTION, enqueue
 from bridge.runtime import Runtime
-from bridge.state import EntityBusy, RedisConnectorStore, primary_entity
+from bridge.state import EntityBusy, RedisConnectorStore, subject_of
 from bridge.store import (
     DEAD,
     DONE,
     DRY_RUN,
+    EVENT_ACTION,
     PENDING,
     RETRYING,
     SENDING,
@@ -28,10 +39,11 @@ from bridge.store import (
     STALE,
     ActionState,
     EventRecord,
+    key_part,
     load_record,
     record_key,
 )
-from connectors.base import ActionRequest, PermanentError, TransientError
+from connectors.base import KINDS, ActionRequest, Entity, PermanentError, Subject, TransientError
 from mappings.config import ActionSpec
 from mappings.routing import plan, render_action
 from mappings.templates import EntityView, MissingDataError, RenderError
@@ -39,45 +51,65 @@ from mappings.templates import EntityView, MissingDataError, RenderError
 log = logging.getLogger("salon_bridge.jobs")
 
 POSSIBLE_DUPLICATES_KEY = "sb:stats:possible_duplicates"
+# The reason when an event's stored body is gone (evicted, or Redis restarted without its data).
+LOST_IN_REDIS = "data lost in Redis: the event's stored body is gone, so it cannot be processed"
 BUSY_DELAY = 2  # seconds before a job whose entity is locked by another worker runs again
 
 
 def process_event(key: str) -> str:
     """Remember what the event says, then make the first attempt of every action it triggers."""
     rt = runtime_module.current()
-    record = rt.store.load(key)
-    if record is None:
-        log.warning("event %s expired before it was processed", key)
-        return "expired"
-    outcomes = []
     try:
+        record = rt.store.load(key)
+        if record is None:
+            log.warning("event %s expired before it was processed", key)
+            return "expired"
+        if record.data_lost:
+            return fail_event(rt, key, EVENT_ACTION, LOST_IN_REDIS)
         with EntityWork(rt, record, remember=True) as work:
-            for planned in plan(rt.config, work.record.envelope, work.context):
-                spec = planned.spec
-                state = work.record.actions.get(spec.id)
-                if state is not None and state.status not in (PENDING, SENDING):
-                    continue  # the ledger: already done, dead, skipped, or scheduled for a retry
-                state = state or ActionState(connector=spec.connector)
-                if planned.skip_reason:
-                    state.status, state.detail = SKIPPED, planned.skip_reason
-                    rt.store.save_action(key, spec.id, state, pipe=work.writes)
-                    metrics.record_action(work.writes, spec.connector, SKIPPED, None)
-                else:
-                    attempt(rt, work, spec, state)
-                outcomes.append(f"{spec.id}={state.status}")
+            outcomes = [f"{action_id}={status}" for action_id, status in _first_attempts(rt, work)]
+            event_state = work.record.actions.get(EVENT_ACTION)
+            if event_state is not None and event_state.status != DONE:  # a replay of an event that had failed
+                event_state.status, event_state.detail = DONE, "processed"
+                rt.store.save_action(key, EVENT_ACTION, event_state, pipe=work.writes)
     except EntityBusy as busy:
-        return _later(rt, process_event, key, busy)
+        return _later(rt, PROCESS_EVENT, key, busy)
+    except RedisError:
+        raise  # Redis is away: RQ runs the job again
+    except Exception as exc:  # noqa: BLE001 - whatever it is, the event gets an outcome
+        return fail_event(rt, key, EVENT_ACTION, exc)
     return ", ".join(outcomes) or "no actions"
+
+
+def _first_attempts(rt: Runtime, work: EntityWork) -> list[tuple[str, str]]:
+    """Run (or skip) each action the event triggers that has not run yet; their statuses."""
+    outcomes = []
+    for planned in plan(rt.config, work.record.envelope, work.context):
+        spec = planned.spec
+        state = work.record.actions.get(spec.id)
+        if state is not None and state.status not in (PENDING, SENDING):
+            continue  # the ledger: already done, dead, skipped, or scheduled for a retry
+        state = state or ActionState(connector=spec.connector)
+        if planned.skip_reason:
+            state.status, state.detail = SKIPPED, planned.skip_reason
+            rt.store.save_action(work.record.key, spec.id, state, pipe=work.writes)
+            metrics.record_action(work.writes, spec.connector, SKIPPED, None)
+        else:
+            attempt(rt, work, spec, state)
+        outcomes.append((spec.id, state.status))
+    return outcomes
 
 
 def run_action(key: str, action_id: str) -> str:
     """A retry (scheduled by `attempt`) or a replay of one action."""
     rt = runtime_module.current()
-    record = rt.store.load(key)
-    if record is None:
-        log.warning("event %s expired before action %s could run again", key, action_id)
-        return "expired"
     try:
+        record = rt.store.load(key)
+        if record is None:
+            log.warning("event %s expired before action %s could run again", key, action_id)
+            return "expired"
+        if record.data_lost:
+            return fail_event(rt, key, action_id, LOST_IN_REDIS)
         with EntityWork(rt, record, remember=False) as work:
             state = work.record.actions.get(action_id)
             if state is None or state.status not in (PENDING, RETRYING, SENDING):
@@ -90,8 +122,42 @@ def run_action(key: str, action_id: str) -> str:
                 return state.status
             attempt(rt, work, spec, state)
     except EntityBusy as busy:
-        return _later(rt, run_action, key, busy, action_id)
+        return _later(rt, RUN_ACTION, key, busy, action_id)
+    except RedisError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        return fail_event(rt, key, action_id, exc)
     return state.status
+
+
+def fail_event(rt: Runtime, key: str, action_id: str, exc: BaseException | str) -> str:
+    """Record that a job could not finish: `action_id` (or the event's own entry) dead with the
+    reason, in the dead letters and the metrics, for `replay` once the cause is fixed. Reads only
+    that action's state: the record as a whole may be what cannot be read."""
+    reason = exc if isinstance(exc, str) else f"could not be processed: {type(exc).__name__}: {exc}"
+    log.error("event %s: %s", key, reason, exc_info=exc if isinstance(exc, BaseException) else None)
+    raw = rt.redis.hget(record_key(key), "a:" + action_id)
+    state = ActionState.from_json(raw) if raw else ActionState(connector="bridge")
+    state.status, state.last_error, state.next_attempt_at = DEAD, reason[:2000], None
+    state.history.append({"at": time.time(), "attempt": state.attempts, "outcome": DEAD, "error": reason[:2000]})
+    pipe = rt.redis.pipeline(transaction=True)
+    rt.store.save_action(key, action_id, state, pipe=pipe)
+    metrics.record_action(pipe, state.connector, DEAD, None)
+    pipe.execute()
+    return f"{action_id}={DEAD}"
+
+
+def job_gave_up(job: Job, connection: Redis, exc_type: type | None, exc: BaseException | None, _tb: object) -> None:
+    """RQ's failure callback: when a job fails for the last time (crashed or its worker killed on
+    every try), its event gets that as its outcome."""
+    if job.retries_left:
+        return  # RQ runs it again
+    rt = runtime_module.current()
+    key, action_id = job.args[0], (job.args[1] if len(job.args) > 1 else EVENT_ACTION)
+    if not rt.redis.exists(record_key(key)):
+        return  # expired: nothing to show it on
+    cause = f"{exc_type.__name__}: {exc}" if exc_type is not None else "unknown"
+    fail_event(rt, key, action_id, f"the worker failed on every try ({cause}); fix the cause, then replay it")
 
 
 class EntityWork:
@@ -110,7 +176,8 @@ class EntityWork:
         self.rt = rt
         self.record = record
         self.remember = remember
-        self.lock = rt.ordering.entity_lock(record.tenant_id, primary_entity(record.envelope))
+        self.subject = subject_of(record.envelope)  # with memory's code and customer name once read
+        self.lock = rt.ordering.entity_lock(self.subject)
         self.writes = rt.redis.pipeline(transaction=True)
         self.context: dict[str, Any] = {}
         self.version = ""
@@ -136,15 +203,16 @@ class EntityWork:
     def _read(self, pipe: Pipeline) -> list[Any]:
         """Queue the reads on `pipe`, send it, keep what was read; returns the answers before the reads."""
         envelope = self.record.envelope
-        keys = self.rt.memory.keys(envelope)
+        keys = self.rt.memory.keys(self.subject)
         for key in keys.values():
             pipe.hgetall(key)
         pipe.hgetall(record_key(self.record.key))
         answers = pipe.execute()
         raw_record, hashes = answers[-1], answers[-1 - len(keys) : -1]
-        if raw_record:
-            self.record = load_record(self.record.key, raw_record)
-        views, self.version = self.rt.memory.read(envelope, dict(zip(keys, hashes, strict=True)))
+        if raw_record:  # the action states, now under the lock; the body was parsed already
+            self.record = load_record(self.record.key, raw_record, envelope)
+        views, self.version = self.rt.memory.read(self.subject, dict(zip(keys, hashes, strict=True)))
+        self.subject = subject_of(envelope, views)
         self.context = template_context(self.rt.config.model.timezone, envelope, views)
         return answers[: -1 - len(keys)]
 
@@ -157,24 +225,30 @@ class EntityWork:
         if self.lock is not None and not answers[-1]:
             raise EntityBusy(f"{self.lock.entity}: its lock expired and another worker took it")
 
+    def entities(self) -> dict[str, Entity | None]:
+        """The merged views as the read-only entities connectors receive."""
+        views = {kind: self.context.get(kind) for kind in KINDS}
+        return {kind: Entity(v.kind, v.entity_id, v) if v is not None else None for kind, v in views.items()}
+
+    def held_during_send(self) -> AbstractContextManager[None]:
+        """The entity stays locked for as long as the connector's call takes."""
+        return self.lock.held_during() if self.lock is not None else nullcontext()
+
     def __exit__(self, *exc: object) -> None:
         if self.lock is not None:
             self.lock.release_on(self.writes)
-        if len(self.writes):
-            self.writes.execute()
+        try:
+            if len(self.writes):
+                self.writes.execute()
+        except Exception:
+            if self.lock is not None:  # the writes failed, the lock must not wait 75 s for that
+                self.lock.release()
+            raise
 
 
-def _later(rt: Runtime, job: Callable[..., str], key: str, busy: EntityBusy, *args: str) -> str:
+def _later(rt: Runtime, job: str, key: str, busy: EntityBusy, *args: str) -> str:
     """Run this job again in a few seconds: the entity is locked by a worker processing another event."""
-    rt.queue.enqueue_in(
-        timedelta(seconds=BUSY_DELAY),
-        job,
-        key,
-        *args,
-        retry=CRASH_RETRY,
-        result_ttl=600,
-        failure_ttl=FAILURE_TTL,
-    )
+    enqueue(rt.queue, job, key, *args, delay=BUSY_DELAY)
     log.info("event %s: %s; trying again in %d s", key, busy, BUSY_DELAY)
     return f"busy, again in {BUSY_DELAY} s"
 
@@ -191,10 +265,44 @@ def template_context(timezone: str, envelope: dict[str, Any], views: dict[str, E
     }
 
 
+@dataclass
+class Failure:
+    """What a failed attempt means: dead now, or retried (after at least `retry_after` seconds,
+    and for data still missing, no later than `retry_by`)."""
+
+    error: str
+    permanent: bool
+    retry_after: float | None = None
+    retry_by: float | None = None  # epoch seconds: the end of retry.wait_for_missing_data
+    unexpected: bool = False  # not one of the errors connectors and templates raise on purpose
+    reason_if_dead: str | None = None  # recorded when no try is left (default: "gave up after ...")
+    maybe_delivered: bool = False  # sent, but the answer never came: the destination may have it
+
+
+def judge(exc: Exception, received_at: float, wait_for_missing_data: float, now: float, lost: str = "") -> Failure:
+    """The verdict on an attempt that raised `exc` (pure: no I/O); `lost`: what Redis lost, if it did."""
+    if isinstance(exc, MissingDataError):
+        # Events arrive out of order, and an earlier one can be held up by a crash: the one carrying
+        # this data may still come, until the end of `retry.wait_for_missing_data`.
+        deadline = received_at + wait_for_missing_data
+        if now >= deadline:
+            return Failure(f"{exc}{lost}", permanent=True)
+        waiting = f"waiting for earlier events: {exc}{lost}"
+        return Failure(waiting, permanent=False, retry_by=deadline, reason_if_dead=f"{exc}{lost}")
+    if isinstance(exc, RenderError | PermanentError):
+        return Failure(str(exc), permanent=True)
+    if isinstance(exc, JobTimeoutException):
+        # Running it again would take as long again, while the event's other actions wait.
+        return Failure(f"took longer than the job's limit of {JOB_TIMEOUT} s; nothing more is tried", permanent=True)
+    if isinstance(exc, TransientError):
+        return Failure(str(exc), permanent=False, retry_after=exc.retry_after, maybe_delivered=exc.maybe_delivered)
+    # A connector bug or an unexpected library error: retried, and logged with its traceback.
+    return Failure(f"unexpected error: {type(exc).__name__}: {exc}", permanent=False, unexpected=True)
+
+
 def attempt(rt: Runtime, work: EntityWork, spec: ActionSpec, state: ActionState) -> None:
     """Run one action once and record the outcome (on `work.writes`); schedule the next try on a
-    transient error. Actions that sync an entity's state to an external object skip an event that
-    brings nothing new since the object's last write (`work.version`)."""
+    transient error."""
     record = work.record
     if state.status == SENDING:
         # A previous attempt died between sending and recording: the destination may have it.
@@ -205,79 +313,30 @@ def attempt(rt: Runtime, work: EntityWork, spec: ActionSpec, state: ActionState)
     state.connector = spec.connector
     started = time.monotonic()
     error: str | None = None
-    missing_data = ""  # what a template needed from an event not received yet
-    retry_after: float | None = None
-    target = _sync_target(spec, record)
     try:
-        fields = render_action(spec, work.context)
-        state.rendered = fields
-        if target and not state.forced and rt.ordering.is_synced(target, work.version):
-            state.status = STALE
-            state.detail = f"stale: {target} already has everything known up to this event (version {work.version})"
-        elif rt.dry_run or rt.config.connectors[spec.connector].dry_run:
-            state.status, state.detail = DRY_RUN, "would send (dry run): nothing left the machine"
-        else:
-            connector = rt.connector(spec.connector)
-            state.status = SENDING
-            rt.store.save_action(record.key, spec.id, state, pipe=work.writes)
-            work.before_send()
-            request = ActionRequest(
-                action=spec.action,
-                fields=fields,
-                event_id=record.id,
-                event_type=record.type,
-                event_created=str(record.envelope["created"]),
-                tenant_id=record.tenant_id,
-                action_id=spec.id,
-                context=work.context,
-                store=RedisConnectorStore(rt.redis, spec.connector),
-                forced=state.forced,
-            )
-            result = connector.send(request)
-            state.status, state.detail, state.last_error, state.forced = DONE, result.detail, "", False
-            if target:
-                rt.ordering.mark_synced_on(work.writes, target, work.version)
+        _run(rt, work, spec, state)
     except EntityBusy:
         # Nothing was sent: the action is as it was, for the job that runs again.
         state.status, state.attempts = status_before, state.attempts - 1
         rt.store.save_action(record.key, spec.id, state, pipe=work.writes)
         raise
-    except MissingDataError as exc:
-        # Events arrive out of order, and an earlier one can be held up by a crash: the one carrying
-        # this data may still come. Retried on the schedule for `retry.wait_for_missing_data`.
-        missing_data = str(exc)
-        if time.time() - record.received_at < rt.config.model.retry.wait_for_missing_data:
-            error = f"waiting for earlier events: {exc}"
-        else:
-            state.status, error = DEAD, missing_data
-    except (RenderError, PermanentError) as exc:
-        state.status, error = DEAD, str(exc)
-    except TransientError as exc:
-        error, retry_after = str(exc), exc.retry_after
-    except Exception as exc:  # a connector bug or an unexpected library error: retry, but say so
-        log.exception("unexpected error in %s for event %s", spec.id, record.id)
-        error = f"unexpected error: {type(exc).__name__}: {exc}"
-    duration = time.monotonic() - started
-
-    if error is not None and state.status != DEAD:
-        delay = next_delay(rt, state.attempts, retry_after)
-        if delay is None:
-            state.status = DEAD
-            error = missing_data or f"gave up after {state.attempts} attempts; last error: {error}"
-        else:
-            state.status = RETRYING
-            state.next_attempt_at = time.time() + delay
-            rt.queue.enqueue_in(
-                timedelta(seconds=delay),
-                run_action,
-                record.key,
+    except Exception as exc:  # noqa: BLE001 - judged below; nothing escapes unrecorded
+        # Data missing after Redis lost data: say so rather than blame the platform (one GET, only then).
+        lost = redis_health.data_loss_note(rt.redis, record.received_at) if isinstance(exc, MissingDataError) else ""
+        failure = judge(exc, record.received_at, rt.config.model.retry.wait_for_missing_data, time.time(), lost)
+        if failure.unexpected:
+            log.exception("unexpected error in %s for event %s", spec.id, record.id)
+        if failure.maybe_delivered:
+            # Counted now, whether the retry finds it done, sends it again or the action dies.
+            work.writes.incr(POSSIBLE_DUPLICATES_KEY)
+            log.warning(
+                "possible duplicate: event=%s action=%s was sent but not answered: %s",
+                record.id,
                 spec.id,
-                job_id=retry_job_id(record.key, spec.id, state.attempts),
-                retry=CRASH_RETRY,
-                result_ttl=600,
-                failure_ttl=FAILURE_TTL,
-                pipeline=work.writes,
+                failure.error,
             )
+        error = _after_failure(rt, work, spec, state, failure)
+    duration = time.monotonic() - started
     if state.status != RETRYING:
         state.next_attempt_at = None
     if error is not None:
@@ -296,12 +355,71 @@ def attempt(rt: Runtime, work: EntityWork, spec: ActionSpec, state: ActionState)
     log_attempt(record, spec, state, duration, error)
 
 
-def _sync_target(spec: ActionSpec, record: EventRecord) -> str | None:
+def _run(rt: Runtime, work: EntityWork, spec: ActionSpec, state: ActionState) -> None:
+    """Render the action and hand it to its connector; sets the state of a success. Actions that
+    sync an entity's state to an external object skip an event that brings nothing new since the
+    object's last write (`work.version`)."""
+    record = work.record
+    target = _sync_target(spec, work.subject)
+    fields = render_action(spec, work.context)
+    state.rendered = fields
+    if target and not state.forced and rt.ordering.is_synced(target, work.version):
+        state.status = STALE
+        state.detail = f"stale: {target} already has everything known up to this event (version {work.version})"
+        return
+    if rt.dry_run or rt.config.connectors[spec.connector].dry_run:
+        state.status, state.detail = DRY_RUN, "would send (dry run): nothing left the machine"
+        return
+    connector = rt.connector(spec.connector)
+    state.status = SENDING
+    rt.store.save_action(record.key, spec.id, state, pipe=work.writes)
+    work.before_send()
+    request = ActionRequest(
+        action=spec.action,
+        fields=fields,
+        event_id=record.id,
+        event_type=record.type,
+        event_created=str(record.envelope["created"]),
+        tenant_id=record.tenant_id,
+        action_id=spec.id,
+        context=work.context,
+        store=RedisConnectorStore(rt.redis, spec.connector),
+        forced=state.forced,
+        subject=work.subject,
+        **work.entities(),
+        timezone=rt.config.model.timezone,
+    )
+    with work.held_during_send():
+        result = connector.send(request)
+    state.status, state.detail, state.last_error, state.forced = DONE, result.detail, "", False
+    if target:
+        rt.ordering.mark_synced_on(work.writes, target, work.version)
+
+
+def _after_failure(rt: Runtime, work: EntityWork, spec: ActionSpec, state: ActionState, failure: Failure) -> str:
+    """Dead-letter the action or schedule its next try (on `work.writes`); the error to record."""
+    delay = None if failure.permanent else next_delay(rt, state.attempts, failure.retry_after)
+    if delay is not None and failure.retry_by is not None:
+        # The last try is at the end of the wait, not a schedule step beyond it.
+        delay = min(delay, failure.retry_by - time.time())
+    if delay is None or delay < 0:
+        state.status = DEAD
+        if failure.permanent:
+            return failure.error
+        return failure.reason_if_dead or f"gave up after {state.attempts} attempts; last error: {failure.error}"
+    state.status = RETRYING
+    state.next_attempt_at = time.time() + delay
+    job_id = retry_job_id(work.record.key, spec.id, state.attempts)
+    enqueue(rt.queue, RUN_ACTION, work.record.key, spec.id, job_id=job_id, delay=delay, pipeline=work.writes)
+    return failure.error
+
+
+def _sync_target(spec: ActionSpec, subject: Subject) -> str | None:
     """The external object a state-syncing action writes (per connector and entity), else None."""
-    entity = primary_entity(record.envelope)
+    entity = subject.primary
     if not type(spec.fields).syncs_state or entity is None:
         return None
-    return f"{spec.connector}:{record.tenant_id}:{entity[0]}:{entity[1]}"
+    return f"{spec.connector}:{key_part(subject.tenant)}:{entity[0]}:{key_part(entity[1])}"
 
 
 def next_delay(rt: Runtime, attempts: int, retry_after: float | None) -> float | None:

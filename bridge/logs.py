@@ -81,6 +81,9 @@ def config_secrets(config: Any) -> list[Any]:
     return [value for value in found if value]
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")
+
+
 def mask(text: str) -> str:
     """The text with credentials replaced by *** and e-mail addresses and phone numbers shortened."""
     for secret in sorted(_known_secrets, key=len, reverse=True):
@@ -131,9 +134,21 @@ def fields_of(message: str) -> dict[str, Any]:
     return found
 
 
+def escape_controls(text: str) -> str:
+    """Control characters as escapes (`\\n`), so a value from an event cannot start a log line of its own."""
+    if not _CONTROL.search(text):
+        return text
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
+
+
 class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__(TEXT_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        # The message is escaped; a traceback, added after it, keeps its lines.
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
 
     def format(self, record: logging.LogRecord) -> str:
         return mask(super().format(record))

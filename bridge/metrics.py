@@ -32,6 +32,7 @@ from rq.job import Job
 from rq.utils import str_to_date
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
+from bridge import redis_health
 from bridge.logs import mask
 from bridge.store import DEAD, DEAD_INDEX, DONE, EVENTS_INDEX, PREFIX, RETRYING, text
 
@@ -127,13 +128,18 @@ class Readiness:
 
 
 def readiness(redis: Redis, queue: Queue, max_queue_age: float) -> Readiness:
-    """Ready: Redis answers, a worker is alive, and the oldest queued job is younger than the limit."""
+    """Ready: Redis answers and takes writes (a webhook would be accepted), does not evict, a
+    worker is alive, and the oldest queued job is younger than the limit. A Redis without
+    persistence is a warning: webhooks are accepted, but a restart of Redis would lose them."""
     try:
-        redis.ping()
+        health = redis_health.inspect(redis, probe=True)
         status = queue_status(queue)
     except RedisError as exc:
         return Readiness(False, [mask(f"Redis does not answer ({type(exc).__name__}: {exc})")], {"redis": False})
-    problems = []
+    problems = health.errors()
+    full = health.full()
+    if full:
+        problems.append(full)
     if status.workers == 0:
         problems.append("no worker is alive: start one with `salon-bridge worker` (or use `salon-bridge up`)")
     if status.oldest_age is not None and status.oldest_age > max_queue_age:
@@ -143,6 +149,8 @@ def readiness(redis: Redis, queue: Queue, max_queue_age: float) -> Readiness:
         )
     checks = {
         "redis": True,
+        **health.details(),
+        "warnings": health.warnings(),
         "workers": status.workers,
         "queue_depth": status.depth,
         "oldest_job_age_seconds": None if status.oldest_age is None else round(status.oldest_age, 1),

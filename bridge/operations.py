@@ -6,11 +6,22 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from bridge.jobs import process_event, run_action, template_context
-from bridge.queue import CRASH_RETRY, FAILURE_TTL
+from bridge.jobs import template_context
+from bridge.queue import PROCESS_EVENT, RUN_ACTION, enqueue
 from bridge.runtime import Runtime
-from bridge.state import event_views
-from bridge.store import DEAD, DONE, DRY_RUN, PENDING, SENDING, SKIPPED, STALE, ActionState, EventRecord
+from bridge.state import event_views, subject_of
+from bridge.store import (
+    DEAD,
+    DONE,
+    DRY_RUN,
+    EVENT_ACTION,
+    PENDING,
+    SENDING,
+    SKIPPED,
+    STALE,
+    ActionState,
+    EventRecord,
+)
 from mappings.routing import plan
 from mappings.templates import EntityView
 
@@ -19,6 +30,13 @@ from mappings.templates import EntityView
 REPLAYABLE = {DEAD, PENDING, SENDING}
 # With force, also what already ran; a skipped action only when its `when:` is true now.
 REPLAYABLE_WITH_FORCE = REPLAYABLE | {DONE, DRY_RUN, SKIPPED, STALE}
+# A record with action states but no body: Redis lost it (evicted it, or restarted empty) while a
+# job was running, and that job wrote its action's state back (bridge.store.EventRecord.data_lost).
+DATA_LOST = (
+    "data lost in Redis: the event itself is gone (Redis evicted it or restarted empty while it was being "
+    "processed); only what its actions did is left, so it cannot be run again: ask SalonBookIt to send it "
+    "again, or do by hand what it should have done"
+)
 
 
 class ReplayError(Exception):
@@ -38,11 +56,11 @@ def replay(rt: Runtime, event_id: str, action: str | None = None, force: bool = 
     record = rt.store.find(event_id)
     if record is None:
         raise ReplayError(f"event {event_id!r} is not in the event log (unknown, or older than the retention)")
+    if record.data_lost:
+        raise ReplayError(f"event {event_id!r}: {DATA_LOST}")
     if not record.actions and action is None:
         # Never processed (its job was lost or given up on by RQ): route the whole event again.
-        rt.queue.enqueue_call(
-            process_event, args=[record.key], retry=CRASH_RETRY, result_ttl=600, failure_ttl=FAILURE_TTL
-        )
+        enqueue(rt.queue, PROCESS_EVENT, record.key)
         return Replayed(event_id, ["(every action of the event)"])
     eligible = REPLAYABLE_WITH_FORCE if force else REPLAYABLE
     if action is not None and action not in record.actions:
@@ -64,15 +82,11 @@ def replay(rt: Runtime, event_id: str, action: str | None = None, force: bool = 
         state.forced = force and state.status != DEAD
         state.status, state.attempts, state.last_error, state.next_attempt_at = PENDING, 0, "", None
         rt.store.save_action(record.key, action_id, state, pipe=pipe)
-        rt.queue.enqueue_call(
-            run_action,
-            args=[record.key, action_id],
-            job_id=_replay_job_id(record, action_id, len(state.history)),
-            retry=CRASH_RETRY,
-            result_ttl=600,
-            failure_ttl=FAILURE_TTL,
-            pipeline=pipe,
-        )
+        job_id = _replay_job_id(record, action_id, len(state.history))
+        if action_id == EVENT_ACTION:  # the event itself had failed: route it again, whole
+            enqueue(rt.queue, PROCESS_EVENT, record.key, job_id=job_id, pipeline=pipe)
+        else:
+            enqueue(rt.queue, RUN_ACTION, record.key, action_id, job_id=job_id, pipeline=pipe)
     pipe.execute()
     left = {a: still_skipped[a] for a, s in candidates if s.status == SKIPPED and a in still_skipped}
     return Replayed(event_id, [a for a, _ in chosen], left)
@@ -86,13 +100,13 @@ def _still_skipped(rt: Runtime, record: EventRecord) -> dict[str, str]:
 
 def current_context(rt: Runtime, envelope: dict[str, Any]) -> dict[str, Any]:
     """What templates would see for the event now: entity memory read, nothing written."""
-    return template_context(rt.config.model.timezone, envelope, rt.memory.views(envelope))
+    return template_context(rt.config.model.timezone, envelope, rt.memory.views(subject_of(envelope)))
 
 
 def simulated_context(rt: Runtime, envelope: dict[str, Any]) -> dict[str, Any]:
     """What templates would see if the event arrived now: entity memory (read, nothing written)
     with the event's own facts merged on top, as a worker merges them before routing."""
-    remembered = rt.memory.views(envelope)
+    remembered = rt.memory.views(subject_of(envelope))
     views: dict[str, EntityView | None] = {}
     for kind, own in event_views(envelope).items():
         known = remembered.get(kind)

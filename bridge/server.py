@@ -72,7 +72,18 @@ def web_app() -> Any:
     return create_app(config)
 
 
+def check_redis_at_start(config: BridgeConfig) -> None:
+    """Refuse an evicting Redis, warn about one without persistence (bridge.redis_health)."""
+    from bridge.queue import connect
+    from bridge.redis_health import check_at_start
+    from bridge.runtime import resolve_redis_url
+
+    with connect(resolve_redis_url(config)) as redis:
+        check_at_start(redis, logging.getLogger("salon_bridge.web"))
+
+
 def serve(config: BridgeConfig, host: str = "127.0.0.1", port: int = 8000, workers: int = 2, threads: int = 4) -> None:
+    check_redis_at_start(config)
     prepare_metrics_dir()
     os.environ[CONFIG_PATH_ENV] = str(Path(config.path).resolve())
     os.environ[LOG_LEVEL_ENV] = logging.getLevelName(logging.getLogger().level).lower()

@@ -2,30 +2,37 @@
 customer (entity memory), which event was last applied to an external object (ordering), the
 per-entity lock, and the connectors' own key-value stores.
 
-Entity memory: one hash per (tenant, kind, id) at `sb:mem:<tenant>:<kind>:<id>`. Nested objects
-are flattened to dotted fields (`cliente.nombre`); each field keeps the `created` time of the
-event that set it (`~cliente.nombre`) and only a newer event overwrites it, atomically (Lua).
+Entity memory: one hash per (tenant, kind, id) at `sb:mem:<tenant>:<kind>:<id>` (each part
+escaped by `key_part`). Nested objects are flattened to dotted fields (`cliente.nombre`); each
+field keeps the `created` time of the event that set it (`~cliente.nombre`) and only a newer event
+overwrites it, atomically (Lua). Fields starting with `~` are memory's own bookkeeping: a data
+field that would start with `~` or `\\` is stored with a `\\` in front, so event data never
+reaches them.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 from redis import Redis
 from redis.client import Pipeline
 
-from bridge.store import PREFIX, text
+from bridge.store import PREFIX, key_part, text
+from connectors.base import KINDS, Subject
 from mappings.templates import EntityView
 
-KINDS = ("booking", "order", "customer")
-# Seconds an entity lock lives without renewal: longer than one action (connector timeouts are
-# at most 60 s), short enough that a killed worker's lock frees the entity soon.
+# Seconds an entity lock lives without renewal: short enough that a killed worker's lock frees the
+# entity soon. A connector call can take longer (timeouts up to 120 s, several calls in a row), so
+# the lock is renewed while a call is in flight (`EntityLock.held_during`).
 LOCK_TIMEOUT = 75
+VERSION_FIELD = "~~version"
 
 # Event types accepted for memory even when no mapping acts on them (so later events can use them).
 MEMORY_TYPES = frozenset(
@@ -98,14 +105,28 @@ def event_views(envelope: dict[str, Any]) -> dict[str, EntityView | None]:
     return views
 
 
-def primary_entity(envelope: dict[str, Any]) -> tuple[str, str] | None:
-    """The entity whose external objects an event may write: its booking, else order, else customer."""
+def subject_of(envelope: dict[str, Any], views: dict[str, EntityView | None] | None = None) -> Subject:
+    """What the event is about (see `Subject`); `views` (memory) fill in a code or a customer's
+    name the event itself does not carry (a `booking.no_show` has neither)."""
     parts = entity_parts(envelope)
-    for kind in KINDS:
-        for part_kind, obj in parts:
-            if part_kind == kind:
-                return kind, str(obj["id"])
-    return None
+    ids: dict[str, str] = {}
+    for kind, obj in parts:
+        ids.setdefault(kind, str(obj["id"]))
+    entities = tuple((kind, ids[kind]) for kind in KINDS if kind in ids)
+    if not entities:
+        return Subject(str(envelope.get("tenant_id", "")))
+    kind = entities[0][0]
+    known = [obj for k, obj in parts if k == kind] + [dict((views or {}).get(kind) or {})]
+    code = next((str(o[Subject.code_field(kind)]) for o in known if o.get(Subject.code_field(kind))), "")
+    people: list[Any] = [obj for k, obj in parts if k == "customer"] + [(views or {}).get("customer")]
+    people += [o.get("cliente") for o in known]
+    name = next((str(p["nombre"]) for p in people if isinstance(p, dict) and p.get("nombre")), "")
+    return Subject(str(envelope.get("tenant_id", "")), entities, code, name)
+
+
+def _data_field(name: str) -> str:
+    """The hash field of a flattened data name: never one of memory's own `~` fields."""
+    return "\\" + name if name[:1] in ("~", "\\") else name
 
 
 def _flatten(obj: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -140,7 +161,7 @@ class EntityMemory:
         self.ttl = int(ttl)
 
     def key(self, tenant: str, kind: str, entity_id: str) -> str:
-        return f"{PREFIX}mem:{tenant}:{kind}:{entity_id}"
+        return f"{PREFIX}mem:{key_part(tenant)}:{kind}:{key_part(entity_id)}"
 
     def remember_on(self, pipe: Pipeline, envelope: dict[str, Any]) -> None:
         """Queue the merge of what the event says; each field keeps the newest event's value."""
@@ -148,7 +169,7 @@ class EntityMemory:
         for kind, obj in entity_parts(envelope):
             args: list[str] = [created, str(self.ttl)]
             for name, value in _flatten(obj):
-                args += [name, json.dumps(value, ensure_ascii=False)]
+                args += [_data_field(name), json.dumps(value, ensure_ascii=False)]
             # EVAL, not EVALSHA: Redis caches the compiled script by its hash anyway, and a
             # restarted Redis that forgot its scripts cannot fail the pipeline with NOSCRIPT.
             pipe.eval(_MERGE, 1, self.key(envelope["tenant_id"], kind, str(obj["id"])), *args)
@@ -158,26 +179,19 @@ class EntityMemory:
         self.remember_on(pipe, envelope)
         pipe.execute()
 
-    def keys(self, envelope: dict[str, Any]) -> dict[str, str]:
+    def keys(self, subject: Subject) -> dict[str, str]:
         """The memory key of each kind of entity the event names (its first of each kind)."""
-        keys: dict[str, str] = {}
-        for kind, obj in entity_parts(envelope):
-            keys.setdefault(kind, self.key(envelope["tenant_id"], kind, str(obj["id"])))
-        return keys
+        return {kind: self.key(subject.tenant, kind, entity_id) for kind, entity_id in subject.entities}
 
-    def read(
-        self, envelope: dict[str, Any], hashes: dict[str, dict[bytes, bytes]]
-    ) -> tuple[dict[str, EntityView | None], str]:
+    def read(self, subject: Subject, hashes: dict[str, dict[bytes, bytes]]) -> tuple[dict[str, EntityView | None], str]:
         """The merged `booking`, `order` and `customer` views the event refers to (None when it
         refers to none), and the version of what is known of its primary entity and that entity's
         customer (it changes whenever memory learns something new about either).
 
-        `hashes`: HGETALL of `keys(envelope)`, by kind. A customer the event does not name but
+        `hashes`: HGETALL of `keys(subject)`, by kind. A customer the event does not name but
         memory knows (a booking's `cliente.id`) is read here: one more round trip."""
-        tenant = envelope["tenant_id"]
-        ids: dict[str, str] = {}
-        for kind, obj in entity_parts(envelope):
-            ids.setdefault(kind, str(obj["id"]))
+        tenant = subject.tenant
+        ids = dict(subject.entities)
         merged: dict[str, dict[str, Any] | None] = {kind: _fields(hashes.get(kind)) for kind in ("booking", "order")}
         hashes = dict(hashes)
         if "customer" not in ids:
@@ -197,31 +211,31 @@ class EntityMemory:
                     view["cliente"] = {**cliente, **customer}
         merged["customer"] = customer
         views = {kind: EntityView(data, kind, ids[kind]) if data else None for kind, data in merged.items()}
-        return views, self._version(envelope, hashes, ids.get("customer"))
+        return views, self._version(subject, hashes, ids.get("customer"))
 
-    def _version(self, envelope: dict[str, Any], hashes: dict[str, dict[bytes, bytes]], customer_id: str | None) -> str:
-        entity = primary_entity(envelope)
+    def _version(self, subject: Subject, hashes: dict[str, dict[bytes, bytes]], customer_id: str | None) -> str:
+        entity = subject.primary
         if entity is None:
             return ""
         own = hashes.get(entity[0]) or {}
-        versions = [text(own.get(b"~~version", b"0"))]
+        versions = [text(own.get(VERSION_FIELD.encode(), b"0"))]
         own_customer = own.get(b"cliente.id")
         if own_customer is not None and entity[0] != "customer":
             own_customer_id = text(json.loads(own_customer))
             if own_customer_id == customer_id:
                 customer = hashes.get("customer") or {}
             else:  # memory's customer differs from the one the event names
-                customer = self._hgetall(self.key(envelope["tenant_id"], "customer", own_customer_id))
-            versions.append(text(customer.get(b"~~version", b"0")))
+                customer = self._hgetall(self.key(subject.tenant, "customer", own_customer_id))
+            versions.append(text(customer.get(VERSION_FIELD.encode(), b"0")))
         return ".".join(versions)
 
-    def views(self, envelope: dict[str, Any]) -> dict[str, EntityView | None]:
+    def views(self, subject: Subject) -> dict[str, EntityView | None]:
         """The views alone, read in one round trip (two when the customer is known only through memory)."""
-        keys = self.keys(envelope)
+        keys = self.keys(subject)
         pipe = self.redis.pipeline(transaction=False)
         for key in keys.values():
             pipe.hgetall(key)
-        return self.read(envelope, dict(zip(keys, pipe.execute(), strict=True)))[0]
+        return self.read(subject, dict(zip(keys, pipe.execute(), strict=True)))[0]
 
     def load(self, tenant: str, kind: str, entity_id: str) -> dict[str, Any] | None:
         return _fields(self._hgetall(self.key(tenant, kind, entity_id)))
@@ -234,7 +248,8 @@ def _fields(raw: dict[bytes, bytes] | None) -> dict[str, Any] | None:
     """A memory hash as the nested object it was flattened from (None when empty)."""
     if not raw:
         return None
-    return _unflatten({k.decode(): json.loads(v) for k, v in raw.items() if not k.startswith(b"~")})
+    fields = {k.decode(): json.loads(v) for k, v in raw.items() if not k.startswith(b"~")}
+    return _unflatten({k[1:] if k.startswith("\\") else k: v for k, v in fields.items()})
 
 
 class EntityBusy(Exception):
@@ -251,11 +266,30 @@ return 1
 """
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
+# Versions are dotted counters ("3", "3.1": the entity's, then its customer's), compared part by
+# part as numbers: set the mark unless it already holds a newer version.
+_MARK_SYNCED = """
+local old = redis.call('get', KEYS[1])
+if old then
+  local a, b = {}, {}
+  for n in string.gmatch(old, '[^.]+') do a[#a + 1] = tonumber(n) or 0 end
+  for n in string.gmatch(ARGV[1], '[^.]+') do b[#b + 1] = tonumber(n) or 0 end
+  for i = 1, math.max(#a, #b) do
+    local x, y = a[i] or -1, b[i] or -1
+    if x > y then return 0 end
+    if x < y then break end
+  end
+end
+redis.call('set', KEYS[1], ARGV[1], 'ex', ARGV[2])
+return 1
+"""
+
 
 class EntityLock:
     """The lock that keeps two workers from writing one entity's external objects at the same
-    time. It expires by itself when its worker dies, so the holder renews it before each action
-    and it only has to outlive one. Each step is queued on a pipeline the job sends anyway."""
+    time. It expires by itself when its worker dies, so the holder renews it before each action,
+    and while a connector call is in flight. Each step before and after a call is queued on a
+    pipeline the job sends anyway."""
 
     def __init__(self, redis: Redis, name: str, entity: str, timeout: float = LOCK_TIMEOUT):
         self.redis = redis
@@ -283,6 +317,29 @@ class EntityLock:
     def release_on(self, pipe: Pipeline) -> None:
         pipe.eval(_RELEASE, 1, self.name, self.token)
 
+    @contextmanager
+    def held_during(self) -> Iterator[None]:
+        """Keep the lock while the block runs (a connector call may outlast LOCK_TIMEOUT): a
+        thread renews it every third of its lifetime. It stops renewing when another worker
+        has the lock; the job finds that out at its next `before_send`."""
+        done = threading.Event()
+
+        def renew() -> None:
+            while not done.wait(self.timeout_ms / 3000):
+                try:
+                    if not self.redis.eval(_RENEW, 1, self.name, self.token, self.timeout_ms):
+                        return
+                except Exception:  # noqa: BLE001 - Redis away for a moment: try again at the next tick
+                    continue
+
+        renewer = threading.Thread(target=renew, name=f"lock {self.entity}", daemon=True)
+        renewer.start()
+        try:
+            yield
+        finally:
+            done.set()
+            renewer.join()
+
     def release(self) -> None:
         pipe = self.redis.pipeline(transaction=False)
         self.release_on(pipe)
@@ -297,12 +354,12 @@ class Ordering:
         self.ttl = int(ttl)
         self.lock_timeout = lock_timeout
 
-    def entity_lock(self, tenant: str, entity: tuple[str, str] | None) -> EntityLock | None:
+    def entity_lock(self, subject: Subject) -> EntityLock | None:
         """The lock of the entity an event may write (None when it names no entity)."""
-        if entity is None:
+        if subject.primary is None:
             return None
-        kind, entity_id = entity
-        name = f"{PREFIX}lock:{tenant}:{kind}:{entity_id}"
+        kind, entity_id = subject.primary
+        name = f"{PREFIX}lock:{key_part(subject.tenant)}:{kind}:{key_part(entity_id)}"
         return EntityLock(self.redis, name, f"{kind} {entity_id}", self.lock_timeout)
 
     def is_synced(self, target: str, version: str) -> bool:
@@ -311,7 +368,9 @@ class Ordering:
         return value is not None and text(value) == version
 
     def mark_synced_on(self, pipe: Pipeline, target: str, version: str) -> None:
-        pipe.set(f"{PREFIX}synced:{target}", version, ex=self.ttl)
+        """Queue the mark; it never moves back to an older version (a late job that somehow ran
+        with older data must not make the next event look new or old again)."""
+        pipe.eval(_MARK_SYNCED, 1, f"{PREFIX}synced:{target}", version, self.ttl)
 
 
 class RedisConnectorStore:

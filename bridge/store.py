@@ -22,7 +22,7 @@ from redis.client import Pipeline
 PREFIX = "sb:"
 EVENTS_INDEX = PREFIX + "events"
 DEAD_INDEX = PREFIX + "dead"
-_SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
+_SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
 
 # Action statuses, as shown to people.
 PENDING = "pending"
@@ -34,6 +34,9 @@ DRY_RUN = "dry-run"
 SKIPPED = "skipped"  # the mapping's condition was false
 STALE = "stale"  # the external object already has everything known up to this event
 STATUSES = [PENDING, SENDING, RETRYING, DONE, DEAD, DRY_RUN, SKIPPED, STALE]
+# The entry under which an event that could not be processed at all is recorded, as an action
+# would be (shown, dead-lettered, replayed). Action ids always hold a `/`; this one cannot clash.
+EVENT_ACTION = "(event)"
 
 
 def text(value: Any) -> str:
@@ -43,9 +46,15 @@ def text(value: Any) -> str:
 
 def event_key(event_id: str) -> str:
     """A Redis- and RQ-safe key for a platform event id (RQ job ids allow [A-Za-z0-9_-] only)."""
-    if _SAFE_ID.match(event_id):
+    if _SAFE_ID.fullmatch(event_id):
         return "e-" + event_id
     return "h-" + hashlib.sha256(event_id.encode()).hexdigest()[:40]
+
+
+def key_part(value: str) -> str:
+    """One part of a `:`-joined key, escaped so that distinct parts never join into the same key
+    (tenant `acme` + id `booking:1` against tenant `acme:booking` + id `1`). Plain ids are unchanged."""
+    return value.replace("%", "%25").replace(":", "%3A")
 
 
 def seen_key(key: str) -> str:
@@ -89,6 +98,8 @@ class EventRecord:
     envelope: dict[str, Any]
     received_at: float
     actions: dict[str, ActionState]
+    note: str = ""  # what ingest had to change to store the event (e.g. a replaced lone surrogate)
+    data_lost: bool = False  # the body is gone (evicted, or Redis restarted mid-action): only action states remain
 
     @property
     def id(self) -> str:
@@ -153,8 +164,10 @@ class EventStore:
     def trim(self, now: float | None = None) -> None:
         """Forget index entries older than the retention (the records themselves expire by TTL)."""
         now = time.time() if now is None else now
-        self.redis.zremrangebyscore(EVENTS_INDEX, 0, now - self.retention)
-        self.redis.zremrangebyscore(DEAD_INDEX, 0, now - self.dead_retention)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zremrangebyscore(EVENTS_INDEX, 0, now - self.retention)
+        pipe.zremrangebyscore(DEAD_INDEX, 0, now - self.dead_retention)
+        pipe.execute()
 
     def load_many(self, keys: list[str], index: str | None = None) -> list[EventRecord]:
         """Records by key in one round trip; keys whose record expired are dropped from `index`."""
@@ -172,11 +185,15 @@ class EventStore:
         return records
 
 
-def load_record(key: str, raw: dict[bytes, bytes]) -> EventRecord:
+def load_record(key: str, raw: dict[bytes, bytes], envelope: dict[str, Any] | None = None) -> EventRecord:
+    """The record from its hash; `envelope` when the body was parsed already (it never changes)."""
     actions = {name.decode()[2:]: ActionState.from_json(value) for name, value in raw.items() if name.startswith(b"a:")}
+    body = raw.get(b"body")
     return EventRecord(
         key=key,
-        envelope=json.loads(raw[b"body"]),
+        envelope=envelope if envelope is not None else json.loads(body) if body is not None else {},
         received_at=float(raw.get(b"received_at", b"0")),
         actions=actions,
+        note=text(raw.get(b"note", b"")),
+        data_lost=body is None,
     )

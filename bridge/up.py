@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import logging
 import os
 import secrets
 import shutil
@@ -20,11 +21,14 @@ from pathlib import Path
 from redis import Redis
 from redis.exceptions import RedisError
 
+from bridge import redis_health
+from bridge.queue import connect
 from bridge.runtime import resolve_redis_url
 from mappings.config import BridgeConfig
 
 STOP_GRACE_SECONDS = 8
 RESTART_BACKOFF_SECONDS = 2.0
+REDIS_WAIT_SECONDS = 10.0  # between restarts of a child that keeps exiting while Redis is down or full
 _PR_SET_PDEATHSIG = 1
 
 
@@ -153,6 +157,7 @@ class Up:
         self.dry_run = dry_run
         self.embedded: EmbeddedRedis | None = None
         self.children: list[Child] = []
+        self.redis_url_in_use = ""
         self._stopping = False
         self.gave_up = False  # a child kept exiting: `up` ends with status 1
 
@@ -164,9 +169,11 @@ class Up:
         return self.embedded.url
 
     def run(self) -> int:
-        redis_url = self.redis_url()
+        redis_url = self.redis_url_in_use = self.redis_url()
+        self._check_redis(redis_url)
         env = {
             **os.environ,
+            redis_health.CHECKED_ENV: "1",  # checked here once: the processes do not repeat the warnings
             "REDIS_URL": redis_url,
             "SALON_BRIDGE_CONFIG": self.config.path,
             "SALON_BRIDGE_DATA_DIR": str(self.data_dir),
@@ -190,6 +197,16 @@ class Up:
             self.stop()
         return 1 if self.gave_up else 0
 
+    def _check_redis(self, redis_url: str) -> None:
+        """Refuse an evicting Redis and warn about one without persistence, before anything starts."""
+        with connect(redis_url) as redis:
+            try:
+                redis_health.check_at_start(redis, logging.getLogger("salon_bridge.up"))
+            except redis_health.RedisUnfit as exc:
+                if self.embedded is not None:
+                    self.embedded.stop()
+                raise UpError(str(exc)) from None
+
     def _banner(self, redis_url: str) -> None:
         where = f"http://{self.host}:{self.port}/webhooks"
         redis_text = f"embedded, data in {self.data_dir} (append-only file)" if self.embedded else redis_url
@@ -209,7 +226,8 @@ class Up:
         self._stopping = True
 
     def _supervise(self) -> None:
-        """Restart a child that exits on its own (at most 5 times a minute)."""
+        """Restart a child that exits on its own: at most 5 times a minute, unless Redis is why
+        (unreachable or full): then every REDIS_WAIT_SECONDS until it is back, never giving up."""
         while not self._stopping:
             time.sleep(0.2)
             for child in self.children:
@@ -217,15 +235,39 @@ class Up:
                     continue
                 now = time.monotonic()
                 child.restarts = [t for t in child.restarts if now - t < 60]
-                if len(child.restarts) >= 5:
+                delay = self._restart_delay(child)
+                if delay is None:
                     print(f"{child.name} keeps exiting; stopping salon-bridge", file=sys.stderr, flush=True)
                     self._stopping = self.gave_up = True
                     break
-                code = child.process.returncode if child.process else None
-                print(f"{child.name} exited ({code}); restarting", file=sys.stderr, flush=True)
                 child.restarts.append(now)
-                time.sleep(RESTART_BACKOFF_SECONDS)
+                time.sleep(delay)
                 child.start()
+
+    def _restart_delay(self, child: Child) -> float | None:
+        """Seconds before `child` starts again, or None to give up (a crash loop Redis does not explain)."""
+        code = child.process.returncode if child.process else None
+        if len(child.restarts) < 5:
+            print(f"{child.name} exited ({code}); restarting", file=sys.stderr, flush=True)
+            return RESTART_BACKOFF_SECONDS
+        trouble = self._redis_trouble()
+        if trouble is None:
+            return None
+        print(
+            f"{child.name} keeps exiting ({code}) while {trouble}; restarting it every "
+            f"{REDIS_WAIT_SECONDS:g} s until Redis is back",
+            file=sys.stderr,
+            flush=True,
+        )
+        return REDIS_WAIT_SECONDS
+
+    def _redis_trouble(self) -> str | None:
+        """Why Redis cannot take the bridge's writes now (unreachable, full), or None."""
+        try:
+            with connect(self.redis_url_in_use) as redis:
+                return redis_health.inspect(redis, probe=True).full()
+        except RedisError as exc:
+            return f"Redis does not answer ({type(exc).__name__}: {exc})"
 
     def stop(self) -> None:
         """Workers finish (or hand back) their job, the web server drains, Redis flushes; then exit."""

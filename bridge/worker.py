@@ -4,18 +4,64 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from typing import Any
 
 from redis.client import Pipeline
-from rq import Queue, SimpleWorker
+from redis.exceptions import ConnectionError, OutOfMemoryError, RedisError, TimeoutError
+from rq import Queue, SimpleWorker, worker_registration
 from rq.job import Job
 from rq.serializers import JSONSerializer
 from rq.utils import now
 
-from bridge import runtime
+from bridge import redis_health, runtime
 from bridge.runtime import Runtime
 from mappings.config import BridgeConfig
 
 HEARTBEAT_EVERY = 10.0  # seconds; the worker key lives worker_ttl + 60 s (135 s here)
+REDIS_LOG_EVERY = 60.0  # while Redis is unreachable or full, a worker says so once a minute
+MAX_BACKOFF = 30.0  # seconds between tries while Redis is in trouble
+
+log = logging.getLogger("salon_bridge.worker")
+
+
+class RedisTrouble:
+    """A worker's patience with Redis: back off while it is unreachable or refuses writes (full),
+    say so once per REDIS_LOG_EVERY, and say when it answers again."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+        self.delay = 1.0
+        self.said_at = -REDIS_LOG_EVERY
+
+    def wait(self, doing: str, exc: RedisError) -> None:
+        now = time.monotonic()
+        self.since = now if self.since is None else self.since
+        if now - self.said_at >= REDIS_LOG_EVERY:
+            self.said_at = now
+            log.warning(
+                "worker: Redis %s (%s: %s) while %s; the worker waits and tries again "
+                "(this line repeats once a minute while it lasts; /readyz says more)",
+                _what_is_wrong(exc),
+                type(exc).__name__,
+                exc,
+                doing,
+            )
+        time.sleep(self.delay)
+        self.delay = min(self.delay * 2, MAX_BACKOFF)
+
+    def over(self) -> None:
+        if self.since is not None:
+            log.warning("worker: Redis answers again after %.0f s; working again", time.monotonic() - self.since)
+            self.since, self.delay, self.said_at = None, 1.0, -REDIS_LOG_EVERY
+
+
+def _what_is_wrong(exc: RedisError) -> str:
+    if isinstance(exc, OutOfMemoryError):
+        return "is full and refuses writes (maxmemory reached: free memory or raise maxmemory)"
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return "does not answer"
+    return "refused a command"
 
 
 class BridgeWorker(SimpleWorker):
@@ -27,10 +73,85 @@ class BridgeWorker(SimpleWorker):
     (three round trips, about three times a job) goes at most every HEARTBEAT_EVERY seconds, in
     one round trip; the worker's state is not written again when it has not changed (RQ writes
     `idle` twice between jobs); and the job's `last_heartbeat` is not written once more after the
-    job returned. The per-job heartbeats RQ sends with the job's own time limit are untouched."""
+    job returned. The per-job heartbeats RQ sends with the job's own time limit are untouched.
+
+    Redis errors do not end it (RQ 3.0 quits on any error outside a job, an OutOfMemoryError of a
+    full Redis included): each step of RQ's loop waits for Redis and tries again (RedisTrouble).
+    A job interrupted that way is left to RQ's recovery, as a killed worker's is. And when its
+    registration is gone (Redis restarted empty), the next heartbeat registers the worker again."""
 
     log_result_lifespan = False  # "result is kept for 600 seconds" after every job says nothing to an owner
     _last_bare_heartbeat = 0.0
+    _born = False
+    _trouble: RedisTrouble | None = None
+
+    @property
+    def trouble(self) -> RedisTrouble:
+        if self._trouble is None:
+            self._trouble = RedisTrouble()
+        return self._trouble
+
+    def _until_redis_answers(self, doing: str, step: Callable[..., Any], *args: Any) -> Any:
+        """Run one step of RQ's loop, waiting out Redis errors; None when a stop was requested."""
+        while True:
+            try:
+                result = step(*args)
+            except RedisError as exc:
+                self._last_bare_heartbeat = 0.0  # the next heartbeat checks the registration
+                if self._stop_requested:
+                    return None
+                self.trouble.wait(doing, exc)
+                continue
+            self.trouble.over()
+            return result
+
+    def bootstrap(self, *args: Any, **kwargs: Any) -> None:
+        self._until_redis_answers("starting", super().bootstrap, *args, **kwargs)
+
+    def register_birth(self) -> None:
+        if not self._born:  # bootstrap may be tried again: register once
+            super().register_birth()
+            self._born = True
+
+    def subscribe(self) -> None:
+        if self.pubsub_thread is None:
+            super().subscribe()
+
+    def _start_scheduler(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            super()._start_scheduler(*args, **kwargs)
+        except RedisError as exc:
+            # RQ's maintenance starts it later (every maintenance_interval) when it is not running.
+            log.warning(
+                "worker: the retry scheduler could not start now (%s: %s); tried again later", type(exc).__name__, exc
+            )
+
+    def check_for_suspension(self, burst: bool) -> None:
+        self._until_redis_answers("checking for a suspension", super().check_for_suspension, burst)
+
+    def run_maintenance_tasks(self) -> None:
+        self._until_redis_answers("running maintenance", super().run_maintenance_tasks)
+
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
+        return self._until_redis_answers(
+            "waiting for a job", super().dequeue_job_and_maintain_ttl, timeout, max_idle_time
+        )
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        try:
+            super().execute_job(job, queue)
+        except RedisError as exc:
+            # Its outcome could not be recorded: RQ's maintenance finds it in the started-job
+            # registry after its deadline and runs it again, as for a killed worker (the ledger
+            # keeps done actions done).
+            self._last_bare_heartbeat = 0.0
+            self.trouble.wait(f"recording job {job.id} (it runs again by itself later)", exc)
+
+    def teardown(self) -> None:
+        try:
+            super().teardown()
+        except RedisError as exc:
+            log.warning("worker: could not record its stop in Redis (%s); its registration expires by itself", exc)
 
     def heartbeat(self, timeout: int | None = None, pipeline: Pipeline | None = None) -> None:
         if pipeline is not None or timeout is not None:
@@ -38,15 +159,39 @@ class BridgeWorker(SimpleWorker):
             return
         if time.monotonic() - self._last_bare_heartbeat < HEARTBEAT_EVERY:
             return
+        try:
+            with self.connection.pipeline(transaction=False) as pipe:
+                super().heartbeat(None, pipeline=pipe)
+                worker_registration.register(self, pipe)  # SADDs: back on the workers' lists if lost
+                answers = pipe.execute()
+            # A new hash field, or a new member of a list: Redis had lost the registration (a job's
+            # own heartbeat may have written the hash again first, with only a few of its fields).
+            if answers[0] or any(answers[3:]):
+                self._register_again()
+        except RedisError:
+            self._last_bare_heartbeat = 0.0  # what needs Redis next says why (and waits)
+            return
         self._last_bare_heartbeat = time.monotonic()
+
+    def _register_again(self) -> None:
+        """Redis lost the worker's registration (it restarted empty, or evicted it): write it again,
+        or /readyz would say that no worker is alive while this one works."""
+        log.warning("worker %s: its registration was gone from Redis (Redis lost data); registered again", self.name)
         with self.connection.pipeline(transaction=False) as pipe:
-            super().heartbeat(None, pipeline=pipe)
+            pipe.hset(self.key, mapping={**self.serialize(), "state": self.get_state()})
+            pipe.expire(self.key, self.worker_ttl + 60)
             pipe.execute()
 
     def set_state(self, state: str, pipeline: Pipeline | None = None) -> None:
         if pipeline is None and state == self.get_state():
             return
         super().set_state(state, pipeline=pipeline)
+
+    def clean_registries(self) -> None:
+        """RQ's periodic maintenance, and the bridge's: the event and dead-letter indexes forget
+        what is older than their retention (the records expire by themselves)."""
+        super().clean_registries()
+        runtime.current().store.trim()
 
     def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
         # RQ also sets the job's last_heartbeat here, for callbacks that run after the job; the
@@ -80,6 +225,7 @@ WORKER_CLASS = BridgeWorker
 
 def run_worker(config: BridgeConfig, burst: bool = False, dry_run: bool = False, name: str | None = None) -> int:
     rt = Runtime.from_config(config, dry_run=dry_run)
+    redis_health.check_at_start(rt.redis, log)
     runtime.install(rt)
     logging.getLogger("rq.worker").addFilter(PER_JOB_LINES_AT_DEBUG)  # once: the same filter is not added twice
     try:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import builtins
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time
 from typing import Any, ClassVar, Protocol
+from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict
 
@@ -23,6 +25,19 @@ def excerpt(text: str | bytes | None, limit: int = EXCERPT_BYTES) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
+def wall_clock(day: date, clock: time, zone: ZoneInfo) -> datetime:
+    """The moment a salon's wall-clock date and time denote in `zone`, by RFC 5545's rule (3.3.5):
+    a time the clocks skip in spring moves forward by the gap (02:30 -> 03:30 in Madrid on
+    2024-03-31), a time they show twice in autumn is its first occurrence (summer time).
+    ValueError when the moment is outside years 1-9999."""
+    try:
+        # fold=0 takes the offset in force before a transition; through UTC a skipped time becomes real.
+        local = datetime.combine(day, clock.replace(tzinfo=None, fold=0), tzinfo=zone)
+        return local.astimezone(UTC).astimezone(zone)
+    except OverflowError:
+        raise ValueError(f"{day} {clock:%H:%M} is outside the dates a calendar can hold") from None
+
+
 class ConnectorError(Exception):
     """Base of the errors a connector raises from `send`."""
 
@@ -32,11 +47,16 @@ class ConnectorError(Exception):
 
 
 class TransientError(ConnectorError):
-    """Try again later: timeouts, connection errors, 408, 429, 5xx."""
+    """Try again later: timeouts, connection errors, 408, 429, 5xx.
 
-    def __init__(self, reason: str, retry_after: float | None = None):
+    `maybe_delivered`: the request went out and its answer never came (a read timeout), so the
+    destination may have acted on it and trying again may repeat that; not set for writes that a
+    repeat cannot double (a calendar entry with a fixed id, an edit)."""
+
+    def __init__(self, reason: str, retry_after: float | None = None, maybe_delivered: bool = False):
         super().__init__(reason)
         self.retry_after = retry_after
+        self.maybe_delivered = maybe_delivered
 
 
 class PermanentError(ConnectorError):
@@ -90,7 +110,8 @@ class ConnectorStore(Protocol):
 
 @dataclass(frozen=True)
 class ActionRequest:
-    """One rendered action, with what a connector needs to make its effect idempotent."""
+    """One rendered action, with what a connector needs to make its effect idempotent and to say
+    what it is about: the event's identity, its subject, and what the bridge remembers."""
 
     action: str
     fields: dict[str, Any]
@@ -105,6 +126,12 @@ class ActionRequest:
     store: ConnectorStore | None = None
     # A replay with --force: the owner asks for the effect again, even if it was already done.
     forced: bool = False
+    subject: Subject | None = None
+    # The booking, order and customer the event is about, merged from every event so far (None: unknown).
+    booking: Entity | None = None
+    order: Entity | None = None
+    customer: Entity | None = None
+    timezone: str = "UTC"  # the salon's: booking dates and times are wall-clock times in it
 
 
 @dataclass
@@ -186,3 +213,64 @@ def connector_class(type_name: str) -> type[Connector]:
         ) from exc
     cls: type[Connector] = getattr(module, class_name)
     return cls
+
+
+class Entity(Mapping[str, Any]):
+    """A remembered booking, order or customer (or a nested part of one), read-only."""
+
+    __slots__ = ("_data", "id", "kind")
+
+    def __init__(self, kind: str, entity_id: str, data: Mapping[str, Any]):
+        self.kind = kind
+        self.id = entity_id
+        self._data = data
+
+    def __getitem__(self, key: str) -> Any:
+        value = self._data[key]
+        return Entity(self.kind, self.id, value) if isinstance(value, Mapping) else value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return f"Entity({self.kind} {self.id}: {dict(self._data)!r})"
+
+
+KINDS = ("booking", "order", "customer")
+# What people know each kind of entity by on the platform (a booking's code, an order's number).
+_CODE_FIELD = {"booking": "codigo", "order": "numero", "customer": "id"}
+
+
+@dataclass(frozen=True)
+class Subject:
+    """What an event is about, worked out once per event (`bridge.state.subject_of`): its tenant,
+    the entities it carries (kind, id) in the order booking, order, customer, and how people know
+    the main one (its code and the customer's name, from memory when the event lacks them)."""
+
+    tenant: str
+    entities: tuple[tuple[str, str], ...] = ()
+    code: str = ""
+    customer_name: str = ""
+
+    @property
+    def primary(self) -> tuple[str, str] | None:
+        """The entity whose external objects the event may write: its booking, else order, else customer."""
+        return self.entities[0] if self.entities else None
+
+    def id_of(self, kind: str) -> str | None:
+        return next((entity_id for k, entity_id in self.entities if k == kind), None)
+
+    @property
+    def label(self) -> str:
+        """`booking ABC123XY · Juan Pérez`: the one label an event shows everywhere ("" for none)."""
+        if self.primary is None:
+            return ""
+        label = f"{self.primary[0]} {self.code or self.primary[1]}"
+        return f"{label} · {self.customer_name}" if self.customer_name and self.primary[0] != "customer" else label
+
+    @staticmethod
+    def code_field(kind: str) -> str:
+        return _CODE_FIELD[kind]

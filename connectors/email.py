@@ -440,8 +440,10 @@ class EmailConnector(Connector):
         to = self._mailboxes(request, who, "to", fields.get("to"))
         cc = self._mailboxes(request, who, "cc", fields.get("cc"))
         bcc = self._mailboxes(request, who, "bcc", fields.get("bcc"))
-        subject = clean_text(str(fields.get("subject") or ""), MAX_SUBJECT_CHARS)
+        subject = _sendable(clean_text(str(fields.get("subject") or ""), MAX_SUBJECT_CHARS), who, "subject")
         text, html = _bodies(fields, who)
+        html = _sendable(html, who, "html")  # first: a text part made from the html would have it too
+        text = _sendable(text, who, "text")
         message_id, digest = self.message_id(request)
         if request.forced:
             message_id, digest = self.resend_id(request, digest)
@@ -516,7 +518,8 @@ class EmailConnector(Connector):
                 name = None if name is None else str(name)
             else:
                 value = entry
-            value = "" if value is None else str(value).strip()
+            value = _sendable("" if value is None else str(value).strip(), who, label)
+            name = None if name is None else _sendable(name, who, f"the name in {label}")
             if value in ("", "None"):
                 raise PermanentError(_missing_reason(request, who, label))
             try:
@@ -584,6 +587,7 @@ class EmailConnector(Connector):
         """One SMTP transaction; DATA only once every recipient is accepted (never half-sent)."""
         smtp: smtplib.SMTP | None = None
         polite = True
+        in_data = False
         try:
             smtp = self._open()
             options: list[str] = []
@@ -611,6 +615,7 @@ class EmailConnector(Connector):
                 if any(code >= 500 for _, code, _ in refused):
                     raise PermanentError(f"{self.where} refused a recipient, so nothing was sent: {detail}")
                 raise TransientError(f"{self.where} cannot take a recipient right now: {detail}")
+            in_data = True
             code, reply = smtp.data(data)
             if code != 250:
                 raise _by_code(f"{self.where} did not accept the message: {code} {_text(reply)}", code)
@@ -619,7 +624,12 @@ class EmailConnector(Connector):
             raise
         except (smtplib.SMTPException, ssl.SSLError, OSError) as exc:
             polite = isinstance(exc, smtplib.SMTPResponseException)
-            raise self._failure(exc) from None
+            failure = self._failure(exc)
+            if in_data and not polite and isinstance(failure, TransientError):
+                # A timeout or a dropped connection from DATA on, without an answer: the server may
+                # have the message already (a retry sends it again, with the same Message-ID).
+                failure.maybe_delivered = True
+            raise failure from None
         finally:
             if smtp is not None:
                 _close(smtp, polite)
@@ -749,6 +759,18 @@ def _bodies(fields: dict[str, Any], who: str) -> tuple[str, str]:
     if not text.strip():
         text = html_to_text(html)
     return text, html if html.strip() else ""
+
+
+def _sendable(text: str, who: str, label: str) -> str:
+    """Text that can be encoded in an e-mail; event data with a lone UTF-16 surrogate cannot."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise PermanentError(
+            f"{who}: {label} holds a character that cannot be sent ({exc.object[exc.start]!r} at position "
+            f"{exc.start}, half of an emoji cut in two?); nothing was sent"
+        ) from None
+    return text
 
 
 def _kind(request: ActionRequest) -> str:

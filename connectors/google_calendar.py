@@ -38,6 +38,7 @@ from connectors.base import (
     Settings,
     TransientError,
     excerpt,
+    wall_clock,
 )
 from connectors.http import parse_retry_after
 from mappings.templates import MissingDataError, is_template
@@ -85,8 +86,10 @@ STORE_TTL = 400 * 86400  # what the connector remembers of a booking, like entit
 
 
 def google_event_id(tenant_id: str, booking_id: str) -> str:
-    """The Google event id of a booking: base32hex (a-v, 0-9) of a hash of (tenant, booking), 52 chars."""
-    digest = hashlib.sha256(f"salon-bridge\x00{tenant_id}\x00{booking_id}".encode()).digest()
+    """The Google event id of a booking: base32hex (a-v, 0-9) of a hash of (tenant, booking), 52 chars.
+    Each part is escaped, so no two (tenant, booking) pairs hash the same text."""
+    tenant, booking = (part.replace("\\", "\\\\").replace("\x00", "\\0") for part in (tenant_id, booking_id))
+    digest = hashlib.sha256(f"salon-bridge\x00{tenant}\x00{booking}".encode()).digest()
     return base64.b32hexencode(digest).decode().rstrip("=").lower()
 
 
@@ -695,7 +698,8 @@ def booking_state(booking: dict[str, Any], event_type: str) -> str:
 
 
 def booking_times(booking: dict[str, Any], zone: ZoneInfo) -> tuple[datetime, datetime]:
-    """Start and end as aware datetimes in `zone` (wall-clock fecha + hora_*; DST-correct)."""
+    """Start and end as aware datetimes in `zone` (wall-clock fecha + hora_*; DST-correct).
+    Bad data (a date or duration no calendar can hold) is a PermanentError naming the field."""
     for name in ("fecha", "hora_inicio"):
         if not booking.get(name):
             raise _missing(booking, name)
@@ -704,31 +708,70 @@ def booking_times(booking: dict[str, Any], zone: ZoneInfo) -> tuple[datetime, da
         day = date.fromisoformat(str(booking["fecha"])[:10])
     except ValueError:
         raise PermanentError(f"booking {booking_id} has fecha {booking['fecha']!r}, expected YYYY-MM-DD") from None
-    start = _wall(day, booking["hora_inicio"], zone, booking_id, "hora_inicio")
-    if booking.get("hora_fin"):
-        end = _wall(day, booking["hora_fin"], zone, booking_id, "hora_fin")
-        if end <= start:  # ends after midnight
-            end = _wall(day + timedelta(days=1), booking["hora_fin"], zone, booking_id, "hora_fin")
-        return start, end
-    minutes = 0
-    for service in booking.get("servicios") or []:
-        if isinstance(service, dict):
-            try:
-                minutes += int(service.get("duracion_minutos") or 0)
-            except (TypeError, ValueError):
-                pass
-    # Elapsed time, not wall time: a 60-minute service across a DST change still lasts 60 minutes.
-    end = (start.astimezone(UTC) + timedelta(minutes=minutes or DEFAULT_DURATION_MINUTES)).astimezone(zone)
+    begins = _clock(booking, "hora_inicio")
+    ends = _clock(booking, "hora_fin") if booking.get("hora_fin") else None
+    minutes = _service_minutes(booking)
+    try:
+        return _span(day, begins, ends, minutes, zone)
+    except (ValueError, OverflowError):
+        raise PermanentError(
+            f"booking {booking_id} on fecha {booking['fecha']!r} would end outside the dates a calendar can hold "
+            "(up to 9999-12-31): correct the booking's date on the platform"
+        ) from None
+
+
+def _span(day: date, begins: time, ends: time | None, minutes: float, zone: ZoneInfo) -> tuple[datetime, datetime]:
+    start = wall_clock(day, begins, zone)
+    if ends is None:
+        # Elapsed time, not wall time: a 60-minute service across a DST change still lasts 60 minutes.
+        elapsed = timedelta(minutes=minutes or DEFAULT_DURATION_MINUTES)
+        return start, (start.astimezone(UTC) + elapsed).astimezone(zone)
+    # After midnight when the end is not later on the wall clock; compared on the wall clock, since
+    # the start may have moved forward out of a DST gap.
+    end_day = day + timedelta(days=1) if ends <= begins else day
+    end = wall_clock(end_day, ends, zone)
+    if end <= start:
+        # A booking inside the skipped hour (02:30-03:30 in spring): its start moved forward by the gap
+        # and now meets its end, so it keeps its booked length from the moved start.
+        booked = datetime.combine(end_day, ends) - datetime.combine(day, begins)
+        end = (start.astimezone(UTC) + booked).astimezone(zone)
     return start, end
 
 
-def _wall(day: date, value: Any, zone: ZoneInfo, booking_id: Any, name: str) -> datetime:
+MAX_BOOKING_MINUTES = 24 * 60
+
+
+def _service_minutes(booking: dict[str, Any]) -> float:
+    """The sum of the services' duracion_minutos; a value no booking can have is a PermanentError."""
+    minutes = 0.0
+    for index, service in enumerate(booking.get("servicios") or []):
+        value = service.get("duracion_minutos") if isinstance(service, Mapping) else None
+        if value is None or value == "":
+            continue
+        try:
+            number = float(value) if not isinstance(value, bool) else -1.0
+        except (TypeError, ValueError, OverflowError):
+            number = -1.0
+        if not 0 <= number <= MAX_BOOKING_MINUTES:  # also false for NaN
+            raise PermanentError(
+                f"booking {booking.get('id')} has servicios[{index}].duracion_minutos {excerpt(repr(value), 60)}, "
+                f"expected a number of minutes from 0 to {MAX_BOOKING_MINUTES}"
+            )
+        minutes += number
+    if minutes > MAX_BOOKING_MINUTES:
+        raise PermanentError(
+            f"booking {booking.get('id')} lasts {minutes:g} minutes by its servicios' duracion_minutos, "
+            f"more than a day ({MAX_BOOKING_MINUTES}): correct the services' durations on the platform"
+        )
+    return minutes
+
+
+def _clock(booking: dict[str, Any], name: str) -> time:
+    value = booking[name]
     try:
-        clock = time.fromisoformat(str(value).strip())
+        return time.fromisoformat(str(value).strip())
     except ValueError:
-        raise PermanentError(f"booking {booking_id} has {name} {value!r}, expected HH:MM") from None
-    # Through UTC and back: a wall time in the spring-forward gap becomes the real time it denotes.
-    return datetime.combine(day, clock, tzinfo=zone).astimezone(UTC).astimezone(zone)
+        raise PermanentError(f"booking {booking.get('id')} has {name} {value!r}, expected HH:MM") from None
 
 
 def _booking(request: ActionRequest) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import json
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar, Literal
+from urllib.parse import quote
 
 import requests
 from pydantic import Field, field_validator
@@ -101,7 +102,7 @@ class HttpConnector(Connector):
         headers = {
             "Content-Type": "application/json; charset=utf-8",
             "User-Agent": "salon-bridge",
-            "Idempotency-Key": f"{request.event_id}/{request.action_id}",
+            "Idempotency-Key": header_value(f"{request.event_id}/{request.action_id}"),
             **settings.headers,
         }
         if settings.signing_secret:
@@ -115,10 +116,17 @@ class HttpConnector(Connector):
                 timeout=settings.timeout,
                 allow_redirects=False,
             )
-        except requests.Timeout:
-            raise TransientError(f"{settings.url} did not answer within {settings.timeout:g} s") from None
+        except requests.ReadTimeout:
+            # Connected and sent: the receiver may have acted on it (it can dedupe by Idempotency-Key).
+            raise TransientError(
+                f"{settings.url} did not answer within {settings.timeout:g} s", maybe_delivered=True
+            ) from None
+        except requests.Timeout:  # could not even connect: nothing was sent
+            raise TransientError(f"cannot connect to {settings.url} within {settings.timeout:g} s") from None
         except requests.ConnectionError as exc:
             raise TransientError(f"cannot connect to {settings.url}: {_root_cause(exc)}") from None
+        except (ValueError, UnicodeError) as exc:  # requests' InvalidHeader/InvalidURL are ValueErrors
+            raise PermanentError(f"the request to {settings.url} cannot be sent as configured: {exc}") from None
         status = response.status_code
         answer = f"HTTP {status}: {excerpt(response.content)}"
         if 200 <= status < 300:
@@ -132,6 +140,14 @@ class HttpConnector(Connector):
 
     def close(self) -> None:
         self._session.close()
+
+
+def header_value(value: str) -> str:
+    """`value` as an HTTP header can carry it: unchanged when it is printable ASCII, else
+    percent-encoded (UTF-8), so an id with an emoji or a space at its end still goes out."""
+    if value.isascii() and value.isprintable() and value == value.strip():
+        return value
+    return quote(value, safe="/:@!$&'()*+,;=-._~")
 
 
 def _root_cause(exc: BaseException) -> str:

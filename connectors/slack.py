@@ -5,16 +5,21 @@ Event data in `text`, `blocks`, `parent_text` and `parent_blocks` is escaped by 
 Threads: the first message with a `thread_key` becomes the parent (its channel id and ts are kept
 in the connector store); later messages with that key reply in its thread, whatever order the
 events arrive in. Rate limits are raised as TransientError(retry_after=...), never slept on.
+Late answers: every message carries the action's key in its `metadata`; when an earlier attempt
+may have posted (its answer never came), the channel's history since that attempt is searched for
+the key before posting again, and a message found there counts as this action's post.
 """
 
 from __future__ import annotations
 
 import builtins
 import hashlib
+import logging
 import re
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
 from http.client import HTTPException
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from pydantic import Field, field_validator, model_validator
 from slack_sdk import WebClient, WebhookClient
@@ -25,6 +30,7 @@ from connectors.base import (
     ActionFields,
     ActionRequest,
     Connector,
+    ConnectorError,
     ConnectorStore,
     PermanentError,
     SendResult,
@@ -34,10 +40,20 @@ from connectors.base import (
 )
 from connectors.http import parse_retry_after
 
+log = logging.getLogger("salon_bridge.connectors.slack")
+
 DEFAULT_BASE_URL = "https://slack.com/api/"
 CLAIM_TTL = 300  # seconds a parent claim lives if its worker dies mid-post (longer than any timeout)
 SENT_TTL = 8 * 86400  # how long a posted message is remembered per event and action (retries, replays)
 BUSY_RETRY_AFTER = 5.0  # another worker is posting this thread's parent right now
+CHANNEL_TTL = 30 * 86400  # how long a channel name's id is remembered (to search its history)
+MARKER_EVENT = "salon_bridge_action"  # the metadata event_type of every message posted with a token
+LOOKUP_PAGE = 200  # messages per page when searching for an earlier attempt's message
+LOOKUP_PAGES = 5  # at most 1,000 messages around those attempts
+CLOCK_MARGIN = 60.0  # seconds searched before the first attempt: Slack's clock and ours may differ a little
+# Seconds searched after the last attempt: Slack posts a message while it handles the request, and no
+# request is still being handled ten minutes after it was sent.
+SEARCH_AFTER = 600.0
 PENDING = "pending"
 MAX_BLOCKS = 50
 TOKEN_ENV = "SLACK_BOT_TOKEN"
@@ -54,6 +70,7 @@ TRANSIENT_ERRORS = {
 }
 
 _CHANNEL = re.compile(r"^#?[^\s#,<>@]{1,80}$")
+_CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{6,}$")
 _EMOJI = re.compile(r"^:[a-z0-9_+'-]+:$")
 
 
@@ -217,9 +234,12 @@ class SlackConnector(Connector):
             already = None if request.forced else store.get(sent_key)
             if already:
                 return SendResult(detail=f"already posted to {channel} (ts {already.split()[1]})")
-            channel_id, ts = self._post(channel, text, fields)
-            store.set(sent_key, f"{channel_id} {ts}", ttl=SENT_TTL)
-            return SendResult(detail=f"posted to {channel} (ts {ts})", data={"channel": channel_id, "ts": ts})
+            posted = self._post(request, text)
+            store.set(sent_key, f"{posted.channel} {posted.ts}", ttl=SENT_TTL)
+            return SendResult(
+                detail=posted.detail(f"posted to {channel} (ts {posted.ts})"),
+                data={"channel": posted.channel, "ts": posted.ts},
+            )
 
         thread_store_key = _thread_store_key(request.tenant_id, channel, thread_key)
         thread_ttl = self.settings.thread_memory_days * 86400
@@ -231,49 +251,46 @@ class SlackConnector(Connector):
             if parent is None and not store.set_if_absent(thread_store_key, me, ttl=CLAIM_TTL):
                 parent = store.get(thread_store_key)
             else:
-                return self._post_parent(store, channel, text, fields, thread_store_key, sent_key, thread_ttl)
+                return self._post_parent(request, text, thread_store_key, sent_key, thread_ttl)
         if already is None and (parent is None or parent.startswith(PENDING + " ")):
             raise TransientError(
                 f"another message about {thread_key!r} is being posted to {channel} right now; this one "
                 "will follow it in its thread",
                 retry_after=BUSY_RETRY_AFTER,
             )
-        return self._post_reply(store, channel, text, fields, thread_store_key, sent_key, already, parent, thread_ttl)
+        return self._post_reply(request, text, thread_store_key, sent_key, already, parent, thread_ttl)
 
     def _post_parent(
-        self,
-        store: ConnectorStore,
-        channel: str,
-        text: str,
-        fields: Mapping[str, Any],
-        thread_store_key: str,
-        sent_key: str,
-        thread_ttl: float,
+        self, request: ActionRequest, text: str, thread_store_key: str, sent_key: str, thread_ttl: float
     ) -> SendResult:
+        store = _require_store(request.store)
         try:
-            channel_id, ts = self._post(channel, text, fields)
+            posted = self._post(request, text)
         except BaseException:
-            store.delete(thread_store_key)  # let the next message about this thread become the parent
+            # Let the next message about this thread become the parent, unless ours may be in Slack
+            # (a late answer): its retry will find it and keep the thread under it.
+            if store.get(_attempt_key(request)) is None:
+                store.delete(thread_store_key)
             raise
-        store.set(thread_store_key, f"{channel_id} {ts}", ttl=thread_ttl)
-        store.set(sent_key, f"{channel_id} {ts}", ttl=SENT_TTL)
+        store.set(thread_store_key, f"{posted.channel} {posted.ts}", ttl=thread_ttl)
+        store.set(sent_key, f"{posted.channel} {posted.ts}", ttl=SENT_TTL)
         return SendResult(
-            detail=f"posted to {channel} (ts {ts}), first of its thread",
-            data={"channel": channel_id, "ts": ts, "thread_ts": ts},
+            detail=posted.detail(f"posted to {request.fields['channel']} (ts {posted.ts})") + ", first of its thread",
+            data={"channel": posted.channel, "ts": posted.ts, "thread_ts": posted.ts},
         )
 
     def _post_reply(
         self,
-        store: ConnectorStore,
-        channel: str,
+        request: ActionRequest,
         text: str,
-        fields: Mapping[str, Any],
         thread_store_key: str,
         sent_key: str,
         already: str | None,
         parent: str | None,
         thread_ttl: float,
     ) -> SendResult:
+        store = _require_store(request.store)
+        fields, channel = request.fields, request.fields["channel"]
         notes: list[str] = []
         if already is not None:
             # An earlier attempt posted; only what came after (the parent edit) is left to do.
@@ -284,16 +301,109 @@ class SlackConnector(Connector):
             return SendResult(detail="; ".join(notes))
         parent_channel, parent_ts = parent.split()
         if already is None:
-            channel_id, ts = self._post(channel, text, fields, thread_ts=parent_ts)
+            posted = self._post(request, text, thread_ts=parent_ts)
+            channel_id, ts = posted.channel, posted.ts
             store.set(sent_key, f"{channel_id} {ts}", ttl=SENT_TTL)
             store.set(thread_store_key, parent, ttl=thread_ttl)  # an active thread is remembered longer
-            notes.append(f"replied in the thread of {parent_ts} in {channel} (ts {ts})")
+            notes.append(posted.detail(f"replied in the thread of {parent_ts} in {channel} (ts {ts})"))
         if fields.get("update_parent") and ts != parent_ts:
             notes.append(self._update_parent(parent_channel, parent_ts, fields))
         return SendResult(detail="; ".join(notes), data={"channel": channel_id, "ts": ts, "thread_ts": parent_ts})
 
-    def _post(
-        self, channel: str, text: str, fields: Mapping[str, Any], thread_ts: str | None = None
+    def _post(self, request: ActionRequest, text: str, thread_ts: str | None = None) -> Posted:
+        """Post the action's message, unless an earlier attempt of it already did (its answer never came).
+
+        The attempts are written down (first and last time, thread) before posting, and kept when the
+        answer may have been lost, so the next attempt knows where and when to search."""
+        store = _require_store(request.store)
+        channel = str(request.fields["channel"])
+        key, attempt_key = _action_key(request), _attempt_key(request)
+        earlier = None if request.forced else store.get(attempt_key)
+        note = ""
+        if earlier is not None:
+            found, note = self._find_earlier(store, channel, key, earlier)
+            if found is not None:
+                return found
+        now = time.time()
+        first = float(earlier.split()[0]) if earlier else now
+        store.set(attempt_key, f"{first:.6f} {now:.6f} {thread_ts or '-'}", ttl=SENT_TTL)
+        try:
+            channel_id, ts = self._chat_post(channel, text, request.fields, key, thread_ts)
+        except ConnectorError as exc:
+            if earlier is None and not (isinstance(exc, TransientError) and exc.maybe_delivered):
+                store.delete(attempt_key)  # Slack answered: nothing was posted
+            raise
+        if not _CHANNEL_ID.match(channel):
+            store.set(_channel_store_key(channel), channel_id, ttl=CHANNEL_TTL)
+        return Posted(channel_id, ts, note)
+
+    def _find_earlier(self, store: ConnectorStore, channel: str, key: str, earlier: str) -> tuple[Posted | None, str]:
+        """The message an earlier attempt posted, found by its metadata in the channel (or thread) around
+        the earlier attempts; else None and, when Slack would not let us look, a note saying so."""
+        first, last, thread_ts = earlier.split()
+        window = (float(first) - CLOCK_MARGIN, float(last) + SEARCH_AFTER)
+        try:
+            channel_id = self._channel_id(store, channel)
+            for message in self._messages_within(channel_id, window, thread_ts.strip("-")):
+                if _marker_of(message) == key:
+                    ts = str(message["ts"])
+                    note = f"found the message an earlier attempt posted in {channel} (ts {ts}): not posted again"
+                    return Posted(channel_id, ts, note, found=True), ""
+        except SlackError as exc:
+            log.warning(
+                "slack: cannot look for the message an earlier attempt of %s may have posted in %s (%s); "
+                "posting it again, it may show twice",
+                key,
+                channel,
+                exc.code,
+            )
+            return (
+                None,
+                f"could not check whether an earlier attempt posted it (Slack: {exc.code}): it may show twice",
+            )
+        return None, ""
+
+    def _channel_id(self, store: ConnectorStore, channel: str) -> str:
+        """The id of a channel given as #name (history is read by id): remembered from posts, else listed."""
+        if _CHANNEL_ID.match(channel):
+            return channel
+        known = store.get(_channel_store_key(channel))
+        if known:
+            return known
+        try:
+            channels = self._list_channels(private=True)
+        except SlackError as exc:
+            if exc.code != "missing_scope":
+                raise
+            channels = self._list_channels(private=False)  # without groups:read, public channels only
+        found = channels.get(channel.removeprefix("#"))
+        if found is None:
+            raise SlackError(f"channel {channel} is not listed", "channel_not_found")
+        store.set(_channel_store_key(channel), str(found["id"]), ttl=CHANNEL_TTL)
+        return str(found["id"])
+
+    def _messages_within(
+        self, channel_id: str, window: tuple[float, float], thread_ts: str
+    ) -> Iterator[dict[str, Any]]:
+        """Messages (with metadata) of the channel, or of one thread, posted within `window`; a bounded
+        number of pages."""
+        web = self._web_client
+        method = "conversations.replies" if thread_ts else "conversations.history"
+        fetch = web.conversations_replies if thread_ts else web.conversations_history
+        oldest, latest = (f"{t:.6f}" for t in window)
+        args: dict[str, Any] = {"channel": channel_id, "oldest": oldest, "latest": latest, "limit": LOOKUP_PAGE}
+        if thread_ts:
+            args["ts"] = thread_ts
+        cursor = None
+        for _ in range(LOOKUP_PAGES):
+            page = self._call(lambda c=cursor: fetch(**args, cursor=c, include_all_metadata=True), method, channel_id)
+            yield from page.get("messages") or []
+            cursor = (page.get("response_metadata") or {}).get("next_cursor")
+            if not cursor:
+                return
+
+    def _chat_post(
+        self, channel: str, text: str, fields: Mapping[str, Any], key: str, thread_ts: str | None
     ) -> tuple[str, str]:
         args: dict[str, Any] = {
             "channel": channel,
@@ -301,6 +411,8 @@ class SlackConnector(Connector):
             "unfurl_links": bool(fields.get("unfurl_links")),
             "unfurl_media": bool(fields.get("unfurl_media")),
             "link_names": False,  # "@channel" typed as a plain word stays a word
+            # The marker a later attempt searches for when this one's answer never comes.
+            "metadata": {"event_type": MARKER_EVENT, "event_payload": {"action": key}},
         }
         for name in ("blocks", "username", "icon_emoji"):
             if fields.get(name):
@@ -310,7 +422,7 @@ class SlackConnector(Connector):
             if fields.get("reply_broadcast"):
                 args["reply_broadcast"] = True
         web = self._web_client
-        response = self._call(lambda: web.chat_postMessage(**args), "chat.postMessage", channel)
+        response = self._call(lambda: web.chat_postMessage(**args), "chat.postMessage", channel, creates=True)
         return str(response["channel"]), str(response["ts"])
 
     def _update_parent(self, parent_channel: str, parent_ts: str, fields: Mapping[str, Any]) -> str:
@@ -338,8 +450,9 @@ class SlackConnector(Connector):
             raise PermanentError("internal: this slack connector has no token")
         return self._web
 
-    def _call(self, call: Any, method: str, channel: str) -> SlackResponse:
-        """Run one Web API call; turn every failure into a Transient or Permanent error for the owner."""
+    def _call(self, call: Any, method: str, channel: str, creates: bool = False) -> SlackResponse:
+        """Run one Web API call; turn every failure into a Transient or Permanent error for the owner.
+        `creates`: a repeat of the call would make a second message (chat.postMessage; an edit would not)."""
         try:
             response: SlackResponse = call()
         except SlackApiError as exc:
@@ -348,10 +461,15 @@ class SlackConnector(Connector):
             raise PermanentError(f"Slack client refused the request ({method}): {exc}") from None
         except OSError as exc:  # URLError, timeouts, connection refused or reset
             if _timed_out(exc):
-                raise TransientError(f"Slack did not answer {method} within {self.settings.timeout:g} s") from None
+                raise TransientError(
+                    f"Slack did not answer {method} within {self.settings.timeout:g} s",
+                    maybe_delivered=creates and _sent(exc),
+                ) from None
             raise TransientError(f"cannot reach Slack ({method}): {_os_reason(exc)}") from None
-        except HTTPException as exc:  # the answer was cut off
-            raise TransientError(f"Slack's answer to {method} was cut off: {type(exc).__name__}") from None
+        except HTTPException as exc:  # the answer was cut off: Slack had the request
+            raise TransientError(
+                f"Slack's answer to {method} was cut off: {type(exc).__name__}", maybe_delivered=creates
+            ) from None
         return response
 
     def _send_webhook(self, fields: Mapping[str, Any], text: str) -> SendResult:
@@ -365,12 +483,16 @@ class SlackConnector(Connector):
             )
         except OSError as exc:
             if _timed_out(exc):
+                # An incoming webhook has no history to search: a late answer is a possible duplicate.
                 raise TransientError(
-                    f"the Slack incoming webhook did not answer within {self.settings.timeout:g} s"
+                    f"the Slack incoming webhook did not answer within {self.settings.timeout:g} s",
+                    maybe_delivered=_sent(exc),
                 ) from None
             raise TransientError(f"cannot reach the Slack incoming webhook: {_os_reason(exc)}") from None
         except HTTPException as exc:
-            raise TransientError(f"the Slack incoming webhook's answer was cut off: {type(exc).__name__}") from None
+            raise TransientError(
+                f"the Slack incoming webhook's answer was cut off: {type(exc).__name__}", maybe_delivered=True
+            ) from None
         status, body = response.status_code, excerpt(response.body or "", 300).strip()
         if status == 200:
             ignored = [name for name in ("thread_key", "channel", "username", "icon_emoji") if fields.get(name)]
@@ -639,6 +761,45 @@ def _header(headers: Mapping[str, Any] | None, name: str) -> str | None:
 def _timed_out(exc: OSError) -> bool:
     # urllib raises TimeoutError while reading, URLError(reason=TimeoutError) while connecting.
     return isinstance(exc, TimeoutError) or isinstance(getattr(exc, "reason", None), TimeoutError)
+
+
+def _sent(exc: OSError) -> bool:
+    """A timeout after connecting: the request was (being) sent, only the answer is missing."""
+    return isinstance(exc, TimeoutError)
+
+
+class Posted(NamedTuple):
+    """A message of this action in Slack: just posted, or `found` where an earlier attempt posted it."""
+
+    channel: str
+    ts: str
+    note: str = ""  # what to add to the event log (the message was found; history could not be read)
+    found: bool = False
+
+    def detail(self, posted: str) -> str:
+        if self.found:
+            return self.note
+        return f"{posted}; {self.note}" if self.note else posted
+
+
+def _action_key(request: ActionRequest) -> str:
+    """The action's key in its message's metadata: `<event id>/<action id>`."""
+    return f"{request.event_id}/{request.action_id}"
+
+
+def _attempt_key(request: ActionRequest) -> str:
+    return f"posting:{request.event_id}:{request.action_id}"
+
+
+def _channel_store_key(channel: str) -> str:
+    return f"channel:{channel.removeprefix('#')}"
+
+
+def _marker_of(message: Mapping[str, Any]) -> str | None:
+    metadata = message.get("metadata") or {}
+    if metadata.get("event_type") != MARKER_EVENT:
+        return None
+    return (metadata.get("event_payload") or {}).get("action")
 
 
 def _os_reason(exc: OSError) -> str:

@@ -19,7 +19,13 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from connectors.base import ActionFields, Connector, ConnectorConfigError, Settings, connector_class
-from mappings.templates import CompiledTemplate, TemplateCompileError, TemplateEngine, compile_structure
+from mappings.templates import (
+    DEFAULT_RENDER_TIMEOUT,
+    CompiledTemplate,
+    TemplateCompileError,
+    TemplateEngine,
+    compile_structure,
+)
 
 Path_ = tuple[str | int, ...]
 
@@ -104,6 +110,11 @@ class RetentionModel(_Strict):
     entities: Duration = 400 * 86400
 
 
+class TemplatesModel(_Strict):
+    # All of one action's templates together; a worker's job is stopped at 120 s, so at most a minute.
+    render_timeout: Duration = Field(default=DEFAULT_RENDER_TIMEOUT, le=60)
+
+
 class MappingModel(_Strict):
     name: str
     on: list[str] = Field(min_length=1)
@@ -172,6 +183,7 @@ class ConfigModel(_Strict):
     redis_url: str | None = None
     retry: RetryModel = RetryModel()
     retention: RetentionModel = RetentionModel()
+    templates: TemplatesModel = TemplatesModel()
     admin: AdminModel | None = None
     metrics: MetricsModel = MetricsModel()
     connectors: dict[str, dict[str, Any]] = {}  # validated by each connector's own schema
@@ -197,6 +209,7 @@ class ActionSpec:
     action: str
     fields: ActionFields
     compiled: dict[str, Any]  # field -> value, with template strings compiled
+    render_timeout: float = DEFAULT_RENDER_TIMEOUT  # seconds for all of the action's templates
 
 
 @dataclass
@@ -309,10 +322,11 @@ def load_config_text(
     except ValidationError as exc:
         collector.add_validation_error(exc, ())
     # Connectors and mappings are checked even when the top level is wrong, to list every problem.
+    render_timeout = model.templates.render_timeout if model else DEFAULT_RENDER_TIMEOUT
     try:
-        engine = TemplateEngine(model.timezone if model else str(raw.get("timezone", "UTC")))
+        engine = TemplateEngine(model.timezone if model else str(raw.get("timezone", "UTC")), render_timeout)
     except (ValueError, KeyError):
-        engine = TemplateEngine("UTC")
+        engine = TemplateEngine("UTC", render_timeout)
     raw_connectors = raw.get("connectors") or {}
     raw_mappings = raw.get("mappings") or []
     connectors = _load_connectors(raw_connectors, lenient, collector) if isinstance(raw_connectors, dict) else {}
@@ -544,7 +558,9 @@ def _load_action(
             problems.add((*where, name), str(exc))
             continue
         compiled[name] = value
-    return ActionSpec(f"{mapping_name}/{label}", mapping_name, connector_name, action_name, fields, compiled)
+    return ActionSpec(
+        f"{mapping_name}/{label}", mapping_name, connector_name, action_name, fields, compiled, engine.render_timeout
+    )
 
 
 SHIPPED_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mappings.config import ActionSpec, BridgeConfig
-from mappings.templates import RenderError, render_structure
+from mappings.templates import RenderError, render_deadline, render_structure
 
 
 @dataclass
@@ -31,5 +31,7 @@ def plan(config: BridgeConfig, envelope: dict[str, Any], context: dict[str, Any]
 
 
 def render_action(spec: ActionSpec, context: dict[str, Any]) -> dict[str, Any]:
-    """The action's fields with every template rendered; RenderError names template and field."""
-    return {name: render_structure(value, context) for name, value in spec.compiled.items()}
+    """The action's fields with every template rendered; RenderError names template and field.
+    All the action's templates share one time limit (`templates.render_timeout`)."""
+    with render_deadline(spec.render_timeout):
+        return {name: render_structure(value, context) for name, value in spec.compiled.items()}

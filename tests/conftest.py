@@ -11,6 +11,7 @@ from redis.exceptions import RedisError
 from bridge.up import EmbeddedRedis, UpError
 from tests.fakes.http_server import CapturingServer
 from tests.harness import SECRET, Bridge
+from tests.redis_server import RedisServer
 
 CLAIM_KEY = "salon-bridge-tests:claimed-by"
 LOCAL_REDIS = "127.0.0.1:6379"
@@ -84,6 +85,21 @@ def redis_url(test_redis_url: str) -> Iterator[str]:
     if claim is not None:
         connection.set(CLAIM_KEY, claim, ex=3600)
     connection.close()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
+    """Starts redis-servers of its own with the given settings (`maxmemory="20mb"`...); stops them after."""
+    servers: list[RedisServer] = []
+
+    def start(**settings: str) -> RedisServer:
+        server = RedisServer(tmp_path / f"redis-{len(servers)}", **settings).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
 
 
 @pytest.fixture

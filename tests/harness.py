@@ -18,7 +18,7 @@ from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 
 from app import create_app
-from bridge import runtime
+from bridge import redis_health, runtime
 from bridge.runtime import Runtime
 from mappings.config import BridgeConfig, load_config
 
@@ -51,8 +51,13 @@ class Bridge:
         self.runtime = Runtime.from_config(self.config, redis_url)
         runtime.install(self.runtime)
         self.redis: Redis = self.runtime.redis
+        redis_health.mark_data_start(self.redis)  # as `serve` and `worker` do at start
         self.app = create_app(self.config, redis=self.redis)
         self.client: FlaskClient = self.app.test_client()
+
+    def keys_written(self) -> list[bytes]:
+        """The bridge's keys in Redis, but for the mark of when its data began (written at start)."""
+        return [key for key in self.redis.keys("sb:*") if key != redis_health.DATA_SINCE_KEY.encode()]
 
     def post(self, envelope: Any, secret: str | None = SECRET, headers: dict[str, str] | None = None):  # noqa: ANN201
         body = envelope if isinstance(envelope, bytes) else encode(envelope)

@@ -25,7 +25,7 @@ from bridge.store import DEAD, DONE, PENDING, event_key
 from mappings.config import ConfigError, load_config_text
 from tests.conftest import http_config
 from tests.fakes.http_server import CapturingServer
-from tests.harness import Bridge, sample
+from tests.harness import Bridge, encode, sample
 
 PASSWORD = "correct horse battery"
 # A cheap hash keeps the tests fast; `hash-password` makes the strong default one (tested below).
@@ -653,3 +653,31 @@ def test_hash_password_refuses_a_short_password(capsys, monkeypatch) -> None:  #
     assert main(["hash-password"]) == 1
     captured = capsys.readouterr()
     assert captured.out == "" and "use at least 10 characters" in captured.err
+
+
+def test_an_event_whose_data_was_lost_in_redis(admin: Bridge, destination: CapturingServer) -> None:
+    destination.respond_with(400, "bad request")
+    event = booking("LOST1")
+    admin.post(event)
+    admin.drain()
+    key = event_key(event["id"])
+    admin.redis.hdel(f"sb:event:{key}", "body")  # evicted, or Redis restarted mid-action
+    client = logged_in(admin)
+    assert "data lost in Redis" in client.get("/admin/").text
+    page = client.get(f"/admin/events/{key}")
+    assert page.status_code == 200 and "data lost in Redis: the event itself is gone" in page.text
+    assert "Send again" not in page.text
+
+
+def test_the_admin_pages_say_when_redis_keeps_nothing_on_disk(admin: Bridge) -> None:
+    page = logged_in(admin).get("/admin/").text  # the shared test Redis has no persistence
+    assert 'class="flash flash-error redis-banner"' in page and "Redis keeps nothing on disk" in page
+
+
+def test_the_event_page_says_what_ingest_changed_to_store_it(make_bridge, destination: CapturingServer) -> None:  # noqa: ANN001
+    bridge = make_bridge(admin_config(destination.url, SECRET_FIELD_MAPPING))
+    event = sample("booking.created")
+    bridge.post(encode(event).replace(b"Juan P", b"Juan \\ud83d P"))
+    html = logged_in(bridge).get(f"/admin/events/{event_key(event['id'])}").text
+    assert "Stored with a change" in html
+    assert "replaced with U+FFFD in data.booking.cliente.nombre" in html

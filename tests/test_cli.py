@@ -614,3 +614,57 @@ def test_slack_check_checks_token_scopes_and_channels(capsys, write_config, monk
         fake.stop()
     code, _, err = run(capsys, "slack-check", str(write_config(http_config("http://127.0.0.1:9"), "http.yaml")))
     assert code == 1 and err.strip().endswith("has no connector of type slack")
+
+
+def _lose_the_body(bridge: Bridge, event_id: str) -> None:
+    """What an eviction or an empty restart mid-action leaves: the action's state written back alone."""
+    from bridge.store import event_key, record_key
+
+    key = record_key(event_key(event_id))
+    bridge.redis.hdel(key, "body", "received_at")
+
+
+def test_a_record_whose_data_was_lost_is_said_so_by_every_command(
+    capsys,
+    make_bridge,
+    destination,
+    redis_url,
+    write_config,  # noqa: ANN001
+) -> None:
+    text = with_redis(http_config(destination.url), redis_url)
+    bridge: Bridge = make_bridge(text)
+    config = str(write_config(text, "cli.yaml"))
+    destination.respond_with(400, "bad request")
+    event = sample("booking.created")
+    bridge.post(event)
+    bridge.drain()
+    _lose_the_body(bridge, event["id"])
+
+    code, out, _ = run(capsys, "dead-letters", "--config", config)
+    assert code == 0 and "data lost in Redis: the event itself is gone" in out
+    assert "all-to-crm/notify (crm), 1 attempt(s): HTTP 400" in out and "replay:" not in out
+    code, out, _ = run(capsys, "events", "--config", config)
+    assert code == 0 and "data lost in Redis" in out
+    code, _, err = run(capsys, "replay", "--config", config, event["id"])
+    assert code == 1 and "data lost in Redis" in err and "ask SalonBookIt to send it again" in err
+
+
+def test_check_config_online_reports_an_evicting_redis_and_one_without_persistence(
+    capsys,
+    write_config,
+    destination,
+    private_redis,  # noqa: ANN001
+) -> None:
+    evicting = private_redis(maxmemory_policy="allkeys-lru", appendonly="no", save="")
+    config = str(write_config(with_redis(http_config(destination.url), evicting.url)))
+    code, out, err = run(capsys, "check-config", config, "--online")
+    assert code == 1
+    assert f"{config}: redis_url: Redis at {evicting.url}: Redis evicts keys when it is full" in err
+    assert "`CONFIG SET maxmemory-policy noeviction`" in err
+    assert "warning: Redis at" in out and "Redis keeps nothing on disk" in out
+
+    keeping = private_redis(appendonly="yes")
+    config = str(write_config(with_redis(http_config(destination.url), keeping.url), "keeping.yaml"))
+    code, out, err = run(capsys, "check-config", config, "--online")
+    assert (code, err) == (0, "")
+    assert out.strip().endswith("OK (1 connectors, 1 mappings) (destinations and Redis reached)")

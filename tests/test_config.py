@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from mappings.config import ConfigError, load_config_text
+from mappings.routing import render_action
+from mappings.templates import RenderError
 
 BASE = """\
 version: 1
@@ -287,3 +289,36 @@ def test_a_section_the_caller_does_not_use_is_not_read() -> None:
     )
     config = load_config_text(text, "config.yaml", {}, unused=("admin", "metrics"))
     assert config.model.admin is None
+
+
+BOMB_ACTION = """\
+        body:
+          id: "{{ event.id }}"
+          padded: "{{ '%0200000000d' % 1 }}"
+          loop: "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+"""
+
+
+def test_template_bombs_compile_cheaply_and_fail_at_render_with_a_permanent_error() -> None:
+    """Compiling evaluates nothing (no constant folding); rendering stops at a size or time limit."""
+    text = BASE.replace('        body: {id: "{{ event.id }}"}\n', BOMB_ACTION) + "templates:\n  render_timeout: 50ms\n"
+    assert "render_timeout" in problems(text)[0]  # durations take s, m, h, d: not ms
+    config = load_config_text(text.replace("50ms", "0.05"), "config.yaml", {})
+    spec = config.mappings[0].actions[0]
+    assert spec.render_timeout == 0.05
+    context = {"event": {"id": "evt_1"}}
+    with pytest.raises(RenderError, match=r"^mappings\[0\]\.actions\[0\]\.body\.padded: the template was stopped: "):
+        render_action(spec, context)
+    spec.compiled["body"].pop("padded")
+    with pytest.raises(
+        RenderError, match=r"body\.loop: .*longer than its limit of 0\.05 s \(templates\.render_timeout\)"
+    ):
+        render_action(spec, context)
+
+
+def test_render_timeout_defaults_to_two_seconds_and_is_at_most_a_minute() -> None:
+    config = load_config_text(BASE, "config.yaml", {})
+    assert config.model.templates.render_timeout == 2.0
+    assert config.mappings[0].actions[0].render_timeout == 2.0
+    found = problems(BASE + "templates:\n  render_timeout: 5m\n")
+    assert found == ["config.yaml:16: templates.render_timeout: Input should be less than or equal to 60"]

@@ -367,6 +367,27 @@ def test_invalid_customer_email_says_where_to_correct_it(smtp, make_connector) -
     )
 
 
+@pytest.mark.parametrize(
+    ("fields", "label"),
+    [
+        pytest.param({"subject": "Tu pedido \ud83d"}, "subject", id="subject"),
+        pytest.param({"text": "Hola \ud83d"}, "text", id="text"),
+        pytest.param({"text": None, "html": "<p>Hola \ud83d</p>"}, "html", id="html-only"),
+        pytest.param({"to": [{"email": "juan@email.com", "name": "Juan \ud83d"}]}, "the name in to", id="name"),
+        pytest.param({"to": ["ju\ud83dan@email.com"]}, "to", id="address"),
+    ],
+)
+def test_text_that_cannot_be_encoded_is_a_dead_letter_naming_the_field(  # noqa: ANN001
+    smtp, make_connector, fields: dict[str, Any], label: str
+) -> None:
+    """Half of an emoji (a lone surrogate) from event data: nothing to retry, so dead at once."""
+    fields = {"to": ["juan@email.com"], **fields}
+    with pytest.raises(PermanentError) as caught:
+        make_connector(smtp).send(request(fields, context={"order": {"id": 789}}))
+    assert caught.value.reason.startswith(f"order 789: {label} holds a character that cannot be sent ('\\ud83d' at")
+    assert smtp.messages == []
+
+
 def test_one_bad_recipient_means_nothing_is_sent(smtp, make_connector) -> None:  # noqa: ANN001
     fields = {"to": ["juan@email.com"], "cc": ["ana@salon.example", "no es una dirección"]}
     with pytest.raises(PermanentError) as caught:
@@ -515,6 +536,22 @@ def test_a_server_that_never_answers_is_a_timeout(make_connector) -> None:  # no
     finally:
         silent.stop()
     assert caught.value.reason == f"127.0.0.1:{silent.port} did not answer within 0.3 s"
+    assert not caught.value.maybe_delivered  # nothing was sent
+
+
+def test_a_timeout_after_data_may_have_been_delivered(make_connector, smtp: SmtpServer) -> None:  # noqa: ANN001
+    smtp.data_delay = 1.0  # the server takes the message, then answers after the client's timeout
+    with pytest.raises(TransientError) as caught:
+        make_connector(smtp, timeout=0.3).send(request({"to": ["juan@email.com"]}))
+    assert caught.value.reason == f"127.0.0.1:{smtp.port} did not answer within 0.3 s"
+    assert caught.value.maybe_delivered and len(smtp.messages) == 1
+
+
+def test_a_refused_message_was_not_delivered(make_connector, smtp: SmtpServer) -> None:  # noqa: ANN001
+    smtp.respond_with("DATA", "451 4.3.0 try again later")
+    with pytest.raises(TransientError) as caught:
+        make_connector(smtp).send(request({"to": ["juan@email.com"]}))
+    assert not caught.value.maybe_delivered
 
 
 @pytest.mark.parametrize(

@@ -495,8 +495,46 @@ def test_two_tenants_with_the_same_booking_id_get_two_events(agenda: Callable[..
             "2024-07-01T18:00:00+02:00",
             "2024-07-01T19:30:00+02:00",
         ),
+        (
+            # Inside the skipped hour: the start moves forward by the gap and meets the end, so the
+            # booking keeps its booked hour (it was a 24-hour entry: end <= start read as overnight).
+            {"fecha": "2024-03-31", "hora_inicio": "02:30", "hora_fin": "03:30"},
+            "2024-03-31T03:30:00+02:00",
+            "2024-03-31T04:30:00+02:00",
+        ),
+        (
+            {"fecha": "2024-03-31", "hora_inicio": "02:15", "hora_fin": "02:45"},
+            "2024-03-31T03:15:00+02:00",
+            "2024-03-31T03:45:00+02:00",
+        ),
+        (
+            # 02:30 happens twice that night: the first time (still summer time, +02:00) is meant.
+            {"fecha": "2024-10-27", "hora_inicio": "02:30", "hora_fin": "03:30"},
+            "2024-10-27T02:30:00+02:00",
+            "2024-10-27T03:30:00+01:00",
+        ),
+        (
+            {"fecha": "2024-10-27", "hora_inicio": "02:30", "hora_fin": None},
+            "2024-10-27T02:30:00+02:00",
+            "2024-10-27T03:00:00+01:00",  # 90 real minutes, of which an hour was shown twice by the clock
+        ),
+        (
+            {"fecha": "2024-03-30", "hora_inicio": "23:00", "hora_fin": "02:30"},
+            "2024-03-30T23:00:00+01:00",
+            "2024-03-31T03:30:00+02:00",  # ends after midnight, at a time skipped that night
+        ),
     ],
-    ids=["spring-forward", "fall-back-by-duration", "in-the-gap", "summer-by-duration"],
+    ids=[
+        "spring-forward",
+        "fall-back-by-duration",
+        "in-the-gap",
+        "summer-by-duration",
+        "wholly-in-the-gap",
+        "wholly-in-the-gap-short",
+        "ambiguous-first-occurrence",
+        "ambiguous-by-duration",
+        "overnight-into-the-gap",
+    ],
 )
 def test_times_are_wall_clock_in_the_salon_zone_across_dst(
     agenda: Callable[..., Bridge], google: FakeGoogle, booking: dict[str, Any], start: str, end: str
@@ -511,6 +549,64 @@ def test_times_are_wall_clock_in_the_salon_zone_across_dst(
     assert (entry["start"]["dateTime"], entry["end"]["dateTime"]) == (start, end)
     assert entry["start"]["timeZone"] == entry["end"]["timeZone"] == "Europe/Madrid"
     assert entry["summary"] == "Color, Peinado · Juan Pérez"
+
+
+@pytest.mark.parametrize(
+    ("booking", "reason"),
+    [
+        pytest.param(
+            {"servicios": [{"nombre": "Color", "duracion_minutos": 10**20}]},
+            "booking 12345 has servicios[0].duracion_minutos 100000000000000000000, expected a number of minutes "
+            "from 0 to 1440",
+            id="huge-duration",
+        ),
+        pytest.param(
+            {"servicios": [{"nombre": "Color", "duracion_minutos": 1e308}]},
+            "booking 12345 has servicios[0].duracion_minutos 1e+308",
+            id="float-duration",
+        ),
+        pytest.param(
+            {"servicios": [{"nombre": "Color", "duracion_minutos": "una hora"}]},
+            "booking 12345 has servicios[0].duracion_minutos 'una hora'",
+            id="text-duration",
+        ),
+        pytest.param(
+            {"servicios": [{"nombre": "Color", "duracion_minutos": 60}, {"nombre": "Corte", "duracion_minutos": -30}]},
+            "booking 12345 has servicios[1].duracion_minutos -30",
+            id="negative-duration",
+        ),
+        pytest.param(
+            {
+                "servicios": [
+                    {"nombre": "Color", "duracion_minutos": 1000},
+                    {"nombre": "Corte", "duracion_minutos": 1000},
+                ]
+            },
+            "booking 12345 lasts 2000 minutes by its servicios' duracion_minutos, more than a day",
+            id="more-than-a-day",
+        ),
+        pytest.param(
+            {"fecha": "9999-12-31", "hora_inicio": "23:00", "hora_fin": "00:30"},
+            "booking 12345 on fecha '9999-12-31' would end outside the dates a calendar can hold",
+            id="last-day-overnight",
+        ),
+        pytest.param(
+            {"fecha": "9999-12-31", "hora_inicio": "23:30", "hora_fin": None},
+            "booking 12345 on fecha '9999-12-31' would end outside the dates a calendar can hold",
+            id="last-day-by-duration",
+        ),
+    ],
+)
+def test_booking_data_no_calendar_can_hold_is_dead_at_once_with_the_field_named(
+    agenda: Callable[..., Bridge], google: FakeGoogle, booking: dict[str, Any], reason: str
+) -> None:
+    bridge = agenda()
+    event = booking_event("booking.created", "2024-01-20T10:00:00Z", **booking)
+    post_all(bridge, [event])
+    state = bridge.record(event["id"]).actions[ACTION]
+    assert (state.status, state.attempts) == (DEAD, 1)
+    assert state.last_error.startswith(reason)
+    assert google.live_events() == {}
 
 
 def test_booking_times_without_end_or_durations_last_the_default_half_hour() -> None:
@@ -911,3 +1007,8 @@ def test_check_config_validates_the_key_offline_and_reaches_google_with_online(
     key_file.write_text('{"type": "authorized_user"}', encoding="utf-8")
     assert main(["check-config", path]) == 1
     assert f"connectors.agenda: key file {key_file} is not a service account key" in capsys.readouterr().err
+
+
+def test_distinct_tenant_and_booking_pairs_never_share_an_event_id() -> None:
+    assert google_event_id("a\x00b", "c") != google_event_id("a", "b\x00c")
+    assert google_event_id("a\\", "0b") != google_event_id("a", "\\0b")

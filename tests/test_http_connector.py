@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import socket
@@ -81,12 +82,23 @@ def test_retry_after_as_an_http_date() -> None:
     assert parse_retry_after(None) is None
 
 
-def test_timeout_is_transient(destination: CapturingServer) -> None:
+def test_timeout_is_transient_and_may_have_been_delivered(destination: CapturingServer) -> None:
     destination.respond_with(200, delay=1.5)
     crm = connector(destination.url, timeout=0.3)
-    with pytest.raises(TransientError, match="did not answer within 0.3 s"):
+    with pytest.raises(TransientError, match="did not answer within 0.3 s") as caught:
         crm.send(request({}))
     crm.close()
+    # The receiver got the request; only its answer was late.
+    assert caught.value.maybe_delivered and len(destination.requests) == 1
+
+
+def test_an_error_answer_was_not_delivered(destination: CapturingServer) -> None:
+    destination.respond_with(503, "busy")
+    crm = connector(destination.url)
+    with pytest.raises(TransientError) as caught:
+        crm.send(request({}))
+    crm.close()
+    assert not caught.value.maybe_delivered
 
 
 def test_connection_refused_is_transient() -> None:
@@ -94,6 +106,30 @@ def test_connection_refused_is_transient() -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     crm = connector(f"http://127.0.0.1:{port}/")
-    with pytest.raises(TransientError, match="cannot connect to"):
+    with pytest.raises(TransientError, match="cannot connect to") as caught:
         crm.send(request({}))
     crm.close()
+    assert not caught.value.maybe_delivered  # nothing left the machine
+
+
+@pytest.mark.parametrize(
+    ("event_id", "header"),
+    [
+        pytest.param("evt_1", "evt_1/m/0", id="plain-unchanged"),
+        pytest.param("evt_\U0001f600", "evt_%F0%9F%98%80/m/0", id="emoji"),
+        pytest.param("evt 1", "evt 1/m/0", id="inner-space-unchanged"),
+    ],
+)
+def test_the_idempotency_key_goes_out_whatever_the_event_id(destination: CapturingServer, event_id, header) -> None:  # noqa: ANN001
+    crm = connector(f"{destination.url}/in")
+    crm.send(dataclasses.replace(request({"n": 1}), event_id=event_id))
+    crm.close()
+    assert destination.requests[0].headers["Idempotency-Key"] == header
+
+
+def test_a_request_that_can_never_be_sent_is_permanent(destination: CapturingServer) -> None:
+    crm = connector(f"{destination.url}/in", headers={"X-Tenant": "acme\nX-Evil: 1"})
+    with pytest.raises(PermanentError, match="cannot be sent as configured"):
+        crm.send(request({"n": 1}))
+    crm.close()
+    assert destination.requests == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -48,7 +49,7 @@ def test_rejects_bad_signatures_and_stores_nothing(
     response = bridge.post(event, secret=secret, headers=headers)
     assert response.status_code == 401
     assert expected_error in response.get_json()["error"]
-    assert bridge.redis.keys("sb:*") == []
+    assert bridge.keys_written() == []
 
 
 def test_signature_is_checked_on_the_raw_bytes(bridge: Bridge) -> None:
@@ -101,7 +102,7 @@ def test_rejects_malformed_envelopes_naming_the_field(bridge: Bridge, body: byte
     response = bridge.post(body)
     assert response.status_code == 400
     assert expected_error in response.get_json()["error"]
-    assert bridge.redis.keys("sb:*") == []
+    assert bridge.keys_written() == []
 
 
 def test_body_over_the_limit_is_413(make_bridge, destination) -> None:  # noqa: ANN001
@@ -131,7 +132,7 @@ def test_unmapped_type_and_foreign_tenant_are_ignored_with_200(make_bridge, dest
     response = bridge.post(sample("booking.created", tenant_id="other-salon"))
     assert response.status_code == 200
     assert "tenant 'other-salon' is not in webhook.tenants" in response.get_json()["ignored"]
-    assert bridge.redis.keys("sb:*") == []
+    assert bridge.keys_written() == []
     # An unmapped event that carries entity data is accepted: later events need what it says.
     assert bridge.post(sample("order.created")).status_code == 202
 
@@ -248,3 +249,75 @@ def test_a_delivery_without_content_length_is_handled_too(bridge: Bridge) -> Non
     assert response.status_code == 202
     assert response.get_json() == {"received": True, "event_id": event["id"]}
     assert bridge.record(event["id"]).envelope == event
+
+
+def _signed_body(depth: int = 0, **overrides: str) -> bytes:
+    """A sample booking.created as JSON text, ASCII-escaped (so lone surrogates can be written),
+    its booking wrapped `depth` levels deep (built as text: json.dumps recurses too)."""
+    event = sample("booking.created", **overrides)
+    body = json.dumps(event)
+    if depth:
+        booking = json.dumps(event["data"]["booking"])
+        body = body.replace(booking, '{"x": ' * depth + booking + "}" * depth)
+    return body.encode()
+
+
+@pytest.mark.parametrize(
+    ("body", "expected_error"),
+    [
+        pytest.param(_signed_body(id="evt_1\n"), "field 'id' starts or ends with white space", id="id-newline"),
+        pytest.param(_signed_body(id=" evt_1"), "field 'id' starts or ends with white space", id="id-space"),
+        pytest.param(_signed_body(id="evt\r\nX-Evil: 1"), "field 'id' contains a control character", id="id-crlf"),
+        pytest.param(_signed_body(id="evt_\ud83d"), "field 'id' contains a control character or a lone", id="id-half"),
+        pytest.param(_signed_body(tenant_id="acme\x00b"), "field 'tenant_id' contains a control", id="tenant-nul"),
+        pytest.param(_signed_body(tenant_id="acme\nfake"), "field 'tenant_id' contains a control", id="tenant-nl"),
+        pytest.param(_signed_body(tenant_id="\udc00"), "field 'tenant_id' contains a control", id="tenant-half"),
+        pytest.param(_signed_body(depth=40), "field 'data.booking.x.x", id="nested-40"),
+        pytest.param(_signed_body(depth=990), "body is nested deeper than 32 levels", id="nested-990"),
+    ],
+)
+def test_ids_that_cannot_be_keys_and_deep_nesting_are_400_never_500(
+    bridge: Bridge, body: bytes, expected_error: str
+) -> None:
+    response = bridge.post(body)
+    assert response.status_code == 400
+    assert expected_error in response.get_json()["error"]
+    assert bridge.keys_written() == []
+
+
+def test_an_id_that_is_not_a_safe_job_id_is_hashed_whole() -> None:
+    assert event_key("evt_1") == "e-evt_1"
+    assert event_key("evt_1\n").startswith("h-")  # `$` would have let the newline through to RQ
+
+
+@pytest.mark.parametrize(
+    "body_text",
+    [
+        pytest.param(lambda b: b.replace(b"Juan P", b"Juan \\ud83d P"), id="escaped"),
+        pytest.param(lambda b: b.replace(b"Juan P", b"Juan \xed\xa0\xbd P"), id="raw-bytes"),
+    ],
+)
+def test_a_lone_surrogate_is_replaced_and_the_event_processed(bridge: Bridge, destination, body_text) -> None:  # noqa: ANN001
+    """Half an emoji (a platform cutting a string) is stored as U+FFFD, and the record says so."""
+    event = sample("booking.created")
+    body = body_text(encode(event))
+    assert bridge.post(body).status_code == 202
+    record = bridge.record(event["id"])
+    assert record.envelope["data"]["booking"]["cliente"]["nombre"] == "Juan \ufffd Pérez"
+    assert record.note == (
+        "a lone UTF-16 surrogate (half a character) was replaced with U+FFFD in data.booking.cliente.nombre"
+    )
+    bridge.drain()
+    assert bridge.record(event["id"]).actions["all-to-crm/notify"].status == "done"
+    assert len(destination.requests) == 1
+
+
+def test_a_valid_surrogate_pair_is_left_as_it_is(bridge: Bridge) -> None:
+    event = sample("booking.created")
+    event["data"]["booking"]["notas"] = "\U0001f600"
+    body = json.dumps(event).encode()  # ASCII: the emoji as the escaped pair \\ud83d\\ude00
+    assert b"\\ud83d\\ude00" in body
+    assert bridge.post(body).status_code == 202
+    record = bridge.record(event["id"])
+    assert record.envelope["data"]["booking"]["notas"] == "\U0001f600"
+    assert record.note == ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -10,13 +11,35 @@ import time
 from pathlib import Path
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+from rq import SimpleWorker
 from rq.registry import StartedJobRegistry
 from rq.scheduler import RQScheduler
+from rq.serializers import JSONSerializer
+from rq.timeouts import JobTimeoutException
 
-from bridge.jobs import POSSIBLE_DUPLICATES_KEY
-from bridge.store import DEAD, DONE, DRY_RUN, RETRYING, SENDING, SKIPPED
+from bridge.jobs import LOST_IN_REDIS, POSSIBLE_DUPLICATES_KEY, judge
+from bridge.operations import replay
+from bridge.queue import PROCESS_EVENT, enqueue
+from bridge.store import (
+    DEAD,
+    DEAD_INDEX,
+    DONE,
+    DRY_RUN,
+    EVENT_ACTION,
+    EVENTS_INDEX,
+    RETRYING,
+    SENDING,
+    SKIPPED,
+    ActionState,
+    event_key,
+    record_key,
+)
+from bridge.worker import BridgeWorker
 from tests.conftest import http_config
-from tests.harness import EVENT_TYPES, Bridge, sample
+from tests.fakes.http_server import Reply
+from tests.harness import EVENT_TYPES, Bridge, encode, sample
+from tests.test_state import SHIPPED_NOTICE
 
 TWO_ACTIONS = """
   - name: fan-out
@@ -65,6 +88,36 @@ def test_transient_failure_is_retried_then_succeeds(bridge: Bridge, destination)
     assert (state.status, state.attempts, state.last_error) == (DONE, 3, "")
     assert [h["outcome"] for h in state.history] == [RETRYING, RETRYING, DONE]
     assert "HTTP 503: maintenance" in state.history[0]["error"]
+
+
+def test_a_late_answer_is_counted_as_a_possible_duplicate(make_bridge, destination, caplog) -> None:  # noqa: ANN001
+    bridge = make_bridge(http_config(destination.url).replace("timeout: 2", "timeout: 0.3"))
+    destination.respond_with(503, "maintenance")  # an answer: nothing was done, nothing to count
+    destination.respond_with(200, delay=1.0)  # received and done, answered after the client's timeout
+    event = sample("payment.failed")
+    bridge.post(event)
+    with caplog.at_level(logging.WARNING, logger="salon_bridge.jobs"):
+        bridge.drain()
+    # The receiver had it twice, with one Idempotency-Key to recognise the repeat by.
+    assert len(destination.requests) == 3
+    assert {r.headers["Idempotency-Key"] for r in destination.requests} == {f"{event['id']}/all-to-crm/notify"}
+    state = bridge.record(event["id"]).actions["all-to-crm/notify"]
+    assert (state.status, state.attempts) == (DONE, 3)
+    assert bridge.redis.get(POSSIBLE_DUPLICATES_KEY) == b"1"
+    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("possible duplicate")]
+    assert f"event={event['id']} action=all-to-crm/notify was sent but not answered" in line
+
+
+def test_late_answers_until_the_action_is_dead_are_all_counted(make_bridge, destination) -> None:  # noqa: ANN001
+    bridge = make_bridge(http_config(destination.url).replace("timeout: 2", "timeout: 0.3"))
+    destination.default = Reply(200, delay=1.0)
+    event = sample("payment.failed")
+    bridge.post(event)
+    bridge.drain()
+    state = bridge.record(event["id"]).actions["all-to-crm/notify"]
+    assert (state.status, state.attempts) == (DEAD, 4)
+    assert len(destination.requests) == 4
+    assert bridge.redis.get(POSSIBLE_DUPLICATES_KEY) == b"4"
 
 
 def test_retries_exhausted_go_to_the_dead_letters(bridge: Bridge, destination) -> None:  # noqa: ANN001
@@ -298,3 +351,138 @@ def test_a_worker_logs_one_line_per_action_and_rq_job_lines_only_at_debug(
     rq_job_lines = [line for line in lines if "Job OK" in line or "Successfully completed" in line]
     assert len(rq_job_lines) == (2 if level == "debug" else 0)
     assert any("started with PID" in line for line in lines)  # RQ's other lines stay
+
+
+def _wrapped(event: dict, depth: int) -> bytes:
+    """The event as JSON with its booking wrapped `depth` levels deep (as text: json.dumps recurses)."""
+    booking = encode(event["data"]["booking"])
+    return encode(event).replace(booking, b'{"x": ' * depth + booking + b"}" * depth)
+
+
+def _half_character_in(body: bytes) -> bytes:
+    """The body with the raw bytes of a lone surrogate in the customer's name."""
+    return body.replace(b"Juan P", b"Juan \xed\xa0\xbd P")
+
+
+def _store_as_an_older_bridge_would(bridge: Bridge, body: bytes, event_id: str) -> str:
+    """An event record written without today's ingest checks (data from before an upgrade), queued."""
+    key = event_key(event_id)
+    bridge.redis.hset(record_key(key), mapping={"body": body, "received_at": time.time()})
+    enqueue(bridge.runtime.queue, PROCESS_EVENT, key, job_id=key)
+    return key
+
+
+@pytest.mark.parametrize(
+    ("body_of", "cause"),
+    [
+        pytest.param(
+            lambda e: encode(e).replace(b"Juan P", b"Juan \xed\xa0\xbd P"), "UnicodeEncodeError", id="surrogate"
+        ),
+        pytest.param(lambda e: _wrapped(e, 1500), "RecursionError", id="nested-1500"),
+    ],
+)
+def test_an_event_that_cannot_be_processed_ends_dead_with_the_reason(bridge: Bridge, body_of, cause) -> None:  # noqa: ANN001
+    """Whatever fails between taking the job and recording its outcome is recorded: the event's own
+    entry is dead with the reason, in the dead letters, and the booking's lock is free."""
+    event = sample("booking.created")
+    body = body_of(event)
+    key = _store_as_an_older_bridge_would(bridge, body, event["id"])
+    bridge.drain()
+    state = ActionState.from_json(bridge.redis.hget(record_key(key), "a:" + EVENT_ACTION))  # the body may not parse
+    assert state.status == DEAD
+    assert state.last_error.startswith(f"could not be processed: {cause}")
+    assert bridge.redis.zrange(DEAD_INDEX, 0, -1) == [f"{key} {EVENT_ACTION}".encode()]
+    assert bridge.redis.keys("sb:lock:*") == []
+    assert bridge.runtime.queue.failed_job_registry.count == 0  # not left to RQ's retries
+
+
+def test_a_failed_event_replayed_after_the_fix_is_processed(bridge: Bridge, destination) -> None:  # noqa: ANN001
+    event = sample("booking.created")
+    key = _store_as_an_older_bridge_would(bridge, _half_character_in(encode(event)), event["id"])
+    bridge.drain()
+    bridge.redis.hset(record_key(key), "body", encode(event))  # the owner fixed the data
+    replay(bridge.runtime, event["id"])
+    bridge.drain()
+    actions = bridge.record(event["id"]).actions
+    assert actions[EVENT_ACTION].status == DONE
+    assert actions["all-to-crm/notify"].status == DONE
+    assert len(destination.requests) == 1
+
+
+def redis_fails_midway(key: str) -> None:
+    """A job for the test below: Redis failing under it, as when it is unreachable for minutes."""
+    raise RedisConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+
+def test_a_job_rq_gives_up_on_leaves_an_outcome(bridge: Bridge) -> None:
+    """When RQ runs a job for the last time and it fails again, the event's own entry says so."""
+    event = sample("booking.created")
+    bridge.post(event)
+    queue = bridge.runtime.queue
+    queue.empty()
+    job = enqueue(queue, "tests.test_jobs.redis_fails_midway", event_key(event["id"]))
+    job.retries_left = 0  # its last try
+    job.save()
+    bridge.drain()
+    state = bridge.record(event["id"]).actions[EVENT_ACTION]
+    assert state.status == DEAD
+    assert state.last_error == (
+        "the worker failed on every try (ConnectionError: Error 111 connecting to 127.0.0.1:6379. Connection "
+        "refused.); fix the cause, then replay it"
+    )
+    assert queue.failed_job_registry.get_job_ids() == [job.id]
+
+
+def test_a_job_timeout_is_a_permanent_failure_not_a_retry_loop() -> None:
+    failure = judge(JobTimeoutException("Task exceeded maximum timeout value (120 seconds)"), 0.0, 900, 10.0)
+    assert failure.permanent
+    assert failure.error == "took longer than the job's limit of 120 s; nothing more is tried"
+
+
+def test_a_retry_after_is_honoured_to_the_second_never_early(bridge: Bridge, destination) -> None:  # noqa: ANN001
+    """RQ's scheduler keeps whole seconds: the retry's time is rounded up, never down."""
+    destination.respond_with(503, "busy", headers={"Retry-After": "2"})
+    bridge.post(sample("booking.created"))
+    SimpleWorker([bridge.runtime.queue], connection=bridge.redis, serializer=JSONSerializer).work(burst=True)
+    registry = bridge.runtime.queue.scheduled_job_registry
+    [job_id] = registry.get_job_ids()
+    assert registry.get_scheduled_time(job_id).timestamp() >= destination.requests[0].received_at + 2
+    bridge.drain()
+    first, second = destination.requests
+    assert second.received_at - first.received_at >= 2.0
+
+
+def test_missing_data_is_awaited_for_the_configured_window_not_a_schedule_step_more(make_bridge, destination) -> None:  # noqa: ANN001
+    """A 2 s wait with a schedule of 1 s then 1 hour: the last try is at the end of the 2 s."""
+    config = http_config(destination.url, mappings=SHIPPED_NOTICE).replace("[0.1, 0.1, 0.1]", "[1, 3600]")
+    bridge: Bridge = make_bridge(config.replace("  jitter: 0", "  jitter: 0\n  wait_for_missing_data: 2s"))
+    shipped = sample("order.shipped")
+    bridge.post(shipped)
+    bridge.drain(timeout=15)
+    record = bridge.record(shipped["id"])
+    state = record.actions["shipped/0"]
+    assert state.status == DEAD
+    assert {h["outcome"] for h in state.history[:-1]} == {RETRYING}
+    assert record.received_at + 2 <= state.history[-1]["at"] < record.received_at + 10
+    assert state.last_error.endswith("(order.created not received)")
+
+
+def test_a_workers_maintenance_trims_the_event_index_to_its_retention(bridge: Bridge) -> None:
+    """The index of events would otherwise keep every id forever (the records expire by TTL)."""
+    old, new = sample("booking.created"), sample("booking.updated")
+    bridge.post(old)
+    bridge.post(new)
+    retention = bridge.config.model.retention.events
+    bridge.redis.zadd(EVENTS_INDEX, {event_key(old["id"]): time.time() - retention - 60})
+    BridgeWorker([bridge.runtime.queue], connection=bridge.redis, serializer=JSONSerializer).work(burst=True)
+    assert bridge.redis.zrange(EVENTS_INDEX, 0, -1) == [event_key(new["id"]).encode()]
+
+
+def test_an_event_whose_body_was_lost_in_redis_ends_dead_saying_so(bridge: Bridge) -> None:
+    event = sample("booking.created")
+    bridge.post(event)
+    key = event_key(event["id"])
+    bridge.redis.hdel(record_key(key), "body")  # evicted, or lost in a restart mid-action
+    bridge.drain()
+    state = ActionState.from_json(bridge.redis.hget(record_key(key), "a:" + EVENT_ACTION))
+    assert (state.status, state.last_error) == (DEAD, LOST_IN_REDIS)

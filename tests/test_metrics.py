@@ -92,7 +92,7 @@ def test_webhook_deliveries_by_type_outcome_and_reason(make_bridge, destination)
 def test_rejected_deliveries_write_nothing_to_redis(bridge: Bridge) -> None:
     bridge.post(sample("booking.created"), secret="wrong")
     bridge.post(b"[]")
-    assert bridge.redis.keys("sb:*") == []
+    assert bridge.keys_written() == []
     assert value(scrape(bridge), "salon_bridge_events_rejected_total", reason="bad_signature") == 1
 
 
@@ -431,3 +431,12 @@ def test_a_worker_run_with_log_format_json(
     command.remove("json")
     again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and all(json.loads(line) for line in again.stderr.splitlines() if line.strip())
+
+
+def test_a_value_with_a_newline_cannot_forge_a_text_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO):
+        logging.getLogger("salon_bridge.test").info("webhook event=%s outcome=accepted", "e1\n2026-01-01 INFO fake")
+    [record] = caplog.records
+    line = logs.TextFormatter().format(record)
+    assert "\n" not in line
+    assert line.endswith("webhook event=e1\\n2026-01-01 INFO fake outcome=accepted")

@@ -7,6 +7,7 @@ docs/examples/slack.yaml, plus focused tests of the connector's threads, errors 
 from __future__ import annotations
 
 import itertools
+import logging
 import socket
 import threading
 import time
@@ -20,6 +21,7 @@ from redis import Redis
 from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 
+from bridge.jobs import POSSIBLE_DUPLICATES_KEY
 from bridge.state import RedisConnectorStore
 from bridge.store import DEAD, DONE, RETRYING
 from connectors.base import ActionRequest, PermanentError, TransientError
@@ -580,6 +582,17 @@ def test_a_timeout_is_transient(redis: Redis, slack: FakeSlack) -> None:
     with pytest.raises(TransientError) as failed:
         make_connector(slack, timeout=0.3).send(make_request(redis))
     assert failed.value.reason == "Slack did not answer chat.postMessage within 0.3 s"
+    assert failed.value.maybe_delivered  # sent, never answered: Slack may have posted it
+
+
+def test_a_timed_out_edit_is_not_a_possible_duplicate(redis: Redis, slack: FakeSlack) -> None:
+    connector = make_connector(slack, timeout=0.3)
+    connector.send(make_request(redis, "evt_1", thread_key="booking-1"))
+    slack.fail("chat.update", delay=3)
+    with pytest.raises(TransientError) as failed:
+        connector.send(make_request(redis, "evt_2", thread_key="booking-1", update_parent=True, parent_text="~x~"))
+    assert failed.value.reason == "Slack did not answer chat.update within 0.3 s"
+    assert not failed.value.maybe_delivered  # an edit done twice is the same edit
 
 
 def test_an_unreachable_slack_is_transient(redis: Redis) -> None:
@@ -590,6 +603,174 @@ def test_an_unreachable_slack_is_transient(redis: Redis) -> None:
     with pytest.raises(TransientError) as failed:
         SlackConnector("staff", settings).send(make_request(redis))
     assert failed.value.reason.startswith("cannot reach Slack (chat.postMessage): ")
+    assert not failed.value.maybe_delivered
+
+
+# -- late answers: posted, but the answer came after the timeout ---------------------------------
+
+MARKER = {"event_type": "salon_bridge_action", "event_payload": {"action": "evt_1/m/a"}}
+
+
+def test_every_message_carries_its_action_as_metadata(redis: Redis, slack: FakeSlack) -> None:
+    make_connector(slack).send(make_request(redis))
+    assert only(slack.messages).metadata == MARKER
+
+
+def test_a_late_answer_is_found_in_the_channel_not_posted_again(redis: Redis, slack: FakeSlack) -> None:
+    connector = make_connector(slack, timeout=0.3)
+    slack.late("chat.postMessage", 1.0)
+    with pytest.raises(TransientError) as late:
+        connector.send(make_request(redis))
+    assert late.value.maybe_delivered and len(slack.messages) == 1
+    result = connector.send(make_request(redis))  # the retry
+    message = only(slack.messages)
+    assert (
+        result.detail
+        == f"found the message an earlier attempt posted in #recepcion (ts {message.ts}): not posted again"
+    )
+    assert result.data == {"channel": message.channel, "ts": message.ts}
+    [search] = slack.calls_of("conversations.history")
+    assert search.params["channel"] == message.channel and search.params["include_all_metadata"] == "1"
+    assert float(search.params["oldest"]) < float(message.ts) < float(search.params["latest"])
+    assert connector.send(make_request(redis)).detail.startswith("already posted")  # and remembered
+
+
+def test_every_late_attempt_is_searched_for(redis: Redis, slack: FakeSlack) -> None:
+    connector = make_connector(slack, timeout=0.3)
+    slack.fail("chat.postMessage", delay=1.0)  # no answer, and (this time) nothing posted
+    with pytest.raises(TransientError):
+        connector.send(make_request(redis))
+    slack.late("chat.postMessage", 1.0)  # the second attempt searches, finds nothing, posts: late again
+    with pytest.raises(TransientError):
+        connector.send(make_request(redis))
+    assert len(slack.messages) == 1
+    assert connector.send(make_request(redis)).detail.startswith("found the message an earlier attempt posted")
+    only(slack.messages)
+    first_search, second_search = slack.calls_of("conversations.history")
+    assert float(first_search.params["latest"]) < float(second_search.params["latest"])
+    assert float(second_search.params["oldest"]) == float(first_search.params["oldest"])
+
+
+def test_a_late_reply_is_found_in_its_thread(redis: Redis, slack: FakeSlack) -> None:
+    connector = make_connector(slack, timeout=0.3)
+    connector.send(make_request(redis, "evt_0", thread_key="booking-1"))
+    parent = only(slack.top_level())
+    slack.late("chat.postMessage", 1.0)
+    with pytest.raises(TransientError):
+        connector.send(make_request(redis, "evt_1", thread_key="booking-1"))
+    result = connector.send(make_request(redis, "evt_1", thread_key="booking-1"))
+    assert len(slack.replies(parent)) == 1 and result.detail.startswith("found the message an earlier attempt")
+    [search] = slack.calls_of("conversations.replies")
+    assert search.params["ts"] == parent.ts
+
+
+def test_an_answered_failure_is_posted_again_without_searching(redis: Redis, slack: FakeSlack) -> None:
+    connector = make_connector(slack)
+    slack.fail("chat.postMessage", "internal_error")
+    with pytest.raises(TransientError) as failed:
+        connector.send(make_request(redis, thread_key="booking-1"))
+    assert not failed.value.maybe_delivered
+    connector.send(make_request(redis, thread_key="booking-1"))
+    assert len(slack.messages) == 1 and slack.calls_of("conversations.history") == []
+
+
+def test_a_parent_answered_late_keeps_its_thread(redis: Redis, slack: FakeSlack) -> None:
+    first, second = make_connector(slack, timeout=0.3), make_connector(slack)
+    slack.late("chat.postMessage", 1.0)
+    with pytest.raises(TransientError):
+        first.send(make_request(redis, "evt_1", thread_key="booking-1"))
+    # The message may be in Slack: the thread stays claimed for its retry, others wait.
+    with pytest.raises(TransientError, match="being posted"):
+        second.send(make_request(redis, "evt_2", thread_key="booking-1"))
+    first.send(make_request(redis, "evt_1", thread_key="booking-1"))
+    second.send(make_request(redis, "evt_2", thread_key="booking-1"))
+    parent = only(slack.top_level())
+    assert [m.text for m in slack.replies(parent)] == ["hola"]
+
+
+def test_a_search_that_fails_for_now_is_tried_again_later(redis: Redis, slack: FakeSlack) -> None:
+    connector = make_connector(slack, timeout=0.3)
+    slack.late("chat.postMessage", 1.0)
+    with pytest.raises(TransientError):
+        connector.send(make_request(redis, thread_key="booking-1"))
+    slack.fail("conversations.history", "internal_error")
+    with pytest.raises(TransientError) as failed:
+        connector.send(make_request(redis, thread_key="booking-1"))
+    assert failed.value.reason == "Slack had a problem on its side (conversations.history: internal_error)"
+    assert not failed.value.maybe_delivered
+    connector.send(make_request(redis, thread_key="booking-1"))
+    assert only(slack.messages).thread_ts is None
+
+
+def test_without_history_scope_it_posts_again_and_says_so(
+    redis: Redis, slack: FakeSlack, caplog: pytest.LogCaptureFixture
+) -> None:
+    slack.scopes.remove("channels:history")
+    connector = make_connector(slack, timeout=0.3)
+    slack.late("chat.postMessage", 1.0)
+    with pytest.raises(TransientError):
+        connector.send(make_request(redis))
+    with caplog.at_level(logging.WARNING, logger="salon_bridge.connectors.slack"):
+        result = connector.send(make_request(redis))
+    assert len(slack.top_level()) == 2
+    assert result.detail.endswith(
+        "could not check whether an earlier attempt posted it (Slack: missing_scope): it may show twice"
+    )
+    assert "cannot look for the message an earlier attempt of evt_1/m/a may have posted in #recepcion" in caplog.text
+
+
+def test_a_rerun_after_a_crash_between_the_answer_and_its_record_finds_the_message(
+    redis: Redis, slack: FakeSlack
+) -> None:
+    store = RedisConnectorStore(redis, "staff")
+    make_connector(slack).send(make_request(redis, thread_key="booking-1"))
+    # As if the worker died once Slack had answered, before the connector wrote anything down.
+    store.delete("sent:evt_1:m/a")
+    store.set(f"thread:{TENANT}:recepcion:booking-1", "pending evt_1 m/a", ttl=300)
+    result = make_connector(slack).send(make_request(redis, thread_key="booking-1"))
+    parent = only(slack.messages)
+    assert result.detail.startswith("found the message an earlier attempt posted")
+    assert store.get(f"thread:{TENANT}:recepcion:booking-1") == f"{parent.channel} {parent.ts}"
+
+
+def test_a_forced_replay_posts_again_without_searching(redis: Redis, slack: FakeSlack) -> None:
+    connector = make_connector(slack, timeout=0.3)
+    slack.late("chat.postMessage", 1.0)
+    with pytest.raises(TransientError):
+        connector.send(make_request(redis))
+    connector.send(replace(make_request(redis), forced=True))
+    assert len(slack.messages) == 2 and slack.calls_of("conversations.history") == []
+
+
+def test_a_late_first_message_end_to_end_is_posted_once_and_keeps_its_thread(
+    make_bridge: Callable[[str], Bridge], slack: FakeSlack
+) -> None:
+    bridge = make_bridge(config_text(slack, mappings=THREADED).replace("timeout: 2", "timeout: 0.3"))
+    slack.late("chat.postMessage", 1.0)  # posted, answered after the client's timeout
+    no_show, failed = booking_event("booking.no_show"), booking_event("payment.failed")
+    run(bridge, no_show, failed)
+    parent = only(slack.top_level())
+    assert parent.text == "booking.no_show 12345"
+    assert [m.text for m in slack.replies(parent)] == ["payment.failed 12345"]
+    state = bridge.record(no_show["id"]).actions["notices/post"]
+    assert (state.status, state.attempts) == (DONE, 2)
+    assert state.detail.startswith("found the message an earlier attempt posted in #recepcion")
+    # Counted when the answer did not come; the retry then found the message and posted nothing.
+    assert bridge.redis.get(POSSIBLE_DUPLICATES_KEY) == b"1"
+
+
+def test_a_late_first_message_without_history_scope_is_posted_twice_and_counted(
+    make_bridge: Callable[[str], Bridge], slack: FakeSlack
+) -> None:
+    slack.scopes.remove("channels:history")
+    bridge = make_bridge(config_text(slack, mappings=THREADED).replace("timeout: 2", "timeout: 0.3"))
+    slack.late("chat.postMessage", 1.0)
+    no_show, failed = booking_event("booking.no_show"), booking_event("payment.failed")
+    run(bridge, no_show, failed)
+    first, second = slack.top_level()
+    assert first.text == second.text == "booking.no_show 12345"
+    assert [m.text for m in slack.replies(second)] == ["payment.failed 12345"]  # the retry's copy is the parent
+    assert bridge.redis.get(POSSIBLE_DUPLICATES_KEY) == b"1"
 
 
 def test_a_wrong_base_url_is_permanent(redis: Redis, slack: FakeSlack) -> None:
@@ -678,6 +859,14 @@ def test_webhook_4xx_is_permanent(redis: Redis, slack: FakeSlack, status: int, b
     with pytest.raises(PermanentError) as failed:
         connector.send(make_request(redis))
     assert advice in failed.value.reason and "s3cr3tp4th" not in failed.value.reason
+
+
+def test_a_webhook_timeout_may_have_been_delivered(redis: Redis, slack: FakeSlack) -> None:
+    slack.fail_webhook(200, "ok", delay=1.0)
+    with pytest.raises(TransientError) as failed:
+        make_connector(slack, webhook_url=slack.webhook_url, timeout=0.3).send(make_request(redis))
+    assert failed.value.reason == "the Slack incoming webhook did not answer within 0.3 s"
+    assert failed.value.maybe_delivered  # and there is no history to look in
 
 
 def test_webhook_5xx_and_429_are_transient(redis: Redis, slack: FakeSlack) -> None:

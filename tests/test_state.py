@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from redis import Redis
 
-from bridge.state import EntityMemory
+from bridge.state import EntityMemory, Ordering, subject_of
 from bridge.store import DEAD, DONE, RETRYING, STALE, seen_key
 from tests.conftest import http_config
 from tests.fakes.http_server import CapturingServer
@@ -77,7 +78,7 @@ def test_customer_changes_reach_the_booking_view(redis_url: str) -> None:
     memory = EntityMemory(Redis.from_url(redis_url), ttl=3600)
     memory.remember(sample("booking.created"))
     memory.remember(sample("customer.updated"))  # renames customer 456 two days later
-    views = memory.views(sample("booking.no_show"))
+    views = memory.views(subject_of(sample("booking.no_show")))
     assert views["booking"]["cliente"]["nombre"] == "Juan Pérez García"
     assert views["customer"]["nombre"] == "Juan Pérez García"
     assert views["order"] is None
@@ -306,3 +307,86 @@ def test_a_lock_that_expired_with_nobody_taking_it_is_taken_again(make_bridge, d
     assert {a.status for a in bridge.record(event["id"]).actions.values()} == {DONE}
     assert bridge.runtime.queue.scheduled_job_registry.count == 0
     assert bridge.redis.keys("sb:lock:*") == []
+
+
+@pytest.mark.parametrize("odd_key", ["~id", "~~version", "\\backslash", "~"])
+def test_event_data_never_reaches_memorys_own_bookkeeping(make_bridge, destination, odd_key: str) -> None:  # noqa: ANN001
+    """A key like `~id` in a booking is kept as data; later events of that booking still merge,
+    and a calendar-like sync is not skipped as stale."""
+    bridge: Bridge = make_bridge(http_config(destination.url, mappings=SYNC))
+    created = at(sample("booking.created"), "2024-01-20T10:30:00Z")
+    created["data"]["booking"][odd_key] = "12"
+    updated = at(sample("booking.updated"), "2024-01-20T11:00:00Z")
+    bridge.post(created)
+    bridge.post(updated)
+    bridge.drain()
+    assert [bridge.record(e["id"]).actions["crm-sync/booking"].status for e in (created, updated)] == [DONE, DONE]
+    assert destination.requests[-1].json()["hora"] == "11:00"
+    booking = bridge.runtime.memory.load("uuid-tenant", "booking", "12345")
+    assert booking is not None and booking[odd_key] == "12" and booking["hora_inicio"] == "11:00"
+
+
+def test_distinct_tenants_and_ids_never_share_memory(redis_url: str) -> None:
+    """Tenant `acme` with booking `customer:77` against tenant `acme:booking` with customer 77."""
+    memory = EntityMemory(Redis.from_url(redis_url), ttl=3600)
+    one = {"id": "1", "created": "2024-01-20T10:00:00Z", "tenant_id": "acme", "type": "booking.created"}
+    one["data"] = {"booking": {"id": "customer:77", "estado": "confirmada"}}
+    other = {"id": "2", "created": "2024-01-20T10:00:00Z", "tenant_id": "acme:booking", "type": "customer.created"}
+    other["data"] = {"customer": {"id": "77", "nombre": "Ana"}}
+    memory.remember(one)
+    memory.remember(other)
+    assert memory.load("acme", "booking", "customer:77") == {"id": "customer:77", "estado": "confirmada"}
+    assert memory.load("acme:booking", "customer", "77") == {"id": "77", "nombre": "Ana"}
+    assert memory.key("uuid-tenant", "booking", "12345") == "sb:mem:uuid-tenant:booking:12345"  # plain ids unchanged
+
+
+def test_the_synced_mark_never_moves_back_to_an_older_version(redis_url: str) -> None:
+    redis = Redis.from_url(redis_url)
+    ordering = Ordering(redis, ttl=3600)
+    for version in ["1", "2", "1.1", "2", "2.1", "10.0", "9.9"]:
+        pipe = redis.pipeline()
+        ordering.mark_synced_on(pipe, "crm:t:booking:1", version)
+        pipe.execute()
+    assert redis.get("sb:synced:crm:t:booking:1") == b"10.0"
+
+
+def test_the_lock_is_kept_while_a_call_outlasts_its_lifetime(make_bridge, destination) -> None:  # noqa: ANN001
+    """A destination slower than the lock's lifetime: another worker cannot take the booking meanwhile."""
+    bridge: Bridge = make_bridge(http_config(destination.url, mappings=TWO_NOTICES))
+    bridge.runtime.ordering.lock_timeout = 0.6
+    seen_while_in_flight: list[bytes | None] = []
+
+    def look_later(_request: object) -> None:
+        time.sleep(1.2)  # twice the lock's lifetime, before the answer
+        seen_while_in_flight.append(bridge.redis.get(BOOKING_LOCK))
+
+    destination.on_request = look_later
+    bridge.post(sample("booking.created"))
+    bridge.drain()
+    assert len(seen_while_in_flight) == 2 and all(seen_while_in_flight), "the lock expired during the call"
+    assert bridge.redis.keys("sb:lock:*") == []
+
+
+@pytest.mark.parametrize(
+    ("event_type", "label"),
+    [
+        pytest.param("booking.created", "booking ABC123XY · Juan Pérez", id="booking"),
+        pytest.param("booking.no_show", "booking 12345", id="booking-without-code"),
+        pytest.param("payment.completed", "booking ABC123XY · Juan Pérez", id="payment"),
+        pytest.param("order.created", "order PED-2024-0789 · Juan Pérez", id="order"),
+        pytest.param("customer.updated", "customer 456", id="customer"),
+    ],
+)
+def test_what_an_event_is_about_is_worked_out_once(event_type: str, label: str) -> None:
+    subject = subject_of(sample(event_type))
+    assert subject.label == label
+    assert subject.tenant == "uuid-tenant"
+
+
+def test_memory_gives_the_label_an_event_lacks(redis_url: str) -> None:
+    memory = EntityMemory(Redis.from_url(redis_url), ttl=3600)
+    memory.remember(sample("booking.created"))
+    no_show = sample("booking.no_show")
+    subject = subject_of(no_show)
+    assert subject.primary == ("booking", "12345") and subject.entities == (("booking", "12345"),)
+    assert subject_of(no_show, memory.views(subject)).label == "booking ABC123XY · Juan Pérez"

@@ -7,13 +7,17 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 import requests
 
+from bridge import up as up_module
 from bridge.samples import fresh_sample, signed_request
+from bridge.up import Child, Up
+from mappings.config import load_config_text
 from tests.conftest import http_config
 from tests.fakes.http_server import CapturingServer
 from tests.harness import SECRET
@@ -161,8 +165,65 @@ def test_up_with_its_port_taken_fails_at_once_in_one_line(tmp_path: Path) -> Non
     assert not (tmp_path / "var").exists()  # nothing was started, not even the embedded Redis
 
 
-def test_up_that_gives_up_exits_non_zero(tmp_path: Path) -> None:
-    """Workers that cannot reach the configured Redis keep exiting: `up` stops, and says it failed."""
-    run = _up(tmp_path, "--port", str(_free_port()), "--workers", "1", env={"REDIS_URL": "redis://127.0.0.1:1/0"})
-    assert run.returncode != 0, run.stdout + run.stderr
-    assert _processes_mentioning(str(tmp_path)) == []
+def test_the_embedded_redis_keeps_everything_and_never_evicts(tmp_path: Path) -> None:
+    from bridge.redis_health import inspect
+    from bridge.up import EmbeddedRedis
+
+    embedded = EmbeddedRedis(tmp_path / "var")
+    embedded.start()
+    try:
+        from redis import Redis
+
+        with Redis(unix_socket_path=str(embedded.socket)) as redis:
+            health = inspect(redis)
+    finally:
+        embedded.stop()
+    assert (health.policy, health.aof, health.errors(), health.warnings()) == ("noeviction", True, [], [])
+
+
+def _crashing_up(tmp_path: Path, redis_url: str) -> Up:
+    up = Up(load_config_text(http_config("http://127.0.0.1:1")), "127.0.0.1", 0, 0, tmp_path, dry_run=False)
+    up.redis_url_in_use = redis_url
+    up.children.append(Child("worker-1", [sys.executable, "-c", "raise SystemExit(3)"], dict(os.environ)))
+    up.children[0].start()
+    return up
+
+
+def test_up_keeps_restarting_a_child_while_redis_is_unreachable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(up_module, "RESTART_BACKOFF_SECONDS", 0.01)
+    monkeypatch.setattr(up_module, "REDIS_WAIT_SECONDS", 0.01)
+    up = _crashing_up(tmp_path, "redis://127.0.0.1:1/0")
+    supervisor = threading.Thread(target=up._supervise, daemon=True)
+    supervisor.start()
+    _wait_for(lambda: len(up.children[0].restarts) >= 8)
+    up._stopping = True
+    supervisor.join(10)
+    up.stop()
+    err = capsys.readouterr().err
+    assert "worker-1 keeps exiting (3) while Redis does not answer (ConnectionError" in err
+    assert "stopping salon-bridge" not in err
+
+
+def test_up_gives_up_on_a_crash_loop_that_redis_does_not_explain(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], redis_url: str
+) -> None:
+    monkeypatch.setattr(up_module, "RESTART_BACKOFF_SECONDS", 0.01)
+    up = _crashing_up(tmp_path, redis_url)
+    up._supervise()  # returns once it gave up
+    up.stop()
+    assert "worker-1 keeps exiting; stopping salon-bridge" in capsys.readouterr().err
+    assert len(up.children[0].restarts) == 5
+
+
+def test_up_that_gives_up_exits_non_zero(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A child that keeps exiting while Redis is fine: `up` stops, and `run` returns 1 (the exit status)."""
+    monkeypatch.setattr(up_module, "RESTART_BACKOFF_SECONDS", 0.01)
+    up = _crashing_up(tmp_path, redis_url)
+    up._supervise()
+    up.stop()
+    assert up.gave_up
+    assert "worker-1 keeps exiting; stopping salon-bridge" in capsys.readouterr().err

@@ -19,12 +19,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # runnable as a sc
 from redis.exceptions import WatchError  # noqa: E402
 
 from bridge.ingest import Ingestor  # noqa: E402
-from bridge.jobs import process_event  # noqa: E402
-from bridge.queue import CRASH_RETRY, FAILURE_TTL  # noqa: E402
+from bridge.queue import PROCESS_EVENT, enqueue  # noqa: E402
 from bridge.store import EVENTS_INDEX, event_key, record_key, seen_key  # noqa: E402
 
 
-def store_and_enqueue_watch(self: Ingestor, envelope: dict[str, Any], body: bytes) -> bool:
+def store_and_enqueue_watch(self: Ingestor, envelope: dict[str, Any], body: bytes, note: str = "") -> bool:
     """The ingest as it was before the script: WATCH the seen mark, EXISTS, then MULTI/EXEC."""
     key = event_key(envelope["id"])
     retention = int(self.config.model.retention.events)
@@ -39,15 +38,7 @@ def store_and_enqueue_watch(self: Ingestor, envelope: dict[str, Any], body: byte
             pipe.hset(record_key(key), mapping={"body": body, "received_at": now})
             pipe.expire(record_key(key), retention)
             pipe.zadd(EVENTS_INDEX, {key: now})
-            self.queue.enqueue_call(
-                process_event,
-                args=[key],
-                job_id=key,
-                retry=CRASH_RETRY,
-                result_ttl=600,
-                failure_ttl=FAILURE_TTL,
-                pipeline=pipe,
-            )
+            enqueue(self.queue, PROCESS_EVENT, key, job_id=key, pipeline=pipe)
             pipe.execute()
         except WatchError:
             return False

@@ -27,12 +27,14 @@ from flask.sessions import NullSession
 from redis.exceptions import RedisError
 from werkzeug.wrappers import Response
 
+from bridge import redis_health
 from bridge.admin.auth import TOKEN_USER, AdminAuth, is_admin_path, new_csrf_token, same
 from bridge.admin.queries import Filters, dashboard, find_events, parse_filters
 from bridge.logs import hide_secret_fields
-from bridge.operations import REPLAYABLE, REPLAYABLE_WITH_FORCE, ReplayError, replay
+from bridge.operations import DATA_LOST, REPLAYABLE, REPLAYABLE_WITH_FORCE, ReplayError, replay
 from bridge.runtime import Runtime
 from bridge.samples import sample_types
+from bridge.state import subject_of
 from bridge.store import (
     DEAD,
     DONE,
@@ -148,6 +150,16 @@ def _headers(response: Response) -> Response:
 
 
 @blueprint.app_template_global()
+def redis_banner() -> list[str]:
+    """What is wrong with Redis (it evicts, keeps nothing on disk, is full), atop every page."""
+    try:
+        health = redis_health.inspect(_rt().redis, probe=True)
+    except RedisError:
+        return []  # the page itself says that Redis does not answer
+    return [*health.errors(), *filter(None, [health.full()]), *health.warnings()]
+
+
+@blueprint.app_template_global()
 def csrf_token() -> str:
     if "csrf" not in session:
         session["csrf"] = new_csrf_token()
@@ -202,6 +214,7 @@ class ActionView:
     connector_type: str
     rendered: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    replayable: bool = True  # False when the event's data was lost in Redis
 
     @property
     def anchor(self) -> str:
@@ -209,11 +222,11 @@ class ActionView:
 
     @property
     def can_replay(self) -> bool:
-        return self.state.status in REPLAYABLE
+        return self.replayable and self.state.status in REPLAYABLE
 
     @property
     def can_force(self) -> bool:
-        return self.state.status in REPLAYABLE_WITH_FORCE - REPLAYABLE
+        return self.replayable and self.state.status in REPLAYABLE_WITH_FORCE - REPLAYABLE
 
     @property
     def live(self) -> bool:
@@ -366,8 +379,10 @@ def event(key: str) -> str | tuple[str, int]:
     record = _load(key)
     if record is None:
         return _not_found(key)
-    views = rt.memory.views(record.envelope)
+    views = {} if record.data_lost else rt.memory.views(subject_of(record.envelope))
     actions = [action_view(rt, a, s) for a, s in sorted(record.actions.items())]
+    for action in actions:
+        action.replayable = not record.data_lost
     kind, code = entity_of(record.envelope)
     return render_template(
         "admin/event.html",
@@ -378,6 +393,7 @@ def event(key: str) -> str | tuple[str, int]:
         memory={kind: pretty(view) for kind, view in views.items() if view is not None},
         actions=actions,
         live=any(a.live for a in actions),
+        data_lost=DATA_LOST if record.data_lost else "",
     )
 
 

@@ -3,8 +3,10 @@
 It speaks Slack's wire protocol as slack_sdk sees it: `POST /api/<method>` with a Bearer token
 (JSON or form-encoded body, or a query string), answers `{"ok": true, ...}` or HTTP 200
 `{"ok": false, "error": "..."}`, 429 with `Retry-After` when rate limited, and the granted scopes
-in `X-OAuth-Scopes`. The incoming webhook answers `ok` or a 4xx/5xx with an error word, as
-hooks.slack.com does. Tests script failures with `fail()` / `fail_webhook()`.
+in `X-OAuth-Scopes`. Messages keep their `metadata`, which `conversations.history` and
+`conversations.replies` return only with `include_all_metadata`; message ts are times, as Slack's are.
+The incoming webhook answers `ok` or a 4xx/5xx with an error word, as hooks.slack.com does. Tests
+script failures with `fail()` / `fail_webhook()`, slow answers with `slow()` and late ones with `late()`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any
@@ -20,7 +23,15 @@ from urllib.parse import parse_qsl, urlsplit
 from tests.fakes.http_server import LocalHTTPServer
 
 DEFAULT_TOKEN = "xoxb-1111-2222-fakefakefake"
-ALL_SCOPES = ("chat:write", "chat:write.public", "chat:write.customize", "channels:read", "groups:read")
+ALL_SCOPES = (
+    "chat:write",
+    "chat:write.public",
+    "chat:write.customize",
+    "channels:read",
+    "groups:read",
+    "channels:history",
+    "groups:history",
+)
 WEBHOOK_PATH = "/services/T0SALON/B0HOOK/s3cr3tp4th"
 BOT_USER_ID = "U0BOT"
 BOT_ID = "B0BOT"
@@ -66,8 +77,9 @@ class Message:
     user: str = BOT_USER_ID
     reply_broadcast: bool = False
     edits: list[dict[str, Any]] = field(default_factory=list)
+    metadata: dict[str, Any] | None = None
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self, with_metadata: bool = False) -> dict[str, Any]:
         message: dict[str, Any] = {
             "type": "message",
             "user": self.user,
@@ -83,6 +95,8 @@ class Message:
             message["thread_ts"] = self.thread_ts
         if self.username:
             message["username"] = self.username
+        if self.metadata and with_metadata:
+            message["metadata"] = self.metadata
         return message
 
 
@@ -117,8 +131,9 @@ class FakeSlack:
         self._failures: dict[str, list[Failure]] = {}
         self._webhook_failures: list[Failure] = []
         self._slow: dict[str, list[float]] = {}
+        self._late: dict[str, list[float]] = {}
+        self._last_ts = 0.0
         self.page_size = 1000  # Slack may return fewer channels per page than asked for
-        self._ts = itertools.count(1)
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -176,10 +191,18 @@ class FakeSlack:
         with self._lock:
             self._slow.setdefault(method, []).append(seconds)
 
-    def fail_webhook(self, status: int, body: str, *, headers: dict[str, str] | None = None, times: int = 1) -> None:
+    def late(self, method: str, seconds: float) -> None:
+        """Make the next successful call of `method` do its work, then wait before answering: with
+        `seconds` over the client's timeout, the message is posted but the client never hears so."""
+        with self._lock:
+            self._late.setdefault(method, []).append(seconds)
+
+    def fail_webhook(
+        self, status: int, body: str, *, headers: dict[str, str] | None = None, times: int = 1, delay: float = 0.0
+    ) -> None:
         with self._lock:
             for _ in range(times):
-                self._webhook_failures.append(Failure(status, None, headers or {}, body.encode()))
+                self._webhook_failures.append(Failure(status, None, headers or {}, body.encode(), delay=delay))
 
     def calls_of(self, method: str) -> list[Call]:
         return [call for call in self.calls if call.method == method]
@@ -232,6 +255,10 @@ class FakeSlack:
             return
         with self._lock:
             answer = self._api(method, params, headers.get("Authorization", ""))
+            lates = self._late.get(method) if answer["ok"] else None
+            late = lates.pop(0) if lates else 0.0
+        if late and self._stopping.wait(late):
+            return
         extra = {"X-OAuth-Scopes": ",".join(self.scopes), "X-Accepted-OAuth-Scopes": _ACCEPTED.get(method, "")}
         self._reply(request, 200, json.dumps(answer).encode(), {"Content-Type": "application/json", **extra})
 
@@ -286,15 +313,19 @@ class FakeSlack:
         if problem:
             return _error("invalid_blocks", errors=[problem], response_metadata={"messages": [f"[ERROR] {problem}"]})
         customize = "chat:write.customize" in self.scopes  # without it Slack silently ignores these
+        metadata = params.get("metadata")
+        if isinstance(metadata, str):
+            metadata = json.loads(metadata)
         message = Message(
             channel=channel.id,
-            ts=f"17057500{next(self._ts):02d}.{next(self._ids):06d}",
+            ts=self._next_ts(),
             text=str(text or ""),
             blocks=blocks,
             thread_ts=params.get("thread_ts"),
             username=params.get("username") if customize else None,
             icon_emoji=params.get("icon_emoji") if customize else None,
             reply_broadcast=bool(params.get("reply_broadcast")),
+            metadata=metadata,
         )
         self.messages.append(message)
         return {"ok": True, "channel": channel.id, "ts": message.ts, "message": message.as_json()}
@@ -343,6 +374,42 @@ class FakeSlack:
             "response_metadata": {"next_cursor": cursor},
         }
 
+    def _m_conversations_history(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel = self.channels.get(str(params.get("channel", "")))  # an id, not a name
+        problem = self._history_problem(channel)
+        if problem or channel is None:
+            return problem or _error("channel_not_found")
+        # The channel's own messages, not thread replies (unless broadcast): newest first.
+        shown = [m for m in self.messages if m.channel == channel.id and (not m.thread_ts or m.reply_broadcast)]
+        return _timeline(list(reversed(shown)), params)
+
+    def _m_conversations_replies(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel = self.channels.get(str(params.get("channel", "")))
+        problem = self._history_problem(channel)
+        if problem or channel is None:
+            return problem or _error("channel_not_found")
+        ts = str(params.get("ts", ""))
+        thread = [m for m in self.messages if m.channel == channel.id and ts in (m.ts, m.thread_ts)]
+        if not thread:
+            return _error("thread_not_found")
+        return _timeline(thread, params)  # the parent, then its replies, oldest first
+
+    def _history_problem(self, channel: Channel | None) -> dict[str, Any] | None:
+        """Reading a channel needs its *:history scope and the app in the channel."""
+        if channel is None or (channel.is_private and not channel.is_member):
+            return _error("channel_not_found")
+        needed = "groups:history" if channel.is_private else "channels:history"
+        if needed not in self.scopes:
+            return _error("missing_scope", needed=needed, provided=",".join(self.scopes))
+        if not channel.is_member:
+            return _error("not_in_channel")
+        return None
+
+    def _next_ts(self) -> str:
+        """Seconds since the epoch with microseconds, unique per message, as Slack's ts are."""
+        self._last_ts = max(time.time(), self._last_ts + 0.000001)
+        return f"{self._last_ts:.6f}"
+
     def _m_conversations_info(self, params: dict[str, Any]) -> dict[str, Any]:
         channel = self.channels.get(str(params.get("channel", "")))
         if channel is None or (channel.is_private and not channel.is_member):
@@ -353,6 +420,8 @@ class FakeSlack:
         with self._lock:
             failure = self._webhook_failures.pop(0) if self._webhook_failures else None
         if failure is not None:
+            if failure.delay and self._stopping.wait(failure.delay):
+                return
             self._reply(request, failure.status, failure.body or b"", {"Content-Type": "text/html", **failure.headers})
             return
         try:
@@ -394,11 +463,41 @@ _ACCEPTED = {
     "chat.update": "chat:write",
     "conversations.list": "channels:read,groups:read",
     "conversations.info": "channels:read,groups:read",
+    "conversations.history": "channels:history,groups:history",
+    "conversations.replies": "channels:history,groups:history",
 }
 
 
 def _error(code: str, **extra: Any) -> dict[str, Any]:
     return {"ok": False, "error": code, **extra}
+
+
+def _timeline(messages: list[Message], params: dict[str, Any]) -> dict[str, Any]:
+    """One page of `messages` between `oldest` and `latest` (exclusive unless `inclusive`)."""
+    inclusive = _flag(params.get("inclusive"))
+    oldest, latest = float(params.get("oldest") or 0), float(params.get("latest") or "inf")
+    within = [
+        m
+        for m in messages
+        if (oldest <= float(m.ts) if inclusive else oldest < float(m.ts))
+        and (float(m.ts) <= latest if inclusive else float(m.ts) < latest)
+    ]
+    limit = min(int(params.get("limit") or 100), 999)
+    start = int(params.get("cursor") or 0)
+    page = within[start : start + limit]
+    more = start + limit < len(within)
+    with_metadata = _flag(params.get("include_all_metadata"))
+    return {
+        "ok": True,
+        "messages": [m.as_json(with_metadata) for m in page],
+        "has_more": more,
+        "response_metadata": {"next_cursor": str(start + limit) if more else ""},
+    }
+
+
+def _flag(value: Any) -> bool:
+    """A boolean argument as slack_sdk sends it (1/0 in a query string) or as JSON."""
+    return value is True or str(value).lower() in ("1", "true")
 
 
 def _block_problem(blocks: Any) -> str | None:

@@ -6,6 +6,7 @@ Variants: plain, STARTTLS (with a certificate from `make_certificates`), implici
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import ipaddress
 import socket
@@ -144,6 +145,7 @@ class SmtpServer:
     ):
         self.messages: list[Received] = []
         self.auth_attempts: list[tuple[str, bool]] = []
+        self.data_delay = 0.0  # seconds between taking a message and answering 250 (a late answer)
         self._script = _Script()
         self._lock = threading.Lock()
         self.port = free_port()
@@ -238,6 +240,8 @@ class _Handler:
             self.server.messages.append(
                 Received(str(envelope.mail_from), list(envelope.rcpt_tos), content, list(envelope.mail_options), login)
             )
+        if self.server.data_delay:
+            await asyncio.sleep(self.server.data_delay)
         return "250 2.0.0 queued as FAKE123"
 
 

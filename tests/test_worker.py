@@ -1,0 +1,146 @@
+"""`salon-bridge worker` as a real process on a private Redis that fills up, goes away, or
+restarts empty: it waits, says so once a minute, registers again, and carries on."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from rq.worker_registration import WORKERS_BY_QUEUE_KEY
+
+from bridge.queue import QUEUE_NAME
+from tests.conftest import http_config
+from tests.fakes.http_server import CapturingServer
+from tests.harness import Bridge, sample
+from tests.redis_server import RedisServer
+
+pytestmark = pytest.mark.slow
+StartRedis = Callable[..., RedisServer]
+
+
+class WorkerProcess:
+    def __init__(self, config: Path, redis_url: str, log: Path):
+        env = {**os.environ, "REDIS_URL": redis_url, "SALON_BRIDGE_CONFIG": str(config)}
+        self.log = log
+        with log.open("wb") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "bridge.cli", "worker", "--config", str(config)],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path) -> Iterator[Callable[[Path, str], WorkerProcess]]:
+    workers: list[WorkerProcess] = []
+
+    def start(config: Path, redis_url: str) -> WorkerProcess:
+        worker = WorkerProcess(config, redis_url, tmp_path / f"worker-{len(workers)}.log")
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.1)
+
+
+def test_a_worker_waits_for_a_full_redis_and_then_works(
+    private_redis: StartRedis,
+    write_config: Callable[[str], Path],
+    destination: CapturingServer,
+    start_worker: Callable[[Path, str], WorkerProcess],
+) -> None:
+    server = private_redis(maxmemory="4mb", appendonly="yes")
+    config = write_config(http_config(destination.url))
+    bridge = Bridge(config, server.url)
+    try:
+        ids = [bridge.post(sample(t)).get_json()["event_id"] for t in ("booking.created", "order.created")]
+        server.fill()  # RQ's first write (its registration) is refused: RQ 3.0 alone would exit
+        worker = start_worker(config, server.url)
+        _wait_for(lambda: "is full and refuses writes" in worker.output())
+        time.sleep(2)
+        assert worker.process.poll() is None, worker.output()
+        assert destination.requests == []
+        server.free()
+        _wait_for(lambda: len(destination.requests) == 2)
+        assert sorted(r.json()["id"] for r in destination.requests) == sorted(ids)
+        assert "Redis answers again after" in worker.output()
+        assert worker.output().count("is full and refuses writes") == 1  # once a minute, not at every try
+    finally:
+        bridge.close()
+
+
+def test_a_worker_registers_again_after_redis_restarted_empty(
+    private_redis: StartRedis,
+    write_config: Callable[[str], Path],
+    destination: CapturingServer,
+    start_worker: Callable[[Path, str], WorkerProcess],
+) -> None:
+    server = private_redis()
+    config = write_config(http_config(destination.url))
+    worker = start_worker(config, server.url)
+
+    def registered() -> bool:
+        with server.client() as client:
+            return bool(client.scard(WORKERS_BY_QUEUE_KEY % QUEUE_NAME))
+
+    _wait_for(registered)
+    time.sleep(11)  # past the heartbeat throttle (HEARTBEAT_EVERY), as a worker that has run a while
+    server.restart_empty()
+    _wait_for(registered, timeout=40)
+    assert worker.process.poll() is None, worker.output()
+    assert "its registration was gone from Redis" in worker.output()
+    bridge = Bridge(config, server.url)
+    try:
+        body = bridge.client.get("/readyz").get_json()
+        assert body["workers"] == 1, body
+        bridge.post(sample("booking.created"))
+        _wait_for(lambda: len(destination.requests) == 1)
+    finally:
+        bridge.close()
+
+
+def test_a_heartbeat_writes_the_whole_registration_again_when_only_part_came_back(
+    private_redis: StartRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    from rq.serializers import JSONSerializer
+
+    from bridge.queue import work_queue
+    from bridge.worker import BridgeWorker
+
+    server = private_redis()
+    with server.client() as redis:
+        worker = BridgeWorker([work_queue(redis)], connection=redis, serializer=JSONSerializer, worker_ttl=75)
+        worker.register_birth()
+        redis.flushall()  # Redis restarted empty...
+        redis.hset(worker.key, "last_heartbeat", "x")  # ...and a job's own heartbeat wrote one field back
+        worker.heartbeat()
+        assert redis.sismember(WORKERS_BY_QUEUE_KEY % QUEUE_NAME, worker.key)
+        assert {b"birth", b"queues", b"pid", b"state"} <= set(redis.hkeys(worker.key))
+        assert 0 < redis.ttl(worker.key) <= 135
+    assert "its registration was gone from Redis" in caplog.text
