@@ -14,6 +14,7 @@ import random
 import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from redis import Redis
@@ -43,10 +44,10 @@ from bridge.store import (
     load_record,
     record_key,
 )
-from connectors.base import KINDS, ActionRequest, Entity, PermanentError, Subject, TransientError
+from connectors.base import KINDS, ActionRequest, Entity, MissingDataError, PermanentError, Subject, TransientError
 from mappings.config import ActionSpec
 from mappings.routing import plan, render_action
-from mappings.templates import EntityView, MissingDataError, RenderError
+from mappings.templates import EntityView, RenderError
 
 log = logging.getLogger("salon_bridge.jobs")
 
@@ -226,9 +227,7 @@ class EntityWork:
             raise EntityBusy(f"{self.lock.entity}: its lock expired and another worker took it")
 
     def entities(self) -> dict[str, Entity | None]:
-        """The merged views as the read-only entities connectors receive."""
-        views = {kind: self.context.get(kind) for kind in KINDS}
-        return {kind: Entity(v.kind, v.entity_id, v) if v is not None else None for kind, v in views.items()}
+        return entities_of({kind: self.context.get(kind) for kind in KINDS})
 
     def held_during_send(self) -> AbstractContextManager[None]:
         """The entity stays locked for as long as the connector's call takes."""
@@ -246,6 +245,11 @@ class EntityWork:
             raise
 
 
+def entities_of(views: dict[str, EntityView | None]) -> dict[str, Entity | None]:
+    """The merged views as the read-only entities connectors receive."""
+    return {kind: Entity(v.kind, v.entity_id, v) if v is not None else None for kind, v in views.items()}
+
+
 def _later(rt: Runtime, job: str, key: str, busy: EntityBusy, *args: str) -> str:
     """Run this job again in a few seconds: the entity is locked by a worker processing another event."""
     enqueue(rt.queue, job, key, *args, delay=BUSY_DELAY)
@@ -254,7 +258,7 @@ def _later(rt: Runtime, job: str, key: str, busy: EntityBusy, *args: str) -> str
 
 
 def template_context(timezone: str, envelope: dict[str, Any], views: dict[str, EntityView | None]) -> dict[str, Any]:
-    """What templates (and connectors, as `request.context`) see."""
+    """What templates see (connectors get an ActionRequest instead)."""
     return {
         "event": envelope,
         "data": envelope["data"],
@@ -382,12 +386,12 @@ def _run(rt: Runtime, work: EntityWork, spec: ActionSpec, state: ActionState) ->
         event_created=str(record.envelope["created"]),
         tenant_id=record.tenant_id,
         action_id=spec.id,
-        context=work.context,
         store=RedisConnectorStore(rt.redis, spec.connector),
         forced=state.forced,
         subject=work.subject,
         **work.entities(),
         timezone=rt.config.model.timezone,
+        data=MappingProxyType(record.envelope["data"]),
     )
     with work.held_during_send():
         result = connector.send(request)

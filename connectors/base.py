@@ -8,6 +8,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
+from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar, Protocol
 from zoneinfo import ZoneInfo
 
@@ -61,6 +62,34 @@ class TransientError(ConnectorError):
 
 class PermanentError(ConnectorError):
     """Trying again will not help: the reason says what a person must change."""
+
+
+class MissingDataError(Exception):
+    """The action needs data that only an earlier event carries, and it has not arrived (yet): the
+    action is retried for `retry.wait_for_missing_data`, then dead with this reason."""
+
+
+def is_template(source: str) -> bool:
+    """Whether a string holds Jinja syntax (plain strings are kept as they are, cheaply)."""
+    return "{{" in source or "{%" in source or "{#" in source
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date); None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 class ConnectorConfigError(Exception):
@@ -120,9 +149,6 @@ class ActionRequest:
     event_created: str
     tenant_id: str
     action_id: str
-    # The template context: event, data, type, tenant_id and the merged entity views
-    # booking, order, customer (None when unknown).
-    context: dict[str, Any] = field(default_factory=dict)
     store: ConnectorStore | None = None
     # A replay with --force: the owner asks for the effect again, even if it was already done.
     forced: bool = False
@@ -132,6 +158,7 @@ class ActionRequest:
     order: Entity | None = None
     customer: Entity | None = None
     timezone: str = "UTC"  # the salon's: booking dates and times are wall-clock times in it
+    data: Mapping[str, Any] = field(default_factory=dict)  # the event's own `data`, as it came
 
 
 @dataclass

@@ -31,6 +31,7 @@ from connectors.base import (
     Settings,
     TransientError,
     excerpt,
+    is_template,
 )
 
 DEFAULT_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
@@ -39,7 +40,6 @@ MAX_SUBJECT_CHARS = 200
 MAX_LINE = 78  # RFC 5322's recommended line length for headers
 MAX_RESENDS = 100  # forced resends of one e-mail that get a Message-ID of their own
 SENT_MARKER_TTL = 30 * 86400  # how long a sent e-mail is remembered, so it is never sent twice
-ENTITY_KINDS = ("booking", "order", "customer")
 
 
 class AddressError(ValueError):
@@ -142,10 +142,6 @@ def clean_name(value: str) -> str:
     """A display name with no RFC 5322 specials, on one line, at most MAX_NAME_CHARS long."""
     name = clean_text(_NAME_SPECIALS.sub(" ", value), MAX_NAME_CHARS)
     return "" if name == "None" else name
-
-
-def _is_template(value: str) -> bool:
-    return "{{" in value or "{%" in value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -391,7 +387,7 @@ class EmailSend(ActionFields):
                 value = entry["email"]
             else:
                 value = entry
-            if _is_template(value):
+            if is_template(value):
                 continue
             try:
                 parse_mailbox(value)
@@ -779,24 +775,18 @@ def _kind(request: ActionRequest) -> str:
 
 def _who(request: ActionRequest) -> str:
     """'order 789', 'booking 12345': what the owner recognises, for error reasons."""
-    kind = _kind(request)
-    obj = request.context.get(kind) if kind in ENTITY_KINDS else None
-    if obj is None:
-        obj = (request.context.get("data") or {}).get(kind)
-    if isinstance(obj, dict) and obj.get("id") not in (None, ""):
-        return f"{kind} {obj['id']}"
-    return f"event {request.event_id}"
+    entity = request.subject.primary if request.subject is not None else None
+    return f"{entity[0]} {entity[1]}" if entity else f"event {request.event_id}"
 
 
-def _customer_of(request: ActionRequest) -> tuple[str, dict[str, Any] | None]:
+def _customer_of(request: ActionRequest) -> tuple[str, Mapping[str, Any] | None]:
     """Where the customer of this event would be known, and what is known (None: not at all)."""
     kind = _kind(request)
-    view = request.context.get(kind)
-    if kind in ("booking", "order") and isinstance(view, dict):
+    view = request.booking if kind == "booking" else request.order if kind == "order" else None
+    if view is not None:
         cliente = view.get("cliente")
-        return f"{kind}.created", cliente if isinstance(cliente, dict) else None
-    customer = request.context.get("customer")
-    return "customer.created", customer if isinstance(customer, dict) else None
+        return f"{kind}.created", cliente if isinstance(cliente, Mapping) else None
+    return "customer.created", request.customer
 
 
 def _missing_reason(request: ActionRequest, who: str, label: str) -> str:

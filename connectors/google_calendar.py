@@ -33,15 +33,16 @@ from connectors.base import (
     ActionRequest,
     Connector,
     ConnectorError,
+    MissingDataError,
     PermanentError,
     SendResult,
     Settings,
     TransientError,
     excerpt,
+    is_template,
+    parse_retry_after,
     wall_clock,
 )
-from connectors.http import parse_retry_after
-from mappings.templates import MissingDataError, is_template
 
 DEFAULT_API_ENDPOINT = "https://www.googleapis.com/calendar/v3/"
 SCOPE = "https://www.googleapis.com/auth/calendar.events"
@@ -540,7 +541,7 @@ class GoogleCalendarConnector(Connector):
             "to updating it; will retry"
         )
 
-    def _calendar_for(self, booking: dict[str, Any], fields: dict[str, Any]) -> str:
+    def _calendar_for(self, booking: Mapping[str, Any], fields: dict[str, Any]) -> str:
         override = str(fields.get("calendar_id") or "").strip()
         if override:
             return override
@@ -553,7 +554,7 @@ class GoogleCalendarConnector(Connector):
             return calendars.by_professional[professional_id]
         if calendars.default:
             return calendars.default
-        name = professional.get("nombre") if isinstance(professional, dict) else None
+        name = professional.get("nombre") if isinstance(professional, Mapping) else None
         label = f"{professional_id} ({name})" if name else str(professional_id)
         raise PermanentError(
             f'no calendar for professional {label}: add "{professional_id}": <their calendar id> under '
@@ -562,20 +563,19 @@ class GoogleCalendarConnector(Connector):
 
     def _previous_calendar(self, request: ActionRequest) -> str | None:
         """The calendar of the professional a booking.updated moved it from (when the store has no record)."""
-        data = request.context.get("data") or {}
-        changes = data.get("changes") if isinstance(data, dict) else None
-        if not isinstance(changes, dict):
+        changes = request.data.get("changes")
+        if not isinstance(changes, Mapping):
             return None
         for key in ("profesional", "profesional_id"):
             change = changes.get(key)
-            if isinstance(change, dict) and change.get("old") is not None:
+            if isinstance(change, Mapping) and change.get("old") is not None:
                 old = _professional_id(change["old"])
                 if old is not None:
                     return self.settings.calendars.by_professional.get(old) or self.settings.calendars.default
         return None
 
     def _zone(self, request: ActionRequest) -> ZoneInfo:
-        name = self.settings.timezone or request.context.get("timezone")
+        name = self.settings.timezone or request.timezone
         if not name:
             raise PermanentError(
                 f"connector {self.name!r} does not know the salon's time zone for booking times: "
@@ -584,7 +584,7 @@ class GoogleCalendarConnector(Connector):
         return ZoneInfo(str(name))
 
     def _event_body(
-        self, event_id: str, booking: dict[str, Any], fields: dict[str, Any], state: str, request: ActionRequest
+        self, event_id: str, booking: Mapping[str, Any], fields: dict[str, Any], state: str, request: ActionRequest
     ) -> dict[str, Any]:
         zone = self._zone(request)
         start, end = booking_times(booking, zone)
@@ -686,7 +686,7 @@ class GoogleCalendarConnector(Connector):
             self._client_instance = None
 
 
-def booking_state(booking: dict[str, Any], event_type: str) -> str:
+def booking_state(booking: Mapping[str, Any], event_type: str) -> str:
     """The booking's state: its (newest) estado when known, else what the event type says."""
     estado = booking.get("estado")
     if isinstance(estado, str) and estado.strip():
@@ -697,7 +697,7 @@ def booking_state(booking: dict[str, Any], event_type: str) -> str:
     return _TYPE_STATES.get(event_type, ACTIVE)
 
 
-def booking_times(booking: dict[str, Any], zone: ZoneInfo) -> tuple[datetime, datetime]:
+def booking_times(booking: Mapping[str, Any], zone: ZoneInfo) -> tuple[datetime, datetime]:
     """Start and end as aware datetimes in `zone` (wall-clock fecha + hora_*; DST-correct).
     Bad data (a date or duration no calendar can hold) is a PermanentError naming the field."""
     for name in ("fecha", "hora_inicio"):
@@ -741,7 +741,7 @@ def _span(day: date, begins: time, ends: time | None, minutes: float, zone: Zone
 MAX_BOOKING_MINUTES = 24 * 60
 
 
-def _service_minutes(booking: dict[str, Any]) -> float:
+def _service_minutes(booking: Mapping[str, Any]) -> float:
     """The sum of the services' duracion_minutos; a value no booking can have is a PermanentError."""
     minutes = 0.0
     for index, service in enumerate(booking.get("servicios") or []):
@@ -766,7 +766,7 @@ def _service_minutes(booking: dict[str, Any]) -> float:
     return minutes
 
 
-def _clock(booking: dict[str, Any], name: str) -> time:
+def _clock(booking: Mapping[str, Any], name: str) -> time:
     value = booking[name]
     try:
         return time.fromisoformat(str(value).strip())
@@ -774,12 +774,9 @@ def _clock(booking: dict[str, Any], name: str) -> time:
         raise PermanentError(f"booking {booking.get('id')} has {name} {value!r}, expected HH:MM") from None
 
 
-def _booking(request: ActionRequest) -> dict[str, Any]:
-    booking = request.context.get("booking")
-    if booking is None:
-        data = request.context.get("data") or {}
-        booking = data.get("booking") if isinstance(data, dict) else None
-    if not isinstance(booking, dict) or booking.get("id") in (None, ""):
+def _booking(request: ActionRequest) -> Mapping[str, Any]:
+    booking = request.booking if request.booking is not None else request.data.get("booking")
+    if not isinstance(booking, Mapping) or booking.get("id") in (None, ""):
         raise PermanentError(
             f"event {request.event_id} ({request.event_type}) carries no booking with an id: sync_booking only "
             "handles booking.* events; restrict the mapping's `on:` to them"
@@ -788,14 +785,14 @@ def _booking(request: ActionRequest) -> dict[str, Any]:
 
 
 def _professional_id(value: Any) -> str | None:
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         value = value.get("id")
     if value is None or value == "":
         return None
     return str(value)
 
 
-def _missing(booking: dict[str, Any], name: str) -> MissingDataError:
+def _missing(booking: Mapping[str, Any], name: str) -> MissingDataError:
     """No event received so far said this: the core waits for the earlier event, then gives up."""
     explain = getattr(booking, "missing", None)
     if callable(explain):

@@ -6,8 +6,6 @@ import builtins
 import hashlib
 import hmac
 import json
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar, Literal
 from urllib.parse import quote
 
@@ -23,6 +21,7 @@ from connectors.base import (
     Settings,
     TransientError,
     excerpt,
+    parse_retry_after,
 )
 
 TRANSIENT_STATUSES = {408, 425, 429}
@@ -55,24 +54,6 @@ class HttpSync(HttpSend):
     """The body carries the current state of the event's booking/order: stale events are skipped."""
 
     syncs_state: ClassVar[bool] = True
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date); None when absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def sign(secret: str, body: bytes) -> str:

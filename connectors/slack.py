@@ -37,8 +37,8 @@ from connectors.base import (
     Settings,
     TransientError,
     excerpt,
+    parse_retry_after,
 )
-from connectors.http import parse_retry_after
 
 log = logging.getLogger("salon_bridge.connectors.slack")
 

@@ -25,7 +25,8 @@ from jinja2.utils import missing
 from jinja2.visitor import NodeTransformer
 from markupsafe import Markup
 
-from connectors.base import wall_clock
+import connectors.base
+from connectors.base import is_template, wall_clock
 
 MAX_OUTPUT_CHARS = 100_000  # per rendered field; a template cannot produce more
 # Any string or sequence a template builds on the way (characters or items): above the output cap,
@@ -49,7 +50,7 @@ class RenderError(Exception):
     """A template failed while rendering: a missing field, a sandbox violation, oversized output."""
 
 
-class MissingDataError(RenderError):
+class MissingDataError(RenderError, connectors.base.MissingDataError):
     """A template read a field of a remembered entity that no event received so far carried."""
 
 
@@ -687,11 +688,6 @@ class TemplateEngine:
             return "true" if expression(**context) else "false"
 
         return CompiledTemplate(where, source, evaluate, self.render_timeout)
-
-
-def is_template(source: str) -> bool:
-    """Whether a string holds Jinja syntax (plain strings are kept as they are, cheaply)."""
-    return "{{" in source or "{%" in source or "{#" in source
 
 
 def compile_structure(engine: TemplateEngine, value: Any, where: str, escaping: str = "none") -> Any:

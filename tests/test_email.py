@@ -20,7 +20,7 @@ from redis import Redis
 
 from bridge.state import RedisConnectorStore
 from bridge.store import DEAD, DONE, RETRYING, SKIPPED
-from connectors.base import ActionRequest, PermanentError, TransientError, connector_class
+from connectors.base import KINDS, ActionRequest, Entity, PermanentError, Subject, TransientError, connector_class
 from connectors.email import (
     MAX_NAME_CHARS,
     MAX_SUBJECT_CHARS,
@@ -110,12 +110,15 @@ def store(redis_url: str) -> Iterator[RedisConnectorStore]:
 def request(
     fields: dict[str, Any],
     event_type: str = "order.shipped",
-    context: dict[str, Any] | None = None,
+    known: dict[str, dict[str, Any]] | None = None,
     event_id: str = "evt_ord456",
     action_id: str = "order-shipped-email/customer",
     store: RedisConnectorStore | None = None,
 ) -> ActionRequest:
-    """One rendered action, as the core hands it to the connector."""
+    """One rendered action, as the core hands it to the connector, with what memory `known`s."""
+    known = known or {}
+    entities = {kind: Entity(kind, str(obj["id"]), obj) for kind, obj in known.items()}
+    subject = Subject("uuid-tenant", tuple((kind, entities[kind].id) for kind in KINDS if kind in entities))
     return ActionRequest(
         action="send",
         fields={"subject": "Hola", "text": "Hola.\n", **fields},
@@ -124,8 +127,9 @@ def request(
         event_created="2024-01-21T10:00:00Z",
         tenant_id="uuid-tenant",
         action_id=action_id,
-        context=context if context is not None else {},
         store=store,
+        subject=subject,
+        **entities,  # type: ignore[arg-type]
     )
 
 
@@ -339,9 +343,9 @@ def test_addresses_that_are_refused(text: str) -> None:
 
 
 def test_missing_customer_email_names_the_order_and_the_missing_event(smtp, make_connector) -> None:  # noqa: ANN001
-    context = {"order": {"id": 789, "numero": "PED-2024-0789"}, "data": {"order": {"id": 789}}}
+    known = {"order": {"id": 789, "numero": "PED-2024-0789"}}
     with pytest.raises(PermanentError) as caught:
-        make_connector(smtp).send(request({"to": [""]}, context=context))
+        make_connector(smtp).send(request({"to": [""]}, known=known))
     assert caught.value.reason.startswith(
         "order 789: customer e-mail unknown (order.created not received); to is empty"
     )
@@ -349,18 +353,18 @@ def test_missing_customer_email_names_the_order_and_the_missing_event(smtp, make
 
 
 def test_customer_without_email_is_named(smtp, make_connector) -> None:  # noqa: ANN001
-    context = {"booking": {"id": 12345, "cliente": {"id": 456, "nombre": "Juan", "email": None}}}
+    known = {"booking": {"id": 12345, "cliente": {"id": 456, "nombre": "Juan", "email": None}}}
     with pytest.raises(PermanentError) as caught:
-        make_connector(smtp).send(request({"to": ["None"]}, event_type="booking.created", context=context))
+        make_connector(smtp).send(request({"to": ["None"]}, event_type="booking.created", known=known))
     assert caught.value.reason.startswith(
         "booking 12345: customer e-mail unknown (the customer has no e-mail address on the platform)"
     )
 
 
 def test_invalid_customer_email_says_where_to_correct_it(smtp, make_connector) -> None:  # noqa: ANN001
-    context = {"order": {"id": 789, "cliente": {"id": 456, "email": "juan@@email.com"}}}
+    known = {"order": {"id": 789, "cliente": {"id": 456, "email": "juan@@email.com"}}}
     with pytest.raises(PermanentError) as caught:
-        make_connector(smtp).send(request({"to": ["juan@@email.com"]}, context=context))
+        make_connector(smtp).send(request({"to": ["juan@@email.com"]}, known=known))
     assert caught.value.reason == (
         "order 789: the customer's e-mail 'juan@@email.com' is not a valid address (the part before @ has characters "
         "an address cannot have); nothing was sent. Correct it in the customer's profile on the platform"
@@ -383,7 +387,7 @@ def test_text_that_cannot_be_encoded_is_a_dead_letter_naming_the_field(  # noqa:
     """Half of an emoji (a lone surrogate) from event data: nothing to retry, so dead at once."""
     fields = {"to": ["juan@email.com"], **fields}
     with pytest.raises(PermanentError) as caught:
-        make_connector(smtp).send(request(fields, context={"order": {"id": 789}}))
+        make_connector(smtp).send(request(fields, known={"order": {"id": 789}}))
     assert caught.value.reason.startswith(f"order 789: {label} holds a character that cannot be sent ('\\ud83d' at")
     assert smtp.messages == []
 
@@ -391,7 +395,7 @@ def test_text_that_cannot_be_encoded_is_a_dead_letter_naming_the_field(  # noqa:
 def test_one_bad_recipient_means_nothing_is_sent(smtp, make_connector) -> None:  # noqa: ANN001
     fields = {"to": ["juan@email.com"], "cc": ["ana@salon.example", "no es una dirección"]}
     with pytest.raises(PermanentError) as caught:
-        make_connector(smtp).send(request(fields, context={"order": {"id": 789}}))
+        make_connector(smtp).send(request(fields, known={"order": {"id": 789}}))
     assert caught.value.reason.startswith("order 789: cc[1] is not a valid e-mail address: 'no es una dirección'")
     assert smtp.messages == []
 

@@ -21,15 +21,14 @@ from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 
 from bridge.cli import main
-from bridge.jobs import template_context
+from bridge.jobs import entities_of, template_context
 from bridge.operations import replay
-from bridge.state import RedisConnectorStore, event_views
+from bridge.state import RedisConnectorStore, event_views, subject_of
 from bridge.store import DEAD, DONE, RETRYING, STALE
-from connectors.base import ActionRequest, PermanentError, TransientError
+from connectors.base import ActionRequest, MissingDataError, PermanentError, TransientError
 from connectors.google_calendar import DEFAULT_SUMMARY, GoogleCalendarConnector, booking_times, google_event_id
 from mappings.config import BridgeConfig, ConfigError, load_config_text
 from mappings.routing import render_action
-from mappings.templates import MissingDataError
 from tests.fakes.google_server import FakeGoogle, generate_key, key_file_info
 from tests.harness import SECRET, Bridge, sample
 
@@ -156,7 +155,8 @@ def request_for(config: BridgeConfig, envelope: dict[str, Any], store: Any = Non
     """What the core hands send() for this event alone (no entity memory)."""
     spec = config.action(ACTION)
     assert spec is not None
-    context = template_context(config.model.timezone, envelope, event_views(envelope))
+    views = event_views(envelope)
+    context = template_context(config.model.timezone, envelope, views)
     return ActionRequest(
         action=spec.action,
         fields=render_action(spec, context),
@@ -165,8 +165,11 @@ def request_for(config: BridgeConfig, envelope: dict[str, Any], store: Any = Non
         event_created=envelope["created"],
         tenant_id=envelope["tenant_id"],
         action_id=spec.id,
-        context=context,
         store=store,
+        subject=subject_of(envelope, views),
+        **entities_of(views),  # type: ignore[arg-type]
+        timezone=config.model.timezone,
+        data=envelope["data"],
     )
 
 

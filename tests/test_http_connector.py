@@ -11,8 +11,8 @@ from email.utils import format_datetime
 
 import pytest
 
-from connectors.base import ActionRequest, PermanentError, TransientError
-from connectors.http import HttpConnector, HttpSettings, parse_retry_after
+from connectors.base import ActionRequest, PermanentError, TransientError, parse_retry_after
+from connectors.http import HttpConnector, HttpSettings
 from tests.fakes.http_server import CapturingServer
 
 
