@@ -8,20 +8,25 @@ import json
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
-from datetime import datetime
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from redis import Redis
 from redis.exceptions import RedisError
 
 from bridge import logs
+from bridge.jobs import template_context
 from bridge.redis_health import RedisUnfit
-from bridge.runtime import Runtime, resolve_redis_url
-from bridge.samples import SAMPLES_DIR, sample_types
+from bridge.runtime import Runtime, data_dir, embedded_data, resolve_redis_url
+from bridge.samples import SAMPLES_DIR, SEND_ORDER, sample_types
+from bridge.state import event_views
 from bridge.store import STATUSES, ActionState
-from mappings.config import BridgeConfig, ConfigError, default_config_path, load_config
+from mappings.config import DRY_RUN_ACCEPTED, BridgeConfig, ConfigError, default_config_path, load_config
+from mappings.routing import PlannedAction
 
 DEFAULT_WEBHOOK_URL = "http://127.0.0.1:8000/webhooks"
 SECRET_VARIABLE = "SALONBOOKIT_WEBHOOK_SECRET"
@@ -132,10 +137,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="also reach each destination (Slack, Google, SMTP) and Redis (its eviction policy and persistence)",
     )
 
+    slack = command(
+        "slack-check",
+        cmd_slack_check,
+        "Check each Slack connector against Slack, sending nothing: the token (auth.test), its scopes, and "
+        "that every channel the mappings post to exists and has the app in it (an incoming webhook: that "
+        "its URL is live). Like check-config --online for Slack alone, and also while a connector is in dry run.",
+        "  salon-bridge slack-check\n  salon-bridge slack-check staging.yaml --connector staff",
+    )
+    slack.add_argument("path", nargs="?", help="config file (default: as for --config)")
+    slack.add_argument("--config", dest="config_option", help=argparse.SUPPRESS)
+    slack.add_argument("--connector", help="only this connector (default: every one of type slack)")
+
     simulate = command(
         "simulate",
         cmd_simulate,
-        "Show the actions an event would trigger, rendered; sends nothing.",
+        "Show the actions an event would trigger, rendered as a worker would: with what entity memory "
+        "knows when Redis answers (read only, never written), else with the event alone; sends nothing.",
         "  salon-bridge simulate my-event.json\n  salon-bridge simulate booking.created   # a shipped sample",
     )
     _config_option(simulate)
@@ -146,12 +164,18 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_events,
         "List recent events and what each of their actions did.",
         "  salon-bridge events\n  salon-bridge events --type booking.created --limit 5\n"
-        "  salon-bridge events --status dead",
+        "  salon-bridge events --status dead\n"
+        "  salon-bridge events --type order.shipped --show   # what each e-mail says (also in a dry run)",
     )
     _config_option(events)
     events.add_argument("--type", dest="event_type", help="only this event type, e.g. booking.created")
     events.add_argument("--status", choices=STATUSES, help="only events with an action in this status")
     events.add_argument("--limit", type=_positive_int, default=20, help="how many events (default 20)")
+    events.add_argument(
+        "--show",
+        action="store_true",
+        help="also each action's rendered fields (credentials hidden; an e-mail as its text part)",
+    )
 
     dead = command(
         "dead-letters",
@@ -165,19 +189,29 @@ def build_parser() -> argparse.ArgumentParser:
     replay = command(
         "replay",
         cmd_replay,
-        "Run the dead actions of an event again (--force: also done ones).",
-        "  salon-bridge replay evt_abc123\n  salon-bridge replay evt_abc123 --action agenda/0\n"
-        "  salon-bridge replay evt_abc123 --force      # send a done action once more",
+        "Run the dead (or stuck unfinished) actions of an event again; --force: also done ones.",
+        "  salon-bridge replay evt_abc123\n  salon-bridge replay evt_abc123 --action agenda/sync\n"
+        "  salon-bridge replay evt_abc123 --force      # send a done action once more\n\n"
+        "--force runs done, dry-run and stale actions again: the destination gets them a second time\n"
+        "(a done e-mail is sent again as a new e-mail, with a new Message-ID: the customer gets a second\n"
+        "copy). An action its mapping's `when:` skipped runs only if that condition is true now\n"
+        "(evaluated on replay, with what the bridge now knows); else it stays skipped and says why.",
     )
     _config_option(replay)
     replay.add_argument("event_id", help="the platform's event id (see `salon-bridge events`)")
     replay.add_argument("--action", help="only this action (mapping-name/action-name)")
-    replay.add_argument("--force", action="store_true", help="also run actions that are done")
+    replay.add_argument(
+        "--force",
+        action="store_true",
+        help="also run done actions (sent again), and skipped ones whose condition is true now",
+    )
 
     send = command(
         "send-sample",
         cmd_send_sample,
-        "Post the platform's sample events, signed as the platform signs, and print each answer.",
+        "Post the platform's sample events, signed as the platform signs, and print each answer. "
+        "`all` posts the 13 in the order the platform would (a booking's and an order's life), "
+        "with the appointment moved to tomorrow.",
         "  salon-bridge send-sample booking.created\n  salon-bridge send-sample all --url http://127.0.0.1:8000/webhooks\n"
         '  salon-bridge send-sample payment.failed --secret "$SALONBOOKIT_WEBHOOK_SECRET" --tenant my-salon',
     )
@@ -215,35 +249,46 @@ def _config_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="config file (default: $SALON_BRIDGE_CONFIG or ./config.yaml)")
 
 
-def _load(args: argparse.Namespace, dry_run: bool = False, try_out: bool = False) -> BridgeConfig:
-    """The config; `try_out`: a command for looking around (events, replay...), which may use the
-    webhook secret that `up --dry-run` generated in ./var when none is set."""
-    if try_out and not os.environ.get(SECRET_VARIABLE) and (dev_secret := _dev_secret_if_any()):
-        os.environ[SECRET_VARIABLE] = dev_secret
-    config = load_config(default_config_path(getattr(args, "config", None)), dry_run=dry_run)
+# Read only by the web server: other commands do not need their variables set.
+WEB_ONLY_SECTIONS = ("admin", "metrics")
+
+
+def _load(args: argparse.Namespace, dry_run: bool = False, start_up: bool = False) -> BridgeConfig:
+    """The config. `start_up`: a process that serves or works (serve, worker, up) shows its warnings
+    once, and needs every secret it uses. Otherwise a command for looking around (events, replay...)
+    that stays quiet, may use the webhook secret `up --dry-run` generated, and reads no web-only section."""
+    if not start_up:
+        _use_dev_secret()
+    unused = () if args.command in ("serve", "up") else WEB_ONLY_SECTIONS
+    config = load_config(default_config_path(getattr(args, "config", None)), dry_run=dry_run, unused=unused)
     logs.remember_secrets(logs.config_secrets(config))
-    if not os.environ.get(WARNED_VARIABLE):  # `up` already showed them; its processes stay quiet
+    if start_up and not os.environ.get(WARNED_VARIABLE):  # `up` already showed them; its processes stay quiet
         for warning in config.warnings:
             print(f"warning: {warning}", file=sys.stderr)
     return config
 
 
+def _use_dev_secret() -> Path | None:
+    """Without SALONBOOKIT_WEBHOOK_SECRET, the one `up --dry-run` keeps in its data folder, if any."""
+    path = data_dir() / "webhook-secret"
+    if os.environ.get(SECRET_VARIABLE) or not path.is_file():
+        return None
+    os.environ[SECRET_VARIABLE] = path.read_text().strip()
+    return path
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     path = default_config_path(args.path or args.config_option)
+    dev_secret = _use_dev_secret()
     config = load_config(path)
-    problems = []
+    if dev_secret is not None:
+        print(f"warning: {SECRET_VARIABLE} is not set: checked with the dry run's secret in {dev_secret}")
     for warning in config.warnings:
         print(f"warning: {warning}")
+    problems = []
     for name, spec in config.connectors.items():
-        if spec.dry_run or spec.settings is None:
-            continue
-        connector = spec.build()
-        actions = {a.id: a.fields for m in config.mappings for a in m.actions if a.connector == name}
-        try:
-            found = connector.offline_check(actions) + (connector.online_check(actions) if args.online else [])
-        finally:
-            connector.close()
-        problems += [f"{path}: connectors.{name}: {problem}" for problem in found]
+        if not spec.dry_run and spec.settings is not None:
+            problems += _connector_problems(config, name, args.online)
     if args.online:
         problems += [f"{path}: redis_url: {problem}" for problem in _redis_problems(config)]
     if problems:
@@ -271,6 +316,38 @@ def _redis_problems(config: BridgeConfig) -> list[str]:
     return [f"Redis at {_redacted(url)}: {error}" for error in health.errors()]
 
 
+def cmd_slack_check(args: argparse.Namespace) -> int:
+    path = default_config_path(args.path or args.config_option)
+    _use_dev_secret()
+    config = load_config(path, unused=WEB_ONLY_SECTIONS)
+    names = [n for n, spec in config.connectors.items() if spec.cls.type == "slack" and args.connector in (None, n)]
+    if not names:
+        which = f" named {args.connector!r}" if args.connector else ""
+        raise CommandError(f"{path} has no connector of type slack{which}")
+    problems = []
+    for name in names:
+        if config.connectors[name].settings is None:  # a dry-run connector not fully set up yet
+            problems += [w.removesuffix(DRY_RUN_ACCEPTED) for w in config.warnings if f": connectors.{name}." in w]
+        else:
+            problems += _connector_problems(config, name, online=True)
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
+        return 1
+    print(f"{path}: Slack OK ({', '.join(names)}: token, scopes and channels checked)")
+    return 0
+
+
+def _connector_problems(config: BridgeConfig, name: str, online: bool) -> list[str]:
+    """What the connector's own checks find, offline and (`online`) at the destination."""
+    connector = config.connectors[name].build()
+    actions = {a.id: a.fields for m in config.mappings for a in m.actions if a.connector == name}
+    try:
+        found = connector.offline_check(actions) + (connector.online_check(actions) if online else [])
+    finally:
+        connector.close()
+    return [f"{config.path}: connectors.{name}: {problem}" for problem in found]
+
+
 def cmd_hash_password(args: argparse.Namespace) -> int:
     from werkzeug.security import generate_password_hash
 
@@ -289,7 +366,7 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from bridge.server import serve
 
-    config = _load(args)
+    config = _load(args, start_up=True)
     serve(config, host=args.host, port=args.port, workers=args.workers, threads=args.threads)
     return 0
 
@@ -297,18 +374,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from bridge.worker import run_worker
 
-    config = _load(args, dry_run=args.dry_run)
+    config = _load(args, dry_run=args.dry_run, start_up=True)
     return run_worker(config, burst=args.burst, dry_run=args.dry_run)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from bridge.up import Up, UpError, dev_secret
+    from bridge.up import Up, UpError, check_port, dev_secret
 
+    try:
+        check_port(args.host, args.port)
+    except UpError as exc:
+        raise CommandError(str(exc)) from None
     data_dir = Path(args.data_dir).resolve()
     if args.dry_run and not os.environ.get(SECRET_VARIABLE):
         os.environ[SECRET_VARIABLE] = dev_secret(data_dir)
         print(f"SALONBOOKIT_WEBHOOK_SECRET is not set: this dry run uses the one in {data_dir / 'webhook-secret'}")
-    config = _load(args, dry_run=args.dry_run)
+    config = _load(args, dry_run=args.dry_run, start_up=True)
     os.environ[WARNED_VARIABLE] = "1"
     try:
         return Up(config, args.host, args.port, args.workers, data_dir, args.dry_run).run()
@@ -317,46 +398,109 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from bridge.jobs import template_context
-    from bridge.state import event_views
-    from mappings.routing import plan, render_action
-    from mappings.templates import RenderError
+    from bridge.operations import simulated_context
+    from mappings.routing import plan
 
-    config = _load(args, try_out=True)
     envelope = read_event(args.event)
-    print(f"event {envelope.get('id')} ({envelope.get('type')}, tenant {envelope.get('tenant_id')})")
-    context = template_context(config.model.timezone, envelope, event_views(envelope))
-    planned = plan(config, envelope, context)
+    with _runtime(args, required=False) as rt:
+        config = rt.config
+        print(f"event {envelope.get('id')} ({envelope.get('type')}, tenant {envelope.get('tenant_id')})")
+        if rt.reachable:
+            context = simulated_context(rt, envelope)
+            print(f"entity memory: read from Redis at {_redacted(resolve_redis_url(config))} (read-only)")
+        else:
+            context = template_context(config.model.timezone, envelope, event_views(envelope))
+            print(
+                f"entity memory: not used (Redis at {_redacted(resolve_redis_url(config))} does not answer): "
+                "booking, order and customer are what this event says alone"
+            )
+        planned = plan(config, envelope, context)
     if not planned:
         print("  no mapping handles this event: it would be answered 200 ignored")
     for item in planned:
-        spec = item.spec
-        print(f"\n- {spec.id} -> {spec.connector} ({config.connectors[spec.connector].cls.type}) {spec.action}")
-        if item.skip_reason:
-            print(f"  skipped: {item.skip_reason}")
-            continue
-        try:
-            fields = render_action(spec, context)
-        except RenderError as exc:
-            print(f"  would fail permanently: {exc}")
-            continue
-        print(_indent(json.dumps(fields, ensure_ascii=False, indent=2, default=str)))
+        _show_planned(config, item, context)
     return 0
 
 
-def _runtime(args: argparse.Namespace) -> Runtime:
-    rt = Runtime.from_config(_load(args, try_out=True))
+def _show_planned(config: BridgeConfig, item: PlannedAction, context: dict[str, Any]) -> None:
+    from mappings.routing import render_action
+    from mappings.templates import MissingDataError, RenderError
+
+    spec = item.spec
+    print(f"\n- {spec.id} -> {spec.connector} ({config.connectors[spec.connector].cls.type}) {spec.action}")
+    if item.skip_reason:
+        print(f"  skipped: {item.skip_reason}")
+        return
     try:
-        rt.redis.ping()
-    except RedisError as exc:
-        raise CommandError(f"cannot reach Redis at {_redacted(resolve_redis_url(rt.config))}: {exc}") from None
-    return rt
+        fields = render_action(spec, context)
+    except MissingDataError as exc:
+        wait = config.model.retry.wait_for_missing_data
+        print(f"  would wait for earlier events, retrying for {wait:g} s, then fail: {exc}")
+        return
+    except RenderError as exc:
+        print(f"  would fail permanently: {exc}")
+        return
+    print(_indent(json.dumps(fields, ensure_ascii=False, indent=2, default=str)))
+
+
+@contextmanager
+def _runtime(args: argparse.Namespace, required: bool = True) -> Iterator[Runtime]:
+    """The event log's Runtime (`required`: fail when Redis does not answer, else `rt.reachable`
+    says). When `up` is stopped but left its data in its folder, its embedded Redis is started for
+    this command alone (and stopped after), so the command sees that data."""
+    config = _load(args)
+    with ExitStack() as stack:
+        folder = embedded_data(config)
+        if folder is not None and not _answers(folder / "redis.sock"):
+            stack.enter_context(_briefly_started(folder, args.command))
+        rt = Runtime.from_config(config)
+        stack.callback(rt.close)
+        try:
+            rt.redis.ping()
+        except RedisError as exc:
+            if required:
+                raise CommandError(f"cannot reach Redis at {_redacted(resolve_redis_url(config))}: {exc}") from None
+            rt.reachable = False
+        yield rt
+
+
+def _answers(socket: Path) -> bool:
+    try:
+        with Redis(unix_socket_path=str(socket), socket_connect_timeout=1) as probe:
+            return bool(probe.ping())
+    except (RedisError, OSError):
+        return False
+
+
+@contextmanager
+def _briefly_started(folder: Path, command: str) -> Iterator[None]:
+    from bridge.up import EmbeddedRedis, UpError
+
+    later = " (replayed actions run when it starts)" if command == "replay" else ""
+    print(
+        f"salon-bridge up is not running: using its data in {folder.resolve()}, "
+        f"with its Redis started for this command only{later}",
+        file=sys.stderr,
+    )
+    embedded = EmbeddedRedis(folder.resolve())
+    try:
+        embedded.start()
+    except UpError as exc:
+        raise CommandError(str(exc)) from None
+    try:
+        yield
+    finally:
+        embedded.stop()
 
 
 def cmd_events(args: argparse.Namespace) -> int:
+    with _runtime(args) as rt:
+        return _show_events(rt, args)
+
+
+def _show_events(rt: Runtime, args: argparse.Namespace) -> int:
     from bridge.operations import DATA_LOST, matching_events
 
-    rt = _runtime(args)
     records = matching_events(rt, args.event_type, args.status, args.limit)
     if not records:
         print("no events" + (" matching the filters" if args.event_type or args.status else " yet"))
@@ -370,14 +514,52 @@ def cmd_events(args: argparse.Namespace) -> int:
             print("    (no actions yet: queued, or nothing to do)")
         for action_id, state in sorted(record.actions.items()):
             print(f"    {action_id}: {describe_state(state, clock)}")
+            if args.show:
+                _show_fields(rt, state)
     return 0
 
 
+def _show_fields(rt: Runtime, state: ActionState) -> None:
+    """The action's rendered fields as an owner reads them: an e-mail's bodies as its text part."""
+    if state.rendered is None:
+        print("        (nothing rendered)")
+        return
+    fields = logs.hide_secret_fields(state.rendered)
+    spec = rt.config.connectors.get(state.connector)
+    if spec is not None and spec.cls.type == "email":
+        fields = _email_as_read(fields)
+    for name, value in fields.items():
+        if isinstance(value, str) and "\n" in value.strip():
+            print(f"        {name}:")
+            print("\n".join(f"          {line}".rstrip() for line in value.strip().splitlines()))
+        else:
+            shown = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+            print(f"        {name}: {shown}")
+
+
+def _email_as_read(fields: dict[str, Any]) -> dict[str, Any]:
+    from connectors.email import html_to_text
+
+    bodies = ("text", "text_template", "html", "html_template")
+    text = fields.get("text") or fields.get("text_template")
+    if not text:  # the connector makes the text part from the HTML, as here
+        text = html_to_text(str(fields.get("html") or fields.get("html_template") or ""))
+    shown = {name: value for name, value in fields.items() if name not in bodies and value not in (None, [])}
+    for name in ("to", "cc", "bcc"):  # one address a line in the message, one list here
+        if isinstance(shown.get(name), list) and all(isinstance(v, str) for v in shown[name]):
+            shown[name] = ", ".join(shown[name])
+    return shown | {"text part": str(text)}
+
+
 def cmd_dead_letters(args: argparse.Namespace) -> int:
+    with _runtime(args) as rt:
+        return _show_dead_letters(rt, args.limit)
+
+
+def _show_dead_letters(rt: Runtime, limit: int) -> int:
     from bridge.operations import DATA_LOST
 
-    rt = _runtime(args)
-    letters = rt.store.dead_letters(args.limit)
+    letters = rt.store.dead_letters(limit)
     if not letters:
         print("no dead letters")
     clock = Clock(rt.config.model.timezone)
@@ -394,20 +576,23 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     from bridge.operations import ReplayError, replay
 
-    rt = _runtime(args)
-    try:
-        done = replay(rt, args.event_id, args.action, args.force)
-    except ReplayError as exc:
-        raise CommandError(str(exc)) from None
+    with _runtime(args) as rt:
+        try:
+            done = replay(rt, args.event_id, args.action, args.force)
+        except ReplayError as exc:
+            raise CommandError(str(exc)) from None
     for action_id in done.action_ids:
         print(f"queued again: {done.event_id} {action_id}")
+    for action_id, reason in done.still_skipped.items():
+        print(f"still skipped: {done.event_id} {action_id} ({reason})")
     return 0
 
 
 def cmd_send_sample(args: argparse.Namespace) -> int:
     from bridge.samples import post_sample
 
-    secret = args.secret or os.environ.get(SECRET_VARIABLE) or _dev_secret_if_any()
+    _use_dev_secret()
+    secret = args.secret or os.environ.get(SECRET_VARIABLE)
     if not secret:
         try:
             secret = _load(args).webhook.secrets[0]
@@ -417,20 +602,17 @@ def cmd_send_sample(args: argparse.Namespace) -> int:
                 f"({exc.problems[0]})"
             ) from None
     failures = 0
-    for event_type in sample_types() if args.event_type == "all" else [args.event_type]:
+    types = list(SEND_ORDER) if args.event_type == "all" else [args.event_type]
+    start = datetime.now(UTC) - timedelta(seconds=len(types))
+    for position, event_type in enumerate(types):
+        created = start + timedelta(seconds=position + 1)  # one second apart: the newest is the last
         try:
-            event_id, status, answer = post_sample(args.url, event_type, secret, args.tenant)
+            event_id, status, answer = post_sample(args.url, event_type, secret, args.tenant, created)
         except OSError as exc:
             raise CommandError(f"cannot reach {args.url}: {exc}") from None
         failures += not 200 <= status < 300
         print(f"{event_type:<18} {event_id}  -> {status} {answer}")
     return 1 if failures else 0
-
-
-def _dev_secret_if_any() -> str | None:
-    """The secret `up --dry-run` generated in ./var, for trying the bridge on one machine."""
-    path = Path("var") / "webhook-secret"
-    return path.read_text().strip() if path.is_file() else None
 
 
 def read_event(name: str) -> dict[str, Any]:

@@ -3,15 +3,32 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
+from bridge.jobs import template_context
 from bridge.queue import PROCESS_EVENT, RUN_ACTION, enqueue
 from bridge.runtime import Runtime
-from bridge.store import DEAD, DONE, DRY_RUN, EVENT_ACTION, PENDING, SENDING, SKIPPED, STALE, EventRecord
+from bridge.state import event_views, subject_of
+from bridge.store import (
+    DEAD,
+    DONE,
+    DRY_RUN,
+    EVENT_ACTION,
+    PENDING,
+    SENDING,
+    SKIPPED,
+    STALE,
+    ActionState,
+    EventRecord,
+)
+from mappings.routing import plan
+from mappings.templates import EntityView
 
 # Dead actions, and unfinished ones whose job RQ gave up on (they stay pending or sending); the
 # entity lock and the ledger make a replay of one that is in fact still queued harmless.
 REPLAYABLE = {DEAD, PENDING, SENDING}
+# With force, also what already ran; a skipped action only when its `when:` is true now.
 REPLAYABLE_WITH_FORCE = REPLAYABLE | {DONE, DRY_RUN, SKIPPED, STALE}
 # A record with action states but no body: Redis lost it (evicted it, or restarted empty) while a
 # job was running, and that job wrote its action's state back (bridge.store.EventRecord.data_lost).
@@ -30,10 +47,12 @@ class ReplayError(Exception):
 class Replayed:
     event_id: str
     action_ids: list[str]
+    still_skipped: dict[str, str] = field(default_factory=dict)  # skipped actions left alone, and why
 
 
 def replay(rt: Runtime, event_id: str, action: str | None = None, force: bool = False) -> Replayed:
-    """Queue the dead actions of an event again (with `force`, also done/dry-run/skipped ones)."""
+    """Queue the dead actions of an event again (with `force`, also done/dry-run/stale ones, and
+    skipped ones whose mapping's condition is true now)."""
     record = rt.store.find(event_id)
     if record is None:
         raise ReplayError(f"event {event_id!r} is not in the event log (unknown, or older than the retention)")
@@ -47,15 +66,15 @@ def replay(rt: Runtime, event_id: str, action: str | None = None, force: bool = 
     if action is not None and action not in record.actions:
         known = ", ".join(sorted(record.actions)) or "none"
         raise ReplayError(f"event {event_id!r} has no action {action!r} (its actions: {known})")
-    chosen = [
+    candidates = [
         (action_id, state)
         for action_id, state in sorted(record.actions.items())
         if (action is None or action_id == action) and state.status in eligible
     ]
+    still_skipped = _still_skipped(rt, record) if any(s.status == SKIPPED for _, s in candidates) else {}
+    chosen = [(a, s) for a, s in candidates if not (s.status == SKIPPED and a in still_skipped)]
     if not chosen:
-        statuses = ", ".join(f"{a}={s.status}" for a, s in sorted(record.actions.items())) or "no actions"
-        hint = "" if force else "; use --force to run done actions again"
-        raise ReplayError(f"nothing to replay for {event_id!r} ({statuses}){hint}")
+        raise ReplayError(_nothing_to_replay(record, force, still_skipped))
     pipe = rt.redis.pipeline(transaction=True)
     pipe.multi()  # explicit: RQ's enqueue on a pipeline expects one already in MULTI
     for action_id, state in chosen:
@@ -69,7 +88,50 @@ def replay(rt: Runtime, event_id: str, action: str | None = None, force: bool = 
         else:
             enqueue(rt.queue, RUN_ACTION, record.key, action_id, job_id=job_id, pipeline=pipe)
     pipe.execute()
-    return Replayed(event_id, [a for a, _ in chosen])
+    left = {a: still_skipped[a] for a, s in candidates if s.status == SKIPPED and a in still_skipped}
+    return Replayed(event_id, [a for a, _ in chosen], left)
+
+
+def _still_skipped(rt: Runtime, record: EventRecord) -> dict[str, str]:
+    """The actions of the event whose mapping's condition is false now (action id -> why)."""
+    context = current_context(rt, record.envelope)
+    return {p.spec.id: p.skip_reason for p in plan(rt.config, record.envelope, context) if p.skip_reason}
+
+
+def current_context(rt: Runtime, envelope: dict[str, Any]) -> dict[str, Any]:
+    """What templates would see for the event now: entity memory read, nothing written."""
+    return template_context(rt.config.model.timezone, envelope, rt.memory.views(subject_of(envelope)))
+
+
+def simulated_context(rt: Runtime, envelope: dict[str, Any]) -> dict[str, Any]:
+    """What templates would see if the event arrived now: entity memory (read, nothing written)
+    with the event's own facts merged on top, as a worker merges them before routing."""
+    remembered = rt.memory.views(subject_of(envelope))
+    views: dict[str, EntityView | None] = {}
+    for kind, own in event_views(envelope).items():
+        known = remembered.get(kind)
+        views[kind] = EntityView(_merged(known, own), kind, own.entity_id) if own and known else own or known
+    return template_context(rt.config.model.timezone, envelope, views)
+
+
+def _merged(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(old)
+    for key, value in new.items():
+        both_dicts = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = _merged(merged[key], value) if both_dicts else value
+    return merged
+
+
+def _nothing_to_replay(record: EventRecord, force: bool, still_skipped: dict[str, str]) -> str:
+    statuses = ", ".join(f"{a}={_status(a, s, still_skipped)}" for a, s in sorted(record.actions.items()))
+    hint = "" if force else "; use --force to run done actions again"
+    return f"nothing to replay for {record.id!r} ({statuses or 'no actions'}){hint}"
+
+
+def _status(action_id: str, state: ActionState, still_skipped: dict[str, str]) -> str:
+    if action_id in still_skipped:
+        return f"skipped, and still would be: {still_skipped[action_id]}"
+    return state.status
 
 
 def _replay_job_id(record: EventRecord, action_id: str, generation: int) -> str:

@@ -27,6 +27,7 @@ class Runtime:
     config: BridgeConfig
     redis: Redis
     dry_run: bool = False
+    reachable: bool = True  # False: a command that can do without Redis found it not answering
     queue: Queue = field(init=False)
     store: EventStore = field(init=False)
     memory: EntityMemory = field(init=False)
@@ -58,13 +59,26 @@ class Runtime:
 
 def resolve_redis_url(config: BridgeConfig) -> str:
     """`redis_url` from the config, else $REDIS_URL, else the Redis `salon-bridge up` embeds in
-    ./var (or $SALON_BRIDGE_DATA_DIR) when it is running, else a local Redis."""
+    ./var (or $SALON_BRIDGE_DATA_DIR) when it is running or has left its data there, else a local Redis."""
     if config.model.redis_url or os.environ.get("REDIS_URL"):
         return config.model.redis_url or os.environ["REDIS_URL"]
-    socket = Path(os.environ.get("SALON_BRIDGE_DATA_DIR", "var")) / "redis.sock"
-    if socket.exists():
+    socket = data_dir() / "redis.sock"
+    if socket.exists() or embedded_data(config) is not None:
         return f"unix://{socket.resolve()}?db=0"
     return DEFAULT_REDIS_URL
+
+
+def data_dir() -> Path:
+    """Where `up` keeps its embedded Redis and the dry run's webhook secret."""
+    return Path(os.environ.get("SALON_BRIDGE_DATA_DIR", "var"))
+
+
+def embedded_data(config: BridgeConfig) -> Path | None:
+    """`up`'s data folder, when no other Redis is configured and its embedded Redis left data there."""
+    if config.model.redis_url or os.environ.get("REDIS_URL"):
+        return None
+    folder = data_dir()
+    return folder if (folder / "appendonlydir").is_dir() or (folder / "appendonly.aof").is_file() else None
 
 
 _current: Runtime | None = None

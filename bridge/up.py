@@ -5,11 +5,13 @@ its data in an append-only file, so nothing is lost across restarts."""
 from __future__ import annotations
 
 import ctypes
+import errno
 import logging
 import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -32,6 +34,19 @@ _PR_SET_PDEATHSIG = 1
 
 class UpError(Exception):
     """`up` cannot start; the message says why."""
+
+
+def check_port(host: str, port: int) -> None:
+    """Fail before anything starts when the web server could not listen there."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as granian does
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            why = "is already in use" if exc.errno == errno.EADDRINUSE else f"cannot be listened on ({exc.strerror})"
+            raise UpError(
+                f"port {port} on {host} {why}: stop what uses it, or choose another port with --port"
+            ) from None
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
@@ -144,6 +159,7 @@ class Up:
         self.children: list[Child] = []
         self.redis_url_in_use = ""
         self._stopping = False
+        self.gave_up = False  # a child kept exiting: `up` ends with status 1
 
     def redis_url(self) -> str:
         if self.config.model.redis_url or os.environ.get("REDIS_URL"):
@@ -179,7 +195,7 @@ class Up:
             self._supervise()
         finally:
             self.stop()
-        return 0
+        return 1 if self.gave_up else 0
 
     def _check_redis(self, redis_url: str) -> None:
         """Refuse an evicting Redis and warn about one without persistence, before anything starts."""
@@ -222,7 +238,7 @@ class Up:
                 delay = self._restart_delay(child)
                 if delay is None:
                     print(f"{child.name} keeps exiting; stopping salon-bridge", file=sys.stderr, flush=True)
-                    self._stopping = True
+                    self._stopping = self.gave_up = True
                     break
                 child.restarts.append(now)
                 time.sleep(delay)

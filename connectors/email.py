@@ -38,6 +38,7 @@ DEFAULT_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
 MAX_NAME_CHARS = 64  # a display name longer than this is cut: it is a name, not a message
 MAX_SUBJECT_CHARS = 200
 MAX_LINE = 78  # RFC 5322's recommended line length for headers
+MAX_RESENDS = 100  # forced resends of one e-mail that get a Message-ID of their own
 SENT_MARKER_TTL = 30 * 86400  # how long a sent e-mail is remembered, so it is never sent twice
 
 
@@ -440,8 +441,10 @@ class EmailConnector(Connector):
         html = _sendable(html, who, "html")  # first: a text part made from the html would have it too
         text = _sendable(text, who, "text")
         message_id, digest = self.message_id(request)
+        if request.forced:
+            message_id, digest = self.resend_id(request, digest)
         marker = f"sent:{digest}"
-        sent_at = request.store.get(marker) if request.store is not None and not request.forced else None
+        sent_at = request.store.get(marker) if request.store is not None else None
         if sent_at is not None:
             return SendResult(detail=f"already sent as {message_id} at {sent_at}; an e-mail is sent once per event")
 
@@ -465,6 +468,15 @@ class EmailConnector(Connector):
     def message_id(self, request: ActionRequest) -> tuple[str, str]:
         """The same (event, action) always gives the same Message-ID, so a repeat is recognisable."""
         digest = hashlib.sha256(f"{request.event_id}\n{request.action_id}".encode()).hexdigest()[:32]
+        return f"<{digest}@{self.sender.domain}>", digest
+
+    def resend_id(self, request: ActionRequest, digest: str) -> tuple[str, str]:
+        """A forced resend (`replay --force`) is a new e-mail: the first Message-ID of the event's
+        chain not sent yet, since a mailbox drops a second copy with a Message-ID it already has."""
+        for _ in range(MAX_RESENDS):
+            if request.store is None or request.store.get(f"sent:{digest}") is None:
+                break
+            digest = hashlib.sha256(f"resend\n{digest}".encode()).hexdigest()[:32]
         return f"<{digest}@{self.sender.domain}>", digest
 
     def compose(

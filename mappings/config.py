@@ -5,6 +5,7 @@ Every problem is reported as `file:line: key.path: message`, all of them at once
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from collections.abc import Callable, Iterable
@@ -33,6 +34,13 @@ _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# The platform's event types (bridge/samples has one sample of each); `on:` patterns must match one.
+EVENT_TYPES = (
+    "booking.created", "booking.updated", "booking.cancelled", "booking.completed", "booking.no_show",
+    "payment.completed", "payment.failed", "payment.refunded",
+    "customer.created", "customer.updated",
+    "order.created", "order.shipped", "order.delivered",
+)  # fmt: skip
 
 
 class _Loader(yaml.SafeLoader):
@@ -263,12 +271,16 @@ def default_config_path(explicit: str | None = None) -> str:
 
 
 def load_config(
-    path: str | os.PathLike[str], environ: dict[str, str] | None = None, dry_run: bool = False
+    path: str | os.PathLike[str],
+    environ: dict[str, str] | None = None,
+    dry_run: bool = False,
+    unused: Iterable[str] = (),
 ) -> BridgeConfig:
     """Read, expand and validate a config file; raises ConfigError listing every problem.
 
     A connector in dry run (`dry_run: true`, or every connector when `dry_run` is passed) sends
-    nothing, so its unset variables and invalid settings are warnings, not errors."""
+    nothing, so its unset variables and invalid settings are warnings, not errors. `unused`: top-level
+    sections the caller does not use (a CLI command has no use for `admin`): not read at all."""
     path = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -276,11 +288,15 @@ def load_config(
         raise ConfigError([f"{path}: config file not found"]) from None
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read the config file: {exc.strerror}"]) from None
-    return load_config_text(text, path, environ, dry_run)
+    return load_config_text(text, path, environ, dry_run, unused)
 
 
 def load_config_text(
-    text: str, path: str = "config.yaml", environ: dict[str, str] | None = None, dry_run: bool = False
+    text: str,
+    path: str = "config.yaml",
+    environ: dict[str, str] | None = None,
+    dry_run: bool = False,
+    unused: Iterable[str] = (),
 ) -> BridgeConfig:
     environ = dict(os.environ) if environ is None else environ
     try:
@@ -294,6 +310,8 @@ def load_config_text(
     if not isinstance(raw, dict):
         raise ConfigError([f"{path}:1: the config must be a mapping of keys (version, webhook, ...)"])
 
+    for section in unused:
+        raw.pop(section, None)
     lenient = _dry_run_connectors(raw, dry_run)
     collector = _Problems(
         path, root, lambda where: len(where) >= 2 and where[0] == "connectors" and where[1] in lenient
@@ -346,6 +364,7 @@ def _expand_env(value: Any, where: Path_, environ: dict[str, str], problems: _Pr
             if default is not None:
                 return default
             problems.add(where, f"environment variable {name} is not set or empty (and ${{{name}}} has no :-default)")
+            problems.unset.add(where)
             return match.group(0)
 
         return _ENV_PATTERN.sub(substitute, value)
@@ -365,13 +384,14 @@ def _load_connectors(
         if not _NAME.match(name):
             problems.add(where, f"connector names use letters, digits, '-', '_' or '.', got {name!r}")
         type_name = raw.get("type") if isinstance(raw, dict) else None
+        # Without a known type even a dry run cannot render the connector's actions.
         if not isinstance(type_name, str):
-            problems.add(where, "missing required key 'type' (e.g. type: http)")
+            problems.add(where, "missing required key 'type' (e.g. type: http)", strict=True)
             continue
         try:
             cls = connector_class(type_name)
         except ConnectorConfigError as exc:
-            problems.add((*where, "type"), str(exc))
+            problems.add((*where, "type"), str(exc), strict=True)
             continue
         settings: Settings | None = None
         try:
@@ -392,49 +412,91 @@ def _load_mappings(
     base_dir: Path,
     problems: _Problems,
 ) -> list[MappingSpec]:
-    """Validate mappings; actions on a connector that itself failed validation are not checked further."""
+    """Validate mappings; actions on a connector that itself failed validation are not checked further.
+    A mapping with a structural problem still has its event types and actions checked."""
     mappings: list[MappingSpec] = []
     seen_names: set[str] = set()
+    loader = _ActionLoader(engine, connectors, broken, base_dir, problems)
     for index, raw in enumerate(raw_mappings):
         where: Path_ = ("mappings", index)
         try:
             mapping = MappingModel.model_validate(raw)
         except ValidationError as exc:
             problems.add_validation_error(exc, where)
+            _check_what_can_be(raw, where, loader)
             continue
         if mapping.name in seen_names:
             problems.add((*where, "name"), f"another mapping is already named {mapping.name!r}")
         seen_names.add(mapping.name)
+        _check_event_types(mapping.on, where, problems)
         when = None
         if mapping.when is not None:
             try:
                 when = engine.compile_condition(mapping.when, f"mappings[{index}].when")
             except TemplateCompileError as exc:
                 problems.add((*where, "when"), str(exc))
+        actions = loader.load_all(mapping.name, mapping.actions, where)
+        mappings.append(MappingSpec(mapping.name, mapping.on, mapping.tenant, when, actions))
+    return mappings
+
+
+def _check_what_can_be(raw: Any, where: Path_, loader: _ActionLoader) -> None:
+    """The parts of a mapping that failed validation which can still be checked on their own."""
+    if not isinstance(raw, dict):
+        return
+    on = [raw["on"]] if isinstance(raw.get("on"), str) else raw.get("on")
+    if isinstance(on, list) and all(isinstance(pattern, str) for pattern in on):
+        _check_event_types(on, where, loader.problems)
+    actions = raw.get("actions")
+    if isinstance(actions, list):
+        name = raw.get("name")
+        loader.load_all(name if isinstance(name, str) else f"mappings[{where[1]}]", actions, where)
+
+
+def _check_event_types(patterns: list[str], where: Path_, problems: _Problems) -> None:
+    """Every `on:` entry must match one of the platform's event types: a typo would match nothing, silently."""
+    for position, pattern in enumerate(patterns):
+        if any(fnmatchcase(event_type, pattern) for event_type in EVENT_TYPES):
+            continue
+        close = difflib.get_close_matches(pattern, EVENT_TYPES, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"the platform's types: {', '.join(EVENT_TYPES)}"
+        problems.add((*where, "on", position), f"{pattern!r} matches no platform event type ({hint})")
+
+
+@dataclass
+class _ActionLoader:
+    """What loading an action needs, gathered once per config."""
+
+    engine: TemplateEngine
+    connectors: dict[str, ConnectorSpec]
+    broken: set[str]
+    base_dir: Path
+    problems: _Problems
+
+    def load_all(self, mapping_name: str, raw_actions: list[Any], where: Path_) -> list[ActionSpec]:
         actions: list[ActionSpec] = []
-        for position, raw_action in enumerate(mapping.actions):
-            if isinstance(raw_action, dict) and raw_action.get("connector") in broken:
-                continue
+        for position, raw_action in enumerate(raw_actions):
+            if not isinstance(raw_action, dict) or raw_action.get("connector") in self.broken:
+                continue  # not a mapping of keys: already reported by the mapping's validation
             action = _load_action(
-                mapping.name,
+                mapping_name,
                 position,
                 raw_action,
                 (*where, "actions", position),
-                engine,
-                connectors,
-                broken,
-                base_dir,
-                problems,
+                self.engine,
+                self.connectors,
+                self.broken,
+                self.base_dir,
+                self.problems,
             )
             if action is None:
                 continue
             if any(a.id == action.id for a in actions):
-                problems.add(
+                self.problems.add(
                     (*where, "actions", position, "name"), f"two actions of this mapping are named {action.id!r}"
                 )
             actions.append(action)
-        mappings.append(MappingSpec(mapping.name, mapping.on, mapping.tenant, when, actions))
-    return mappings
+        return actions
 
 
 _ACTION_KEYS = ("connector", "action", "name")
@@ -514,6 +576,9 @@ def _find_template_file(name: str, base_dir: Path) -> Path:
     raise FileNotFoundError(f"template file {name!r} not found (looked in {', '.join(str(c) for c in candidates)})")
 
 
+DRY_RUN_ACCEPTED = " (accepted: this connector is in dry run)"  # ends a dry-run connector's warning
+
+
 class _Problems:
     """Collects problems with their key paths and turns them into `file:line: path: message`."""
 
@@ -523,17 +588,22 @@ class _Problems:
         self.lenient = lenient
         self.problems: list[tuple[Path_, str]] = []
         self.warnings: list[tuple[Path_, str]] = []
+        self.unset: set[Path_] = set()  # values holding an unset ${VAR}: said once, not judged again
 
-    def add(self, where: Path_, message: str) -> None:
-        if self.lenient(where):
-            self.warnings.append((where, message + " (accepted: this connector is in dry run)"))
+    def add(self, where: Path_, message: str, strict: bool = False) -> None:
+        """A problem; in a dry-run connector a warning, unless `strict` (it would break even there)."""
+        if self.lenient(where) and not strict:
+            entry = (where, message + DRY_RUN_ACCEPTED)
+            if entry not in self.warnings:
+                self.warnings.append(entry)
         else:
             self.problems.append((where, message))
 
     def add_validation_error(self, exc: ValidationError, prefix: Path_) -> None:
         for error in exc.errors():
             where = (*prefix, *error["loc"])
-            self.add(where, _describe(error))
+            if where not in self.unset:
+                self.add(where, _describe(error))
 
     def render(self, entries: list[tuple[Path_, str]] | None = None) -> list[str]:
         entries = self.problems if entries is None else entries

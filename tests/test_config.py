@@ -218,6 +218,79 @@ mappings:
     assert any("text_template: template file 'emails/nope.txt' not found" in p for p in caught.value.problems)
 
 
+def test_an_unknown_type_is_an_error_even_in_dry_run() -> None:
+    """Its mappings would silently vanish: a dry run cannot render actions of a type it does not know."""
+    text = BASE.replace("    type: http", "    type: slak\n    dry_run: true")
+    assert problems(text) == [
+        "config.yaml:7: connectors.crm.type: unknown connector type 'slak' (known: email, google_calendar, http, slack)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("on", "expected"),
+    [
+        pytest.param(
+            '["payment.fialed"]',
+            "config.yaml:11: mappings[0].on[0]: 'payment.fialed' matches no platform event type "
+            "(did you mean 'payment.failed'?)",
+            id="typo",
+        ),
+        pytest.param(
+            '["booking.*", "invoice.*"]',
+            "config.yaml:11: mappings[0].on[1]: 'invoice.*' matches no platform event type (the platform's types: "
+            "booking.created, booking.updated, booking.cancelled, booking.completed, booking.no_show, "
+            "payment.completed, payment.failed, payment.refunded, customer.created, customer.updated, "
+            "order.created, order.shipped, order.delivered)",
+            id="no-close-match",
+        ),
+    ],
+)
+def test_an_on_entry_matching_no_event_type_is_reported(on: str, expected: str) -> None:
+    assert problems(BASE.replace('on: ["booking.*"]', f"on: {on}")) == [expected]
+
+
+def test_the_event_types_are_the_shipped_samples() -> None:
+    from bridge.samples import sample_types
+    from mappings.config import EVENT_TYPES
+
+    assert sorted(EVENT_TYPES) == sample_types()
+
+
+def test_reference_errors_come_in_the_same_run_as_structural_ones() -> None:
+    text = BASE.replace('on: ["booking.*"]', 'on: ["payment.fialed"]\n    whne: "true"').replace(
+        "connector: crm", "connector: slak"
+    )
+    assert problems(text) == [
+        "config.yaml:12: mappings[0].whne: unknown key",
+        "config.yaml:11: mappings[0].on[0]: 'payment.fialed' matches no platform event type "
+        "(did you mean 'payment.failed'?)",
+        "config.yaml:14: mappings[0].actions[0].connector: unknown connector 'slak' (known: crm)",
+    ]
+
+
+def test_an_unset_variable_is_said_once_not_judged_again() -> None:
+    """The value is still `${VAR}`: a second message about its shape would only mislead."""
+    text = BASE.replace(
+        '  secrets: ["s3cret"]', '  secrets: ["s3cret"]\nadmin:\n  password_hash: "${ADMIN_HASH}"\n  username: owner'
+    )
+    assert problems(text) == [
+        "config.yaml:6: admin.password_hash: environment variable ADMIN_HASH is not set or empty "
+        "(and ${ADMIN_HASH} has no :-default)"
+    ]
+    dry = BASE.replace("    type: http", "    type: http\n    dry_run: true").replace(
+        "https://crm.example.com/hook", "${CRM_URL}"
+    )
+    assert len(load_config_text(dry, "config.yaml", {}).warnings) == 1
+
+
+def test_a_section_the_caller_does_not_use_is_not_read() -> None:
+    text = BASE.replace(
+        '  secrets: ["s3cret"]', '  secrets: ["s3cret"]\nadmin:\n  password_hash: "${ADMIN_HASH}"\n  username: owner'
+    )
+    config = load_config_text(text, "config.yaml", {}, unused=("admin", "metrics"))
+    assert config.model.admin is None
+
+
 BOMB_ACTION = """\
         body:
           id: "{{ event.id }}"

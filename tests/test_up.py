@@ -138,6 +138,33 @@ def test_restart_keeps_accepted_events(tmp_path: Path, destination: CapturingSer
     assert _processes_mentioning(str(tmp_path)) == []
 
 
+def _up(tmp_path: Path, *argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    config = tmp_path / "config.yaml"
+    config.write_text(http_config("http://127.0.0.1:9"))
+    clean = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "SALON_BRIDGE_CONFIG")}
+    return subprocess.run(
+        [sys.executable, "-m", "bridge.cli", "up", "--config", str(config), "--data-dir", str(tmp_path / "var"), *argv],
+        env={**clean, **(env or {})}, capture_output=True, text=True, timeout=90,
+    )  # fmt: skip
+
+
+def test_up_with_its_port_taken_fails_at_once_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        run = _up(tmp_path, "--port", str(port))
+    assert run.returncode == 1
+    assert time.monotonic() - started < 10
+    assert run.stderr.strip() == (
+        f"salon-bridge up: port {port} on 127.0.0.1 is already in use: "
+        "stop what uses it, or choose another port with --port"
+    )
+    assert "salon-bridge is up" not in run.stdout
+    assert not (tmp_path / "var").exists()  # nothing was started, not even the embedded Redis
+
+
 def test_the_embedded_redis_keeps_everything_and_never_evicts(tmp_path: Path) -> None:
     from bridge.redis_health import inspect
     from bridge.up import EmbeddedRedis
@@ -188,3 +215,15 @@ def test_up_gives_up_on_a_crash_loop_that_redis_does_not_explain(
     up.stop()
     assert "worker-1 keeps exiting; stopping salon-bridge" in capsys.readouterr().err
     assert len(up.children[0].restarts) == 5
+
+
+def test_up_that_gives_up_exits_non_zero(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A child that keeps exiting while Redis is fine: `up` stops, and `run` returns 1 (the exit status)."""
+    monkeypatch.setattr(up_module, "RESTART_BACKOFF_SECONDS", 0.01)
+    up = _crashing_up(tmp_path, redis_url)
+    up._supervise()
+    up.stop()
+    assert up.gave_up
+    assert "worker-1 keeps exiting; stopping salon-bridge" in capsys.readouterr().err
