@@ -23,7 +23,7 @@ from bridge.jobs import template_context
 from bridge.redis_health import RedisUnfit
 from bridge.runtime import Runtime, data_dir, embedded_data, resolve_redis_url
 from bridge.samples import SAMPLES_DIR, SEND_ORDER, sample_types
-from bridge.state import event_views
+from bridge.state import event_views, subject_of
 from bridge.store import STATUSES, ActionState
 from mappings.config import DRY_RUN_ACCEPTED, BridgeConfig, ConfigError, default_config_path, load_config
 from mappings.routing import PlannedAction
@@ -506,7 +506,7 @@ def _show_events(rt: Runtime, args: argparse.Namespace) -> int:
         print("no events" + (" matching the filters" if args.event_type or args.status else " yet"))
     clock = Clock(rt.config.model.timezone)
     for record in records:
-        label = event_label(record.envelope)
+        label = _label(record.envelope)
         print(f"{clock.show(record.received_at)}  {record.id}  {record.type}  tenant={record.tenant_id}{label}")
         if record.data_lost:
             print(f"    {record.key}: {DATA_LOST}")
@@ -565,7 +565,7 @@ def _show_dead_letters(rt: Runtime, limit: int) -> int:
     clock = Clock(rt.config.model.timezone)
     for record, action_id in letters:
         state = record.actions[action_id]
-        head = f"{record.id}  {record.type}{event_label(record.envelope)}"
+        head = f"{record.id}  {record.type}{_label(record.envelope)}"
         print(f"{clock.show(state.updated_at)}  {f'{record.key}  {DATA_LOST}' if record.data_lost else head}")
         print(f"    {action_id} ({state.connector}), {state.attempts} attempt(s): {state.last_error}")
         if not record.data_lost:
@@ -635,17 +635,6 @@ def read_event(name: str) -> dict[str, Any]:
     return event
 
 
-def event_label(envelope: dict[str, Any]) -> str:
-    """The booking code or order number people know an event by."""
-    data = envelope.get("data") or {}
-    booking, order = data.get("booking") or {}, data.get("order") or {}
-    if isinstance(booking, dict) and booking.get("id") is not None:
-        return f"  booking {booking.get('codigo') or booking['id']}"
-    if isinstance(order, dict) and order.get("id") is not None:
-        return f"  order {order.get('numero') or order['id']}"
-    return ""
-
-
 def describe_state(state: ActionState, clock: Clock) -> str:
     text = f"{state.status}, {state.attempts} attempt(s)"
     if state.next_attempt_at:
@@ -678,3 +667,9 @@ def _indent(text: str) -> str:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _label(envelope: dict[str, Any]) -> str:
+    """`  booking ABC123XY · Juan Pérez`, after an event's id and type ("" when it names no entity)."""
+    label = subject_of(envelope).label
+    return f"  {label}" if label else ""

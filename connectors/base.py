@@ -291,12 +291,16 @@ class Subject:
         return next((entity_id for k, entity_id in self.entities if k == kind), None)
 
     @property
+    def name(self) -> str:
+        """`booking ABC123XY`: the main entity by the code people know it by ("" for none)."""
+        return f"{self.primary[0]} {self.code or self.primary[1]}" if self.primary else ""
+
+    @property
     def label(self) -> str:
         """`booking ABC123XY · Juan Pérez`: the one label an event shows everywhere ("" for none)."""
-        if self.primary is None:
-            return ""
-        label = f"{self.primary[0]} {self.code or self.primary[1]}"
-        return f"{label} · {self.customer_name}" if self.customer_name and self.primary[0] != "customer" else label
+        if self.customer_name and self.primary and self.primary[0] != "customer":
+            return f"{self.name} · {self.customer_name}"
+        return self.name
 
     @staticmethod
     def code_field(kind: str) -> str:

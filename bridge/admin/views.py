@@ -48,7 +48,6 @@ from bridge.store import (
     ActionState,
     EventRecord,
 )
-from connectors.base import Subject
 
 log = logging.getLogger("salon_bridge.admin")
 
@@ -254,15 +253,10 @@ class Row:
     actions: list[ActionView]
 
 
-def entity_label(subject: Subject) -> str:
-    """`booking ABC123XY`: the code people know the event's booking or order by ("" for none)."""
-    return f"{subject.primary[0]} {subject.code or subject.primary[1]}" if subject.primary else ""
-
-
 def row_of(rt: Runtime, record: EventRecord) -> Row:
     subject = subject_of(record.envelope)
     actions = [action_view(rt, a, s) for a, s in sorted(record.actions.items())]
-    return Row(record, entity_label(subject), subject.customer_name, actions)
+    return Row(record, subject.name, subject.customer_name, actions)
 
 
 def _safe_next(target: str | None) -> str:
@@ -374,7 +368,7 @@ def event(key: str) -> str | tuple[str, int]:
     return render_template(
         "admin/event.html",
         record=record,
-        entity=entity_label(subject),
+        entity=subject.name,
         customer=subject.customer_name,
         payload=pretty(record.envelope),
         memory={kind: pretty(view) for kind, view in views.items() if view is not None},
