@@ -17,8 +17,7 @@ from werkzeug.wsgi import get_input_stream
 from bridge import metrics
 from bridge.admin import register_admin
 from bridge.ingest import SIGNATURE_HEADER, Ingestor, Outcome
-from bridge.queue import connect, work_queue
-from bridge.runtime import resolve_redis_url
+from bridge.queue import connect, resolve_redis_url, work_queue
 from mappings.config import BridgeConfig, default_config_path, load_config
 
 if TYPE_CHECKING:

@@ -20,8 +20,9 @@ from redis.exceptions import RedisError
 
 from bridge import logs
 from bridge.jobs import template_context
+from bridge.queue import data_dir, embedded_data, resolve_redis_url
 from bridge.redis_health import RedisUnfit
-from bridge.runtime import Runtime, data_dir, embedded_data, resolve_redis_url
+from bridge.runtime import Runtime
 from bridge.samples import SAMPLES_DIR, SEND_ORDER, sample_types
 from bridge.state import event_views, subject_of
 from bridge.store import STATUSES, ActionState

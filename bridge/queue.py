@@ -4,8 +4,11 @@ one way the bridge puts its jobs on it."""
 from __future__ import annotations
 
 import math
+import os
 import time
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from redis import Redis
 from redis.client import Pipeline
@@ -13,6 +16,10 @@ from rq import Callback, Queue, Retry
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
+if TYPE_CHECKING:
+    from mappings.config import BridgeConfig
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 QUEUE_NAME = "salon-bridge"
 # Seconds; a connector call keeps the entity lock for as long as it takes, but not past this.
 JOB_TIMEOUT = 120
@@ -32,6 +39,30 @@ _GAVE_UP = Callback("bridge.jobs.job_gave_up")
 def connect(url: str) -> Redis:
     """A connection for RQ and the event log (bytes in, bytes out)."""
     return Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30)
+
+
+def resolve_redis_url(config: BridgeConfig) -> str:
+    """`redis_url` from the config, else $REDIS_URL, else the Redis `salon-bridge up` embeds in
+    ./var (or $SALON_BRIDGE_DATA_DIR) when it is running or has left its data there, else a local Redis."""
+    if config.model.redis_url or os.environ.get("REDIS_URL"):
+        return config.model.redis_url or os.environ["REDIS_URL"]
+    socket = data_dir() / "redis.sock"
+    if socket.exists() or embedded_data(config) is not None:
+        return f"unix://{socket.resolve()}?db=0"
+    return DEFAULT_REDIS_URL
+
+
+def data_dir() -> Path:
+    """Where `up` keeps its embedded Redis and the dry run's webhook secret."""
+    return Path(os.environ.get("SALON_BRIDGE_DATA_DIR", "var"))
+
+
+def embedded_data(config: BridgeConfig) -> Path | None:
+    """`up`'s data folder, when no other Redis is configured and its embedded Redis left data there."""
+    if config.model.redis_url or os.environ.get("REDIS_URL"):
+        return None
+    folder = data_dir()
+    return folder if (folder / "appendonlydir").is_dir() or (folder / "appendonly.aof").is_file() else None
 
 
 def work_queue(redis: Redis) -> Queue:

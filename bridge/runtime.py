@@ -8,18 +8,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from redis import Redis
 from rq import Queue
 
-from bridge.queue import connect, work_queue
+from bridge.queue import connect, resolve_redis_url, work_queue
 from bridge.state import EntityMemory, Ordering
 from bridge.store import EventStore
 from connectors.base import Connector
 from mappings.config import BridgeConfig, default_config_path, load_config
-
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 @dataclass
@@ -55,30 +52,6 @@ class Runtime:
         for connector in self._connectors.values():
             connector.close()
         self._connectors.clear()
-
-
-def resolve_redis_url(config: BridgeConfig) -> str:
-    """`redis_url` from the config, else $REDIS_URL, else the Redis `salon-bridge up` embeds in
-    ./var (or $SALON_BRIDGE_DATA_DIR) when it is running or has left its data there, else a local Redis."""
-    if config.model.redis_url or os.environ.get("REDIS_URL"):
-        return config.model.redis_url or os.environ["REDIS_URL"]
-    socket = data_dir() / "redis.sock"
-    if socket.exists() or embedded_data(config) is not None:
-        return f"unix://{socket.resolve()}?db=0"
-    return DEFAULT_REDIS_URL
-
-
-def data_dir() -> Path:
-    """Where `up` keeps its embedded Redis and the dry run's webhook secret."""
-    return Path(os.environ.get("SALON_BRIDGE_DATA_DIR", "var"))
-
-
-def embedded_data(config: BridgeConfig) -> Path | None:
-    """`up`'s data folder, when no other Redis is configured and its embedded Redis left data there."""
-    if config.model.redis_url or os.environ.get("REDIS_URL"):
-        return None
-    folder = data_dir()
-    return folder if (folder / "appendonlydir").is_dir() or (folder / "appendonly.aof").is_file() else None
 
 
 _current: Runtime | None = None

@@ -92,9 +92,8 @@ def web_app() -> Front:
 
 def check_redis_at_start(config: BridgeConfig) -> None:
     """Refuse an evicting Redis, warn about one without persistence (bridge.redis_health)."""
-    from bridge.queue import connect
+    from bridge.queue import connect, resolve_redis_url
     from bridge.redis_health import check_at_start
-    from bridge.runtime import resolve_redis_url
 
     with connect(resolve_redis_url(config)) as redis:
         check_at_start(redis, logging.getLogger("salon_bridge.web"))

@@ -22,8 +22,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from bridge import redis_health
-from bridge.queue import connect
-from bridge.runtime import resolve_redis_url
+from bridge.queue import connect, resolve_redis_url
 from mappings.config import BridgeConfig
 
 STOP_GRACE_SECONDS = 8
