@@ -25,7 +25,7 @@ from bridge.redis_health import RedisUnfit
 from bridge.runtime import Runtime
 from bridge.samples import SAMPLES_DIR, SEND_ORDER, sample_types
 from bridge.state import event_views, subject_of
-from bridge.store import STATUSES, ActionState
+from bridge.store import ActionState, Status
 from mappings.config import DRY_RUN_ACCEPTED, BridgeConfig, ConfigError, default_config_path, load_config
 from mappings.routing import PlannedAction
 
@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _config_option(events)
     events.add_argument("--type", dest="event_type", help="only this event type, e.g. booking.created")
-    events.add_argument("--status", choices=STATUSES, help="only events with an action in this status")
+    events.add_argument("--status", choices=list(Status), help="only events with an action in this status")
     events.add_argument("--limit", type=_positive_int, default=20, help="how many events (default 20)")
     events.add_argument(
         "--show",

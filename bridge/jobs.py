@@ -28,22 +28,7 @@ from bridge import runtime as runtime_module
 from bridge.queue import JOB_TIMEOUT, PROCESS_EVENT, RUN_ACTION, enqueue
 from bridge.runtime import Runtime
 from bridge.state import EntityBusy, RedisConnectorStore, subject_of
-from bridge.store import (
-    DEAD,
-    DONE,
-    DRY_RUN,
-    EVENT_ACTION,
-    PENDING,
-    RETRYING,
-    SENDING,
-    SKIPPED,
-    STALE,
-    ActionState,
-    EventRecord,
-    key_part,
-    load_record,
-    record_key,
-)
+from bridge.store import EVENT_ACTION, ActionState, EventRecord, Status, key_part, load_record, record_key
 from connectors.base import KINDS, ActionRequest, Entity, MissingDataError, PermanentError, Subject, TransientError
 from mappings.config import ActionSpec
 from mappings.routing import plan, render_action
@@ -70,8 +55,8 @@ def process_event(key: str) -> str:
         with EntityWork(rt, record, remember=True) as work:
             outcomes = [f"{action_id}={status}" for action_id, status in _first_attempts(rt, work)]
             event_state = work.record.actions.get(EVENT_ACTION)
-            if event_state is not None and event_state.status != DONE:  # a replay of an event that had failed
-                event_state.status, event_state.detail = DONE, "processed"
+            if event_state is not None and event_state.status != Status.DONE:  # a replay of an event that had failed
+                event_state.status, event_state.detail = Status.DONE, "processed"
                 rt.store.save_action(key, EVENT_ACTION, event_state, pipe=work.writes)
     except EntityBusy as busy:
         return _later(rt, PROCESS_EVENT, key, busy)
@@ -88,13 +73,13 @@ def _first_attempts(rt: Runtime, work: EntityWork) -> list[tuple[str, str]]:
     for planned in plan(rt.config, work.record.envelope, work.context):
         spec = planned.spec
         state = work.record.actions.get(spec.id)
-        if state is not None and state.status not in (PENDING, SENDING):
+        if state is not None and state.status not in (Status.PENDING, Status.SENDING):
             continue  # the ledger: already done, dead, skipped, or scheduled for a retry
         state = state or ActionState(connector=spec.connector)
         if planned.skip_reason:
-            state.status, state.detail = SKIPPED, planned.skip_reason
+            state.status, state.detail = Status.SKIPPED, planned.skip_reason
             rt.store.save_action(work.record.key, spec.id, state, pipe=work.writes)
-            metrics.record_action(work.writes, spec.connector, SKIPPED, None)
+            metrics.record_action(work.writes, spec.connector, Status.SKIPPED, None)
         else:
             attempt(rt, work, spec, state)
         outcomes.append((spec.id, state.status))
@@ -113,11 +98,11 @@ def run_action(key: str, action_id: str) -> str:
             return fail_event(rt, key, action_id, LOST_IN_REDIS)
         with EntityWork(rt, record, remember=False) as work:
             state = work.record.actions.get(action_id)
-            if state is None or state.status not in (PENDING, RETRYING, SENDING):
+            if state is None or state.status not in (Status.PENDING, Status.RETRYING, Status.SENDING):
                 return f"nothing to do ({state.status if state else 'unknown action'})"
             spec = rt.config.action(action_id)
             if spec is None:
-                state.status = DEAD
+                state.status = Status.DEAD
                 state.last_error = f"action {action_id!r} is no longer in the config"
                 rt.store.save_action(key, action_id, state, pipe=work.writes)
                 return state.status
@@ -139,13 +124,13 @@ def fail_event(rt: Runtime, key: str, action_id: str, exc: BaseException | str) 
     log.error("event %s: %s", key, reason, exc_info=exc if isinstance(exc, BaseException) else None)
     raw = rt.redis.hget(record_key(key), "a:" + action_id)
     state = ActionState.from_json(raw) if raw else ActionState(connector="bridge")
-    state.status, state.last_error, state.next_attempt_at = DEAD, reason[:2000], None
-    state.history.append({"at": time.time(), "attempt": state.attempts, "outcome": DEAD, "error": reason[:2000]})
+    state.status, state.last_error, state.next_attempt_at = Status.DEAD, reason[:2000], None
+    state.history.append({"at": time.time(), "attempt": state.attempts, "outcome": Status.DEAD, "error": reason[:2000]})
     pipe = rt.redis.pipeline(transaction=True)
     rt.store.save_action(key, action_id, state, pipe=pipe)
-    metrics.record_action(pipe, state.connector, DEAD, None)
+    metrics.record_action(pipe, state.connector, Status.DEAD, None)
     pipe.execute()
-    return f"{action_id}={DEAD}"
+    return f"{action_id}={Status.DEAD}"
 
 
 def job_gave_up(job: Job, connection: Redis, exc_type: type | None, exc: BaseException | None, _tb: object) -> None:
@@ -308,7 +293,7 @@ def attempt(rt: Runtime, work: EntityWork, spec: ActionSpec, state: ActionState)
     """Run one action once and record the outcome (on `work.writes`); schedule the next try on a
     transient error."""
     record = work.record
-    if state.status == SENDING:
+    if state.status == Status.SENDING:
         # A previous attempt died between sending and recording: the destination may have it.
         work.writes.incr(POSSIBLE_DUPLICATES_KEY)
         log.warning("possible duplicate: event=%s action=%s was interrupted while sending", record.id, spec.id)
@@ -341,7 +326,7 @@ def attempt(rt: Runtime, work: EntityWork, spec: ActionSpec, state: ActionState)
             )
         error = _after_failure(rt, work, spec, state, failure)
     duration = time.monotonic() - started
-    if state.status != RETRYING:
+    if state.status != Status.RETRYING:
         state.next_attempt_at = None
     if error is not None:
         state.last_error = error
@@ -368,14 +353,14 @@ def _run(rt: Runtime, work: EntityWork, spec: ActionSpec, state: ActionState) ->
     fields = render_action(spec, work.context)
     state.rendered = fields
     if target and not state.forced and rt.ordering.is_synced(target, work.version):
-        state.status = STALE
+        state.status = Status.STALE
         state.detail = f"stale: {target} already has everything known up to this event (version {work.version})"
         return
     if rt.dry_run or rt.config.connectors[spec.connector].dry_run:
-        state.status, state.detail = DRY_RUN, "would send (dry run): nothing left the machine"
+        state.status, state.detail = Status.DRY_RUN, "would send (dry run): nothing left the machine"
         return
     connector = rt.connector(spec.connector)
-    state.status = SENDING
+    state.status = Status.SENDING
     rt.store.save_action(record.key, spec.id, state, pipe=work.writes)
     work.before_send()
     request = ActionRequest(
@@ -395,7 +380,7 @@ def _run(rt: Runtime, work: EntityWork, spec: ActionSpec, state: ActionState) ->
     )
     with work.held_during_send():
         result = connector.send(request)
-    state.status, state.detail, state.last_error, state.forced = DONE, result.detail, "", False
+    state.status, state.detail, state.last_error, state.forced = Status.DONE, result.detail, "", False
     if target:
         rt.ordering.mark_synced_on(work.writes, target, work.version)
 
@@ -407,11 +392,11 @@ def _after_failure(rt: Runtime, work: EntityWork, spec: ActionSpec, state: Actio
         # The last try is at the end of the wait, not a schedule step beyond it.
         delay = min(delay, failure.retry_by - time.time())
     if delay is None or delay < 0:
-        state.status = DEAD
+        state.status = Status.DEAD
         if failure.permanent:
             return failure.error
         return failure.reason_if_dead or f"gave up after {state.attempts} attempts; last error: {failure.error}"
-    state.status = RETRYING
+    state.status = Status.RETRYING
     state.next_attempt_at = time.time() + delay
     job_id = retry_job_id(work.record.key, spec.id, state.attempts)
     enqueue(rt.queue, RUN_ACTION, work.record.key, spec.id, job_id=job_id, delay=delay, pipeline=work.writes)
@@ -444,7 +429,7 @@ def retry_job_id(key: str, action_id: str, attempt: int) -> str:
 
 
 def log_attempt(record: EventRecord, spec: ActionSpec, state: ActionState, duration: float, error: str | None) -> None:
-    level = logging.WARNING if state.status in (DEAD, RETRYING) else logging.INFO
+    level = logging.WARNING if state.status in (Status.DEAD, Status.RETRYING) else logging.INFO
     log.log(
         level,
         "action event=%s type=%s tenant=%s connector=%s action=%s attempt=%d outcome=%s duration_ms=%.1f%s",

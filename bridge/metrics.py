@@ -34,7 +34,7 @@ from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from bridge import redis_health
 from bridge.logs import mask
-from bridge.store import DEAD, DEAD_INDEX, DONE, EVENTS_INDEX, PREFIX, RETRYING, text
+from bridge.store import DEAD_INDEX, EVENTS_INDEX, PREFIX, Status, text
 
 ACTIONS_KEY = PREFIX + "metrics:actions"  # hash "<connector>|<outcome>" -> count
 ACTION_SECONDS_KEY = PREFIX + "metrics:action_seconds"  # hash "<connector>|<bucket index>" / "<connector>|sum"
@@ -46,7 +46,7 @@ ACK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5
 ACTION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 ACCEPTED_OUTCOMES = {"accepted", "duplicate", "ignored"}
 # Only attempts that may have reached a connector say something about its latency.
-TIMED_OUTCOMES = {DONE, RETRYING, DEAD}
+TIMED_OUTCOMES = {Status.DONE, Status.RETRYING, Status.DEAD}
 _EVENT_TYPE = re.compile(r"^[a-z][a-z_]{0,30}\.[a-z][a-z_]{0,30}$")
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -193,9 +193,9 @@ class RedisCollector(Collector):
         for field, count in sorted(actions.items()):
             connector, outcome = field.decode().rsplit("|", 1)
             by_outcome.add_metric([connector, outcome], int(count))
-            if outcome == RETRYING:
+            if outcome == Status.RETRYING:
                 retries.add_metric([connector], int(count))
-            if outcome == DEAD:
+            if outcome == Status.DEAD:
                 dead.add_metric([connector], int(count))
         yield from (by_outcome, retries, dead)
         yield _action_histogram(seconds)

@@ -10,26 +10,15 @@ from bridge.jobs import template_context
 from bridge.queue import PROCESS_EVENT, RUN_ACTION, enqueue
 from bridge.runtime import Runtime
 from bridge.state import event_views, subject_of
-from bridge.store import (
-    DEAD,
-    DONE,
-    DRY_RUN,
-    EVENT_ACTION,
-    PENDING,
-    SENDING,
-    SKIPPED,
-    STALE,
-    ActionState,
-    EventRecord,
-)
+from bridge.store import EVENT_ACTION, ActionState, EventRecord, Status
 from mappings.routing import plan
 from mappings.templates import EntityView
 
 # Dead actions, and unfinished ones whose job RQ gave up on (they stay pending or sending); the
 # entity lock and the ledger make a replay of one that is in fact still queued harmless.
-REPLAYABLE = {DEAD, PENDING, SENDING}
+REPLAYABLE = {Status.DEAD, Status.PENDING, Status.SENDING}
 # With force, also what already ran; a skipped action only when its `when:` is true now.
-REPLAYABLE_WITH_FORCE = REPLAYABLE | {DONE, DRY_RUN, SKIPPED, STALE}
+REPLAYABLE_WITH_FORCE = REPLAYABLE | {Status.DONE, Status.DRY_RUN, Status.SKIPPED, Status.STALE}
 # A record with action states but no body: Redis lost it (evicted it, or restarted empty) while a
 # job was running, and that job wrote its action's state back (bridge.store.EventRecord.data_lost).
 DATA_LOST = (
@@ -71,16 +60,16 @@ def replay(rt: Runtime, event_id: str, action: str | None = None, force: bool = 
         for action_id, state in sorted(record.actions.items())
         if (action is None or action_id == action) and state.status in eligible
     ]
-    still_skipped = _still_skipped(rt, record) if any(s.status == SKIPPED for _, s in candidates) else {}
-    chosen = [(a, s) for a, s in candidates if not (s.status == SKIPPED and a in still_skipped)]
+    still_skipped = _still_skipped(rt, record) if any(s.status == Status.SKIPPED for _, s in candidates) else {}
+    chosen = [(a, s) for a, s in candidates if not (s.status == Status.SKIPPED and a in still_skipped)]
     if not chosen:
         raise ReplayError(_nothing_to_replay(record, force, still_skipped))
     pipe = rt.redis.pipeline(transaction=True)
     pipe.multi()  # explicit: RQ's enqueue on a pipeline expects one already in MULTI
     for action_id, state in chosen:
         state.history.append({"at": None, "attempt": state.attempts, "outcome": f"replay of {state.status}"})
-        state.forced = force and state.status != DEAD
-        state.status, state.attempts, state.last_error, state.next_attempt_at = PENDING, 0, "", None
+        state.forced = force and state.status != Status.DEAD
+        state.status, state.attempts, state.last_error, state.next_attempt_at = Status.PENDING, 0, "", None
         rt.store.save_action(record.key, action_id, state, pipe=pipe)
         job_id = _replay_job_id(record, action_id, len(state.history))
         if action_id == EVENT_ACTION:  # the event itself had failed: route it again, whole
@@ -88,7 +77,7 @@ def replay(rt: Runtime, event_id: str, action: str | None = None, force: bool = 
         else:
             enqueue(rt.queue, RUN_ACTION, record.key, action_id, job_id=job_id, pipeline=pipe)
     pipe.execute()
-    left = {a: still_skipped[a] for a, s in candidates if s.status == SKIPPED and a in still_skipped}
+    left = {a: still_skipped[a] for a, s in candidates if s.status == Status.SKIPPED and a in still_skipped}
     return Replayed(event_id, [a for a, _ in chosen], left)
 
 

@@ -14,6 +14,7 @@ import json
 import re
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from redis import Redis
@@ -24,16 +25,20 @@ EVENTS_INDEX = PREFIX + "events"
 DEAD_INDEX = PREFIX + "dead"
 _SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
 
-# Action statuses, as shown to people.
-PENDING = "pending"
-SENDING = "sending"  # handed to the connector; seen again only if that attempt died midway
-RETRYING = "retrying"
-DONE = "done"
-DEAD = "dead"
-DRY_RUN = "dry-run"
-SKIPPED = "skipped"  # the mapping's condition was false
-STALE = "stale"  # the external object already has everything known up to this event
-STATUSES = [PENDING, SENDING, RETRYING, DONE, DEAD, DRY_RUN, SKIPPED, STALE]
+
+class Status(StrEnum):
+    """What happened to an action, as shown to people (and stored as this text)."""
+
+    PENDING = "pending"
+    SENDING = "sending"  # handed to the connector; seen again only if that attempt died midway
+    RETRYING = "retrying"
+    DONE = "done"
+    DEAD = "dead"
+    DRY_RUN = "dry-run"
+    SKIPPED = "skipped"  # the mapping's condition was false
+    STALE = "stale"  # the external object already has everything known up to this event
+
+
 # The entry under which an event that could not be processed at all is recorded, as an action
 # would be (shown, dead-lettered, replayed). Action ids always hold a `/`; this one cannot clash.
 EVENT_ACTION = "(event)"
@@ -69,7 +74,7 @@ def record_key(key: str) -> str:
 class ActionState:
     """What happened to one action of one event."""
 
-    status: str = PENDING
+    status: str = Status.PENDING
     connector: str = ""
     attempts: int = 0
     last_error: str = ""
@@ -139,7 +144,7 @@ class EventStore:
         own_pipe = pipe is None
         pipe = self.redis.pipeline(transaction=True) if pipe is None else pipe
         pipe.hset(record_key(key), "a:" + action_id, state.to_json())
-        if state.status == DEAD:
+        if state.status == Status.DEAD:
             pipe.zadd(DEAD_INDEX, {member: state.updated_at})
             pipe.expire(record_key(key), self.dead_retention)
         else:

@@ -21,7 +21,7 @@ from app import create_app
 from bridge.admin import queries
 from bridge.admin.auth import COOKIE_NAME, FAILURES, SESSIONS, SIGNING_KEY
 from bridge.cli import main
-from bridge.store import DEAD, DONE, PENDING, event_key
+from bridge.store import Status, event_key
 from mappings.config import ConfigError, load_config_text
 from tests.conftest import http_config
 from tests.fakes.http_server import CapturingServer
@@ -279,7 +279,7 @@ def test_every_post_needs_the_csrf_token(admin: Bridge, destination: CapturingSe
         data = {"action": "all-to-crm/notify"} | ({"csrf_token": token} if token is not None else {})
         assert client.post(f"/admin/events/{key}/replay", data=data).status_code == 400
         assert client.post("/admin/logout", data=data).status_code == 400
-    assert admin.record(event["id"]).actions["all-to-crm/notify"].status == DEAD
+    assert admin.record(event["id"]).actions["all-to-crm/notify"].status == Status.DEAD
     assert admin.runtime.queue.count == 0
     assert client.get("/admin/").status_code == 200, "still logged in"
     # The token also travels in a header, for scripts.
@@ -562,7 +562,7 @@ def test_replay_a_dead_action_with_one_click(admin: Bridge, destination: Capturi
     assert response.headers["Location"] == f"/admin/events/{key}#action-all-to-crm-notify"
     page = client.get(f"/admin/events/{key}").text
     assert "is queued to be sent again" in page and 'data-status="pending"' in page and 'data-live="1"' in page
-    assert admin.record(event["id"]).actions["all-to-crm/notify"].status == PENDING
+    assert admin.record(event["id"]).actions["all-to-crm/notify"].status == Status.PENDING
     admin.drain()
     page = client.get(f"/admin/events/{key}").text
     assert 'data-status="done"' in page and "data-live" not in page and "replay of dead" in page
@@ -581,7 +581,9 @@ def test_forcing_a_done_action_asks_first(admin: Bridge, destination: CapturingS
         client, f"/admin/events/{key}/replay", {"action": "all-to-crm/notify", "force": "1"}, f"/admin/events/{key}"
     )
     assert ask.status_code == 200 and "Send it again?" in ask.text and "get it a second time" in ask.text
-    assert admin.runtime.queue.count == 0 and admin.record(event["id"]).actions["all-to-crm/notify"].status == DONE
+    assert (
+        admin.runtime.queue.count == 0 and admin.record(event["id"]).actions["all-to-crm/notify"].status == Status.DONE
+    )
     confirmed = client.post(
         f"/admin/events/{key}/replay",
         data={"csrf_token": csrf_of(ask.text), "action": "all-to-crm/notify", "force": "1", "confirmed": "1"},
@@ -589,7 +591,7 @@ def test_forcing_a_done_action_asks_first(admin: Bridge, destination: CapturingS
     assert confirmed.status_code == 303
     admin.drain()
     assert len(destination.requests) == 2
-    assert admin.record(event["id"]).actions["all-to-crm/notify"].status == DONE
+    assert admin.record(event["id"]).actions["all-to-crm/notify"].status == Status.DONE
 
 
 def test_replay_refusals_are_shown_not_raised(admin: Bridge, destination: CapturingServer) -> None:

@@ -13,7 +13,7 @@ from werkzeug.serving import make_server
 
 from bridge.cli import main, read_event
 from bridge.samples import SEND_ORDER, sample_types
-from bridge.store import DONE, DRY_RUN, SKIPPED, STALE
+from bridge.store import Status
 from bridge.up import EmbeddedRedis
 from tests.conftest import http_config
 from tests.fakes.slack_server import BOT_NAME, DEFAULT_TOKEN, FakeSlack
@@ -153,7 +153,7 @@ def test_events_dead_letters_and_replay(capsys, make_bridge, destination, redis_
     code, out, _ = run(capsys, "replay", "--config", config, failing["id"])
     assert (code, out.strip()) == (0, f"queued again: {failing['id']} all-to-crm/notify")
     bridge.drain()
-    assert bridge.record(failing["id"]).actions["all-to-crm/notify"].status == DONE
+    assert bridge.record(failing["id"]).actions["all-to-crm/notify"].status == Status.DONE
     code, out, _ = run(capsys, "dead-letters", "--config", config)
     assert out.strip() == "no dead letters"
     assert len(destination.requests) == 3
@@ -182,7 +182,7 @@ def test_replay_refuses_done_actions_without_force(capsys, make_bridge, destinat
     bridge.drain()
     assert len(destination.requests) == 2
     state = bridge.record(event["id"]).actions["all-to-crm/notify"]
-    assert state.status == DONE and "replay of done" in [h["outcome"] for h in state.history]
+    assert state.status == Status.DONE and "replay of done" in [h["outcome"] for h in state.history]
 
 
 def test_events_with_redis_unreachable_is_one_line(capsys, write_config, destination) -> None:  # noqa: ANN001
@@ -260,7 +260,7 @@ def test_replay_of_an_event_never_processed_routes_it_again(
     code, out, _ = run(capsys, "replay", "--config", config, event["id"])
     assert (code, out.strip()) == (0, f"queued again: {event['id']} (every action of the event)")
     bridge.drain()
-    assert bridge.record(event["id"]).actions["all-to-crm/notify"].status == DONE
+    assert bridge.record(event["id"]).actions["all-to-crm/notify"].status == Status.DONE
 
 
 def posted(make_bridge, write_config, text: str, event_type: str) -> tuple[Bridge, str, dict]:  # noqa: ANN001
@@ -288,7 +288,7 @@ def test_force_runs_a_skipped_action_only_when_its_condition_is_true_now(
 """
     text = with_redis(http_config(destination.url, mappings), redis_url)
     bridge, config, no_show = posted(make_bridge, write_config, text, "booking.no_show")
-    assert bridge.record(no_show["id"]).actions["no-show/notify"].status == SKIPPED
+    assert bridge.record(no_show["id"]).actions["no-show/notify"].status == Status.SKIPPED
 
     code, _, err = run(capsys, "replay", "--config", config, no_show["id"], "--force")
     assert code == 1
@@ -473,7 +473,7 @@ def test_send_sample_all_follows_a_booking_and_an_order_through_their_lives(
     bridge.drain()
     records = {r.type: r for r in bridge.runtime.store.recent(limit=20)}
     statuses = {f"{t} {a}": s.status for t, r in records.items() for a, s in r.actions.items()}
-    assert set(statuses.values()) <= {DRY_RUN, SKIPPED, STALE}, statuses
+    assert set(statuses.values()) <= {Status.DRY_RUN, Status.SKIPPED, Status.STALE}, statuses
     tomorrow = (datetime.now(UTC).date() + timedelta(days=1)).isoformat()
     assert records["booking.created"].envelope["data"]["booking"]["fecha"] == tomorrow
     created = [records[t].envelope["created"] for t in SEND_ORDER]

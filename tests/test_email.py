@@ -19,7 +19,7 @@ import pytest
 from redis import Redis
 
 from bridge.state import RedisConnectorStore
-from bridge.store import DEAD, DONE, RETRYING, SKIPPED
+from bridge.store import Status
 from connectors.base import KINDS, ActionRequest, Entity, PermanentError, Subject, TransientError, connector_class
 from connectors.email import (
     MAX_NAME_CHARS,
@@ -748,8 +748,8 @@ def test_order_shipped_uses_the_customer_from_order_created(make_bridge, smtp) -
     assert '<a href="https://tracking.example.com/1Z999AA10123456784"' in found["text/html"]
     assert "<strong>1Z999AA10123456784</strong>" in found["text/html"]
     state = bridge.record(shipped["id"]).actions["order-shipped-email/customer"]
-    assert (state.status, state.attempts) == (DONE, 1)
-    assert bridge.record(created["id"]).actions["new-order-to-staff/staff"].status == SKIPPED
+    assert (state.status, state.attempts) == (Status.DONE, 1)
+    assert bridge.record(created["id"]).actions["new-order-to-staff/staff"].status == Status.SKIPPED
 
 
 def test_order_shipped_without_order_created_is_dead_and_says_why(make_bridge, smtp) -> None:  # noqa: ANN001
@@ -759,7 +759,7 @@ def test_order_shipped_without_order_created_is_dead_and_says_why(make_bridge, s
     bridge.drain()
     assert smtp.messages == []
     state = bridge.record(shipped["id"]).actions["order-shipped-email/customer"]
-    assert state.status == DEAD
+    assert state.status == Status.DEAD
     assert "order 789" in state.last_error and "order.created not received" in state.last_error
     assert ".to" in state.last_error  # names the field
 
@@ -781,7 +781,7 @@ def test_booking_mails_are_off_as_shipped(make_bridge, smtp) -> None:  # noqa: A
     bridge.drain()
     assert smtp.messages == []
     state = bridge.record(event["id"]).actions["booking-confirmed-email/customer"]
-    assert state.status == SKIPPED and "is false" in state.detail
+    assert state.status == Status.SKIPPED and "is false" in state.detail
 
 
 def test_booking_confirmation(make_bridge, smtp) -> None:  # noqa: ANN001
@@ -872,8 +872,8 @@ def test_a_4xx_is_retried_then_delivered_once(make_bridge, smtp) -> None:  # noq
     bridge.drain()
     assert len(smtp.messages) == 1
     state = bridge.record(shipped["id"]).actions["order-shipped-email/customer"]
-    assert (state.status, state.attempts) == (DONE, 2)
-    assert [h["outcome"] for h in state.history] == [RETRYING, DONE]
+    assert (state.status, state.attempts) == (Status.DONE, 2)
+    assert [h["outcome"] for h in state.history] == [Status.RETRYING, Status.DONE]
     assert "451 4.3.0 temporary failure, try again" in state.history[0]["error"]
 
 
@@ -886,7 +886,7 @@ def test_a_5xx_recipient_is_a_dead_letter_with_the_server_text(make_bridge, smtp
     bridge.drain()
     assert smtp.messages == []
     state = bridge.record(shipped["id"]).actions["order-shipped-email/customer"]
-    assert (state.status, state.attempts) == (DEAD, 1)
+    assert (state.status, state.attempts) == (Status.DEAD, 1)
     assert state.last_error.endswith("refused a recipient, so nothing was sent: juan@email.com: 550 5.1.1 User unknown")
 
 
@@ -898,7 +898,7 @@ def test_connection_refused_is_retried_until_the_schedule_ends(make_bridge, smtp
     bridge.post(shipped)
     bridge.drain()
     state = bridge.record(shipped["id"]).actions["order-shipped-email/customer"]
-    assert (state.status, state.attempts) == (DEAD, 4)
+    assert (state.status, state.attempts) == (Status.DEAD, 4)
     assert state.last_error.startswith("gave up after 4 attempts; last error: cannot connect to 127.0.0.1:")
 
 
@@ -936,7 +936,7 @@ def test_shipped_templates_render_from_the_sample_alone(make_bridge, smtp, event
     event = sample(event_type)
     bridge.post(event)
     bridge.drain()
-    assert bridge.record(event["id"]).actions["to-the-salon/0"].status == DONE
+    assert bridge.record(event["id"]).actions["to-the-salon/0"].status == Status.DONE
     found = parts(smtp.messages[0].message())
     greeting = "Hola Juan Pérez:" if event_type == "booking.created" else "Hola:"  # only it carries the customer
     assert found["text/plain"].startswith(f"{greeting}\n\n")

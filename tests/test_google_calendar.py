@@ -24,7 +24,7 @@ from bridge.cli import main
 from bridge.jobs import entities_of, template_context
 from bridge.operations import replay
 from bridge.state import RedisConnectorStore, event_views, subject_of
-from bridge.store import DEAD, DONE, RETRYING, STALE
+from bridge.store import Status
 from connectors.base import ActionRequest, MissingDataError, PermanentError, TransientError
 from connectors.google_calendar import DEFAULT_SUMMARY, GoogleCalendarConnector, booking_times, google_event_id
 from mappings.config import BridgeConfig, ConfigError, load_config_text
@@ -209,7 +209,7 @@ def test_created_inserts_one_event_in_the_professionals_calendar(
     bridge = agenda()
     event = sample("booking.created")
     post_all(bridge, [event])
-    assert status_of(bridge, event) == DONE
+    assert status_of(bridge, event) == Status.DONE
     calendar_id, entry = the_event(google)
     assert calendar_id == CARLOS
     assert entry["status"] == "confirmed"
@@ -236,7 +236,7 @@ def test_samples_in_order_end_as_one_no_show_event_with_the_updated_time(
     bridge = agenda()
     events = [sample(t) for t in BOOKING_TYPES]
     post_all(bridge, events)
-    assert [status_of(bridge, e) for e in events] == [DONE] * 5  # each brought something new
+    assert [status_of(bridge, e) for e in events] == [Status.DONE] * 5  # each brought something new
     calendar_id, entry = the_event(google)
     assert calendar_id == CARLOS
     assert entry["summary"] == "No se presentó · Corte Clásico · Juan Pérez"
@@ -266,7 +266,7 @@ def test_samples_in_any_order_end_in_the_same_final_event(
         "2024-01-26T11:30:00+01:00",
     )
     statuses = [status_of(bridge, e) for e in events]
-    assert DONE in statuses and set(statuses) <= {DONE, STALE}  # stale: nothing new left to write
+    assert Status.DONE in statuses and set(statuses) <= {Status.DONE, Status.STALE}  # stale: nothing new left to write
 
 
 def test_completed_and_no_show_from_the_partial_samples_use_the_remembered_booking(
@@ -414,7 +414,7 @@ def test_duplicates_and_replays_never_add_a_second_event(agenda: Callable[..., B
     post_all(bridge, [resent])
     replay(bridge.runtime, created["id"], ACTION, force=True)
     bridge.drain()
-    assert status_of(bridge, created) in (DONE, STALE)
+    assert status_of(bridge, created) in (Status.DONE, Status.STALE)
     _, entry = the_event(google)
     assert len(google.api_requests("POST")) == 1  # one insert; the rest were updates
     assert entry["summary"] == "Corte Clásico · Juan Pérez"
@@ -427,7 +427,7 @@ def test_replaying_an_older_event_changes_nothing(agenda: Callable[..., Bridge],
     before = the_event(google)[1]
     replay(bridge.runtime, created["id"], ACTION, force=True)
     bridge.drain()
-    assert status_of(bridge, created) in (DONE, STALE)  # skipped, or written again from the newest state
+    assert status_of(bridge, created) in (Status.DONE, Status.STALE)  # skipped, or written again from the newest state
     after = the_event(google)[1]
     assert after["start"] == before["start"] == {"dateTime": "2024-01-26T11:00:00+01:00", "timeZone": "Europe/Madrid"}
 
@@ -461,7 +461,7 @@ def test_a_lost_answer_is_retried_without_a_duplicate(agenda: Callable[..., Brid
     event = sample("booking.created")
     post_all(bridge, [event])
     state = bridge.record(event["id"]).actions[ACTION]
-    assert (state.status, state.attempts) == (DONE, 2)
+    assert (state.status, state.attempts) == (Status.DONE, 2)
     assert "did not answer within 0.5 s" in state.history[0]["error"]
     the_event(google)
 
@@ -607,7 +607,7 @@ def test_booking_data_no_calendar_can_hold_is_dead_at_once_with_the_field_named(
     event = booking_event("booking.created", "2024-01-20T10:00:00Z", **booking)
     post_all(bridge, [event])
     state = bridge.record(event["id"]).actions[ACTION]
-    assert (state.status, state.attempts) == (DEAD, 1)
+    assert (state.status, state.attempts) == (Status.DEAD, 1)
     assert state.last_error.startswith(reason)
     assert google.live_events() == {}
 
@@ -623,7 +623,7 @@ def test_the_config_timezone_is_used_by_default(agenda: Callable[..., Bridge], g
     bridge = agenda(connector="")
     event = sample("booking.created")
     post_all(bridge, [event])
-    assert status_of(bridge, event) == DONE, bridge.record(event["id"]).actions[ACTION].last_error
+    assert status_of(bridge, event) == Status.DONE, bridge.record(event["id"]).actions[ACTION].last_error
     assert the_event(google)[1]["start"]["dateTime"] == "2024-01-25T10:30:00+01:00"
 
 
@@ -827,17 +827,17 @@ def test_transient_errors_are_retried_by_the_core_and_permanent_ones_dead_letter
     first = sample("booking.created")
     post_all(bridge, [first])
     state = bridge.record(first["id"]).actions[ACTION]
-    assert (state.status, state.attempts) == (DONE, 2)
+    assert (state.status, state.attempts) == (Status.DONE, 2)
     google.share(CARLOS, SA, None)
     second = booking_event("booking.updated", "2024-01-20T11:00:00Z", hora_inicio="12:00", hora_fin="12:30")
     post_all(bridge, [second])
     state = bridge.record(second["id"]).actions[ACTION]
-    assert (state.status, state.attempts) == (DEAD, 1)
+    assert (state.status, state.attempts) == (Status.DEAD, 1)
     assert NOT_SHARED in state.last_error
     google.share(CARLOS, SA, "writer")  # the owner fixes the sharing, then replays the dead letter
     replay(bridge.runtime, second["id"], ACTION)
     bridge.drain()
-    assert status_of(bridge, second) == DONE
+    assert status_of(bridge, second) == Status.DONE
     assert the_event(google)[1]["start"]["dateTime"] == "2024-01-25T12:00:00+01:00"
 
 
@@ -849,7 +849,7 @@ def test_retry_after_sets_the_next_attempt(agenda: Callable[..., Bridge], google
     queue = bridge.runtime.queue
     SimpleWorker([queue], connection=bridge.redis, serializer=JSONSerializer).work(burst=True)
     state = bridge.record(event["id"]).actions[ACTION]
-    assert state.status == RETRYING
+    assert state.status == Status.RETRYING
     assert state.next_attempt_at is not None
     assert state.next_attempt_at - state.history[-1]["at"] >= 29.0  # the schedule says 0.1 s
 

@@ -21,20 +21,7 @@ from rq.timeouts import JobTimeoutException
 from bridge.jobs import LOST_IN_REDIS, POSSIBLE_DUPLICATES_KEY, judge
 from bridge.operations import replay
 from bridge.queue import PROCESS_EVENT, enqueue
-from bridge.store import (
-    DEAD,
-    DEAD_INDEX,
-    DONE,
-    DRY_RUN,
-    EVENT_ACTION,
-    EVENTS_INDEX,
-    RETRYING,
-    SENDING,
-    SKIPPED,
-    ActionState,
-    event_key,
-    record_key,
-)
+from bridge.store import DEAD_INDEX, EVENT_ACTION, EVENTS_INDEX, ActionState, Status, event_key, record_key
 from bridge.worker import BridgeWorker
 from tests.conftest import http_config
 from tests.fakes.http_server import Reply
@@ -64,7 +51,7 @@ def test_all_13_samples_are_routed_and_delivered(bridge: Bridge, destination) ->
     assert delivered == sorted((e["type"], e["id"]) for e in events)
     for event in events:
         state = bridge.record(event["id"]).actions["all-to-crm/notify"]
-        assert (state.status, state.attempts) == (DONE, 1)
+        assert (state.status, state.attempts) == (Status.DONE, 1)
 
 
 def test_request_carries_rendered_body_and_idempotency_key(bridge: Bridge, destination) -> None:  # noqa: ANN001
@@ -85,8 +72,8 @@ def test_transient_failure_is_retried_then_succeeds(bridge: Bridge, destination)
     bridge.drain()
     assert len(destination.requests) == 3
     state = bridge.record(event["id"]).actions["all-to-crm/notify"]
-    assert (state.status, state.attempts, state.last_error) == (DONE, 3, "")
-    assert [h["outcome"] for h in state.history] == [RETRYING, RETRYING, DONE]
+    assert (state.status, state.attempts, state.last_error) == (Status.DONE, 3, "")
+    assert [h["outcome"] for h in state.history] == [Status.RETRYING, Status.RETRYING, Status.DONE]
     assert "HTTP 503: maintenance" in state.history[0]["error"]
 
 
@@ -102,7 +89,7 @@ def test_a_late_answer_is_counted_as_a_possible_duplicate(make_bridge, destinati
     assert len(destination.requests) == 3
     assert {r.headers["Idempotency-Key"] for r in destination.requests} == {f"{event['id']}/all-to-crm/notify"}
     state = bridge.record(event["id"]).actions["all-to-crm/notify"]
-    assert (state.status, state.attempts) == (DONE, 3)
+    assert (state.status, state.attempts) == (Status.DONE, 3)
     assert bridge.redis.get(POSSIBLE_DUPLICATES_KEY) == b"1"
     [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("possible duplicate")]
     assert f"event={event['id']} action=all-to-crm/notify was sent but not answered" in line
@@ -115,7 +102,7 @@ def test_late_answers_until_the_action_is_dead_are_all_counted(make_bridge, dest
     bridge.post(event)
     bridge.drain()
     state = bridge.record(event["id"]).actions["all-to-crm/notify"]
-    assert (state.status, state.attempts) == (DEAD, 4)
+    assert (state.status, state.attempts) == (Status.DEAD, 4)
     assert len(destination.requests) == 4
     assert bridge.redis.get(POSSIBLE_DUPLICATES_KEY) == b"4"
 
@@ -127,7 +114,7 @@ def test_retries_exhausted_go_to_the_dead_letters(bridge: Bridge, destination) -
     bridge.drain()
     assert len(destination.requests) == 4  # first try + the 3 steps of retry.schedule
     state = bridge.record(event["id"]).actions["all-to-crm/notify"]
-    assert state.status == DEAD
+    assert state.status == Status.DEAD
     assert state.last_error.startswith("gave up after 4 attempts; last error: HTTP 500")
     [(record, action_id)] = bridge.runtime.store.dead_letters()
     assert (record.id, action_id) == (event["id"], "all-to-crm/notify")
@@ -140,7 +127,7 @@ def test_permanent_error_goes_straight_to_the_dead_letters(bridge: Bridge, desti
     bridge.drain()
     assert len(destination.requests) == 1
     state = bridge.record(event["id"]).actions["all-to-crm/notify"]
-    assert (state.status, state.attempts) == (DEAD, 1)
+    assert (state.status, state.attempts) == (Status.DEAD, 1)
     assert state.last_error == 'HTTP 422: {"error": "unknown booking"}'
     assert len(bridge.runtime.store.dead_letters()) == 1
 
@@ -155,7 +142,7 @@ def test_retry_after_longer_than_the_step_wins(bridge: Bridge, destination) -> N
 
     SimpleWorker([bridge.runtime.queue], connection=bridge.redis, serializer=JSONSerializer).work(burst=True)
     state = bridge.record(event["id"]).actions["all-to-crm/notify"]
-    assert state.status == RETRYING
+    assert state.status == Status.RETRYING
     assert state.next_attempt_at is not None and state.next_attempt_at >= before + 120
     [job_id] = bridge.runtime.queue.scheduled_job_registry.get_job_ids()
     assert bridge.runtime.queue.scheduled_job_registry.get_scheduled_time(job_id).timestamp() >= before + 119
@@ -172,8 +159,8 @@ def test_a_failing_action_never_reruns_one_that_succeeded(make_bridge, destinati
     numbers = [r.json()["n"] for r in destination.requests]
     assert numbers == [1, 2, 2, 2]
     actions = bridge.record(event["id"]).actions
-    assert (actions["fan-out/first"].status, actions["fan-out/first"].attempts) == (DONE, 1)
-    assert (actions["fan-out/second"].status, actions["fan-out/second"].attempts) == (DONE, 3)
+    assert (actions["fan-out/first"].status, actions["fan-out/first"].attempts) == (Status.DONE, 1)
+    assert (actions["fan-out/second"].status, actions["fan-out/second"].attempts) == (Status.DONE, 3)
 
 
 def test_template_reading_a_missing_field_is_a_permanent_error(make_bridge, destination) -> None:  # noqa: ANN001
@@ -190,7 +177,7 @@ def test_template_reading_a_missing_field_is_a_permanent_error(make_bridge, dest
     bridge.drain()
     assert destination.requests == []
     state = bridge.record(event["id"]).actions["names/0"]
-    assert state.status == DEAD
+    assert state.status == Status.DEAD
     assert state.last_error == (
         "mappings[0].actions[0].body.who: the template reads a field the event does not have "
         "('dict object' has no attribute 'cliente')"
@@ -214,7 +201,7 @@ def test_condition_false_skips_with_the_reason(make_bridge, destination) -> None
     bridge.drain()
     assert [r.json() for r in destination.requests] == [{"n": "PED-2024-0789"}]
     skipped = bridge.record(small["id"]).actions["big-orders/0"]
-    assert skipped.status == SKIPPED
+    assert skipped.status == Status.SKIPPED
     assert "data.order.total >= 100" in skipped.detail
 
 
@@ -225,7 +212,7 @@ def test_dry_run_connector_records_the_rendered_action_and_sends_nothing(make_br
     bridge.drain()
     assert destination.requests == []
     state = bridge.record(event["id"]).actions["all-to-crm/notify"]
-    assert state.status == DRY_RUN
+    assert state.status == Status.DRY_RUN
     assert state.rendered == {"body": {"id": event["id"], "type": "booking.created", "tenant": "uuid-tenant"}}
 
 
@@ -274,7 +261,7 @@ def test_a_killed_workers_job_runs_again(make_bridge, destination, redis_url, wr
             os.killpg(worker.pid, signal.SIGKILL)
             worker.communicate()
     interrupted = bridge.record(event["id"]).actions["all-to-crm/notify"]
-    assert (interrupted.status, interrupted.attempts) == (SENDING, 1)  # handed over, never recorded
+    assert (interrupted.status, interrupted.attempts) == (Status.SENDING, 1)  # handed over, never recorded
     # RQ's maintenance finds the job once its heartbeat expires; the dead scheduler's lock and the
     # booking's lock expire by themselves (61 s, 75 s). Instead of waiting minutes, let that happen now.
     registry = StartedJobRegistry(queue=bridge.runtime.queue)
@@ -284,7 +271,7 @@ def test_a_killed_workers_job_runs_again(make_bridge, destination, redis_url, wr
     bridge.drain(timeout=30)
     assert len(destination.requests) == 2
     state = bridge.record(event["id"]).actions["all-to-crm/notify"]
-    assert (state.status, state.attempts) == (DONE, 2)
+    assert (state.status, state.attempts) == (Status.DONE, 2)
     # The destination may have had the first call: that possible duplicate is counted.
     assert bridge.redis.get(POSSIBLE_DUPLICATES_KEY) == b"1"
 
@@ -389,7 +376,7 @@ def test_an_event_that_cannot_be_processed_ends_dead_with_the_reason(bridge: Bri
     key = _store_as_an_older_bridge_would(bridge, body, event["id"])
     bridge.drain()
     state = ActionState.from_json(bridge.redis.hget(record_key(key), "a:" + EVENT_ACTION))  # the body may not parse
-    assert state.status == DEAD
+    assert state.status == Status.DEAD
     assert state.last_error.startswith(f"could not be processed: {cause}")
     assert bridge.redis.zrange(DEAD_INDEX, 0, -1) == [f"{key} {EVENT_ACTION}".encode()]
     assert bridge.redis.keys("sb:lock:*") == []
@@ -404,8 +391,8 @@ def test_a_failed_event_replayed_after_the_fix_is_processed(bridge: Bridge, dest
     replay(bridge.runtime, event["id"])
     bridge.drain()
     actions = bridge.record(event["id"]).actions
-    assert actions[EVENT_ACTION].status == DONE
-    assert actions["all-to-crm/notify"].status == DONE
+    assert actions[EVENT_ACTION].status == Status.DONE
+    assert actions["all-to-crm/notify"].status == Status.DONE
     assert len(destination.requests) == 1
 
 
@@ -425,7 +412,7 @@ def test_a_job_rq_gives_up_on_leaves_an_outcome(bridge: Bridge) -> None:
     job.save()
     bridge.drain()
     state = bridge.record(event["id"]).actions[EVENT_ACTION]
-    assert state.status == DEAD
+    assert state.status == Status.DEAD
     assert state.last_error == (
         "the worker failed on every try (ConnectionError: Error 111 connecting to 127.0.0.1:6379. Connection "
         "refused.); fix the cause, then replay it"
@@ -461,8 +448,8 @@ def test_missing_data_is_awaited_for_the_configured_window_not_a_schedule_step_m
     bridge.drain(timeout=15)
     record = bridge.record(shipped["id"])
     state = record.actions["shipped/0"]
-    assert state.status == DEAD
-    assert {h["outcome"] for h in state.history[:-1]} == {RETRYING}
+    assert state.status == Status.DEAD
+    assert {h["outcome"] for h in state.history[:-1]} == {Status.RETRYING}
     assert record.received_at + 2 <= state.history[-1]["at"] < record.received_at + 10
     assert state.last_error.endswith("(order.created not received)")
 
@@ -485,4 +472,4 @@ def test_an_event_whose_body_was_lost_in_redis_ends_dead_saying_so(bridge: Bridg
     bridge.redis.hdel(record_key(key), "body")  # evicted, or lost in a restart mid-action
     bridge.drain()
     state = ActionState.from_json(bridge.redis.hget(record_key(key), "a:" + EVENT_ACTION))
-    assert (state.status, state.last_error) == (DEAD, LOST_IN_REDIS)
+    assert (state.status, state.last_error) == (Status.DEAD, LOST_IN_REDIS)

@@ -23,7 +23,7 @@ from rq.serializers import JSONSerializer
 
 from bridge.jobs import POSSIBLE_DUPLICATES_KEY
 from bridge.state import RedisConnectorStore
-from bridge.store import DEAD, DONE, RETRYING
+from bridge.store import Status
 from connectors.base import ActionRequest, PermanentError, TransientError
 from connectors.slack import PostMessage, SlackConnector, SlackSettings
 from mappings.config import ConfigError, load_config, load_config_text
@@ -147,7 +147,7 @@ def test_payment_failed_default_message(make_bridge: Callable[[str], Bridge], sl
     run(bridge, event)
     message = only(slack.top_level(channel(slack, "caja")))
     assert message.text == ":x: *Pago fallido* de 25,00 € · Tu tarjeta fue rechazada (card_declined)"
-    assert bridge.record(event["id"]).actions["slack-payment-failed/caja"].status == DONE
+    assert bridge.record(event["id"]).actions["slack-payment-failed/caja"].status == Status.DONE
 
 
 def test_payment_failed_names_the_booking_when_remembered(
@@ -193,7 +193,7 @@ def test_no_show_without_memory_is_still_sent_with_what_is_known(
     run(bridge, event)
     assert only(slack.top_level()).text == ":no_entry_sign: *No se presentó:* cliente sin datos"
     state = bridge.record(event["id"]).actions["slack-no-show/recepcion"]
-    assert (state.status, state.attempts) == (DONE, 1)
+    assert (state.status, state.attempts) == (Status.DONE, 1)
 
 
 def test_cancellation_default_message_and_strike_through_of_the_first_message(
@@ -381,7 +381,7 @@ def test_follow_ups_stay_in_one_thread_whatever_the_order(
             bridge.record(event["id"])
             .actions[f"{'cancellations' if event['type'] == 'booking.cancelled' else 'notices'}/post"]
             .status
-            == DONE
+            == Status.DONE
         )
 
 
@@ -753,7 +753,7 @@ def test_a_late_first_message_end_to_end_is_posted_once_and_keeps_its_thread(
     assert parent.text == "booking.no_show 12345"
     assert [m.text for m in slack.replies(parent)] == ["payment.failed 12345"]
     state = bridge.record(no_show["id"]).actions["notices/post"]
-    assert (state.status, state.attempts) == (DONE, 2)
+    assert (state.status, state.attempts) == (Status.DONE, 2)
     assert state.detail.startswith("found the message an earlier attempt posted in #recepcion")
     # Counted when the answer did not come; the retry then found the message and posted nothing.
     assert bridge.redis.get(POSSIBLE_DUPLICATES_KEY) == b"1"
@@ -794,7 +794,7 @@ def test_rate_limit_is_rescheduled_without_holding_the_worker(
     # One burst of the worker returns at once: the 120 s wait is a scheduled job, not a sleeping worker.
     SimpleWorker([bridge.runtime.queue], connection=bridge.redis, serializer=JSONSerializer).work(burst=True)
     state = bridge.record(event["id"]).actions["slack-payment-failed/caja"]
-    assert state.status == RETRYING and "rate limiting" in state.last_error
+    assert state.status == Status.RETRYING and "rate limiting" in state.last_error
     assert state.next_attempt_at is not None and state.next_attempt_at >= before + 120
     [job_id] = bridge.runtime.queue.scheduled_job_registry.get_job_ids()
     assert bridge.runtime.queue.scheduled_job_registry.get_scheduled_time(job_id).timestamp() >= before + 119
@@ -809,8 +809,8 @@ def test_retry_after_is_honoured_then_the_message_goes_out_once(
     run(bridge, event)
     assert len(slack.calls_of("chat.postMessage")) == 2 and len(slack.messages) == 1
     state = bridge.record(event["id"]).actions["slack-payment-failed/caja"]
-    assert (state.status, state.attempts) == (DONE, 2)
-    assert [h["outcome"] for h in state.history] == [RETRYING, DONE]
+    assert (state.status, state.attempts) == (Status.DONE, 2)
+    assert [h["outcome"] for h in state.history] == [Status.RETRYING, Status.DONE]
 
 
 def test_permanent_error_end_to_end_goes_to_the_dead_letters(
@@ -821,7 +821,7 @@ def test_permanent_error_end_to_end_goes_to_the_dead_letters(
     event = sample("payment.failed")
     run(bridge, event)
     state = bridge.record(event["id"]).actions["slack-payment-failed/caja"]
-    assert (state.status, state.attempts) == (DEAD, 1)
+    assert (state.status, state.attempts) == (Status.DEAD, 1)
     assert state.last_error.startswith("Slack has no channel #caja that the app can see")
 
 
@@ -839,7 +839,7 @@ def test_webhook_mode_end_to_end(make_bridge: Callable[[str], Bridge], slack: Fa
     assert "channel" not in first and "thread_ts" not in first
     assert second["blocks"][0]["text"]["text"] == "Nuevo pedido PED-2024-0789"
     state = bridge.record(failed["id"]).actions["slack-payment-failed/caja"]
-    assert state.status == DONE and "thread_key, channel ignored" in state.detail
+    assert state.status == Status.DONE and "thread_key, channel ignored" in state.detail
 
 
 WEBHOOK_PERMANENT = [

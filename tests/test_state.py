@@ -11,7 +11,7 @@ import pytest
 from redis import Redis
 
 from bridge.state import EntityMemory, Ordering, subject_of
-from bridge.store import DEAD, DONE, RETRYING, STALE, seen_key
+from bridge.store import Status, seen_key
 from tests.conftest import http_config
 from tests.fakes.http_server import CapturingServer
 from tests.harness import Bridge, sample
@@ -122,12 +122,12 @@ def test_data_never_seen_fails_with_a_reason_a_person_understands(make_bridge, d
     bridge.drain()
     assert destination.requests == []
     state = bridge.record(shipped["id"]).actions["shipped/0"]
-    assert state.status == DEAD
+    assert state.status == Status.DEAD
     assert state.last_error == "mappings[0].actions[0].body.to: order 789: cliente unknown (order.created not received)"
     # It waited for a late order.created before giving up.
-    assert state.history[0]["outcome"] == RETRYING
+    assert state.history[0]["outcome"] == Status.RETRYING
     assert state.history[0]["error"].startswith("waiting for earlier events: ")
-    assert state.history[-1]["outcome"] == DEAD
+    assert state.history[-1]["outcome"] == Status.DEAD
 
 
 def test_data_arriving_late_is_used_by_the_retry(make_bridge, destination) -> None:  # noqa: ANN001
@@ -139,13 +139,13 @@ def test_data_arriving_late_is_used_by_the_retry(make_bridge, destination) -> No
     from rq.serializers import JSONSerializer
 
     SimpleWorker([bridge.runtime.queue], connection=bridge.redis, serializer=JSONSerializer).work(burst=True)
-    assert bridge.record(no_show["id"]).actions["no-shows/0"].status == RETRYING
+    assert bridge.record(no_show["id"]).actions["no-shows/0"].status == Status.RETRYING
     bridge.post(sample("booking.created"))  # the platform delivers the earlier event late
     bridge.drain()
     assert [r.json() for r in destination.requests] == [
         "Juan Pérez no vino el 25/01/2024 a las 10:30 con Carlos García"
     ]
-    assert bridge.record(no_show["id"]).actions["no-shows/0"].status == DONE
+    assert bridge.record(no_show["id"]).actions["no-shows/0"].status == Status.DONE
 
 
 @pytest.mark.parametrize(
@@ -172,8 +172,8 @@ def test_the_last_write_is_always_the_newest_known_state(make_bridge, destinatio
         bridge.post(events[name])
     bridge.drain()
     statuses = {name: bridge.record(events[name]["id"]).actions["crm-sync/booking"].status for name in order}
-    assert set(statuses.values()) <= {DONE, STALE}
-    assert all(statuses[name] == STALE for name in stale)
+    assert set(statuses.values()) <= {Status.DONE, Status.STALE}
+    assert all(statuses[name] == Status.STALE for name in stale)
     # Whatever the order, the last write carries the newest value of every field, and a late
     # event never brings a cancelled booking back.
     last = destination.requests[-1].json()
@@ -248,7 +248,7 @@ def test_an_event_whose_booking_is_locked_waits_its_turn(bridge: Bridge, destina
     held.release()
     bridge.drain()
     assert len(destination.requests) == 1
-    assert bridge.record(event["id"]).actions["all-to-crm/notify"].status == DONE
+    assert bridge.record(event["id"]).actions["all-to-crm/notify"].status == Status.DONE
 
 
 def test_memory_survives_a_redis_that_forgot_its_scripts(redis_url: str) -> None:
@@ -282,7 +282,7 @@ def test_a_worker_whose_lock_another_worker_took_stops_before_its_next_action(ma
     SimpleWorker([bridge.runtime.queue], connection=bridge.redis, serializer=JSONSerializer).work(burst=True)
     assert [r.json() for r in destination.requests] == ["first 12345"]
     actions = bridge.record(event["id"]).actions
-    assert actions["two/first"].status == DONE
+    assert actions["two/first"].status == Status.DONE
     assert (actions["two/second"].status, actions["two/second"].attempts) == ("pending", 0)
     assert bridge.runtime.queue.scheduled_job_registry.count == 1
     assert bridge.redis.get(BOOKING_LOCK) == b"another-worker"  # not released by the worker that lost it
@@ -292,7 +292,7 @@ def test_a_worker_whose_lock_another_worker_took_stops_before_its_next_action(ma
     bridge.drain()
     assert [r.json() for r in destination.requests] == ["first 12345", "second 12345"]
     second = bridge.record(event["id"]).actions["two/second"]
-    assert (second.status, second.attempts) == (DONE, 1)
+    assert (second.status, second.attempts) == (Status.DONE, 1)
     assert bridge.redis.get("sb:stats:possible_duplicates") is None
     assert bridge.redis.keys("sb:lock:*") == []
 
@@ -304,7 +304,7 @@ def test_a_lock_that_expired_with_nobody_taking_it_is_taken_again(make_bridge, d
     bridge.post(event)
     bridge.drain()
     assert [r.json() for r in destination.requests] == ["first 12345", "second 12345"]
-    assert {a.status for a in bridge.record(event["id"]).actions.values()} == {DONE}
+    assert {a.status for a in bridge.record(event["id"]).actions.values()} == {Status.DONE}
     assert bridge.runtime.queue.scheduled_job_registry.count == 0
     assert bridge.redis.keys("sb:lock:*") == []
 
@@ -320,7 +320,10 @@ def test_event_data_never_reaches_memorys_own_bookkeeping(make_bridge, destinati
     bridge.post(created)
     bridge.post(updated)
     bridge.drain()
-    assert [bridge.record(e["id"]).actions["crm-sync/booking"].status for e in (created, updated)] == [DONE, DONE]
+    assert [bridge.record(e["id"]).actions["crm-sync/booking"].status for e in (created, updated)] == [
+        Status.DONE,
+        Status.DONE,
+    ]
     assert destination.requests[-1].json()["hora"] == "11:00"
     booking = bridge.runtime.memory.load("uuid-tenant", "booking", "12345")
     assert booking is not None and booking[odd_key] == "12" and booking["hora_inicio"] == "11:00"

@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 
 from bridge import metrics
 from bridge.runtime import Runtime
-from bridge.store import DEAD, DEAD_INDEX, DONE, EVENTS_INDEX, EventRecord, text
+from bridge.store import DEAD_INDEX, EVENTS_INDEX, EventRecord, Status, text
 
 PAGE_SIZE = 25
 BATCH = 250
@@ -198,4 +198,4 @@ def dashboard(rt: Runtime, now: float | None = None) -> Dashboard:
         queue = metrics.queue_status(rt.queue, now)
     except RedisError as exc:
         return Dashboard(problems=[f"Redis does not answer ({type(exc).__name__}); figures unavailable"])
-    return Dashboard(int(events), outcomes.get(DONE, 0), outcomes.get(DEAD, 0), int(dead), queue)
+    return Dashboard(int(events), outcomes.get(Status.DONE, 0), outcomes.get(Status.DEAD, 0), int(dead), queue)

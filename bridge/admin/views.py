@@ -35,35 +35,23 @@ from bridge.operations import DATA_LOST, REPLAYABLE, REPLAYABLE_WITH_FORCE, Repl
 from bridge.runtime import Runtime
 from bridge.samples import sample_types
 from bridge.state import subject_of
-from bridge.store import (
-    DEAD,
-    DONE,
-    DRY_RUN,
-    PENDING,
-    RETRYING,
-    SENDING,
-    SKIPPED,
-    STALE,
-    STATUSES,
-    ActionState,
-    EventRecord,
-)
+from bridge.store import ActionState, EventRecord, Status
 
 log = logging.getLogger("salon_bridge.admin")
 
 blueprint = Blueprint("admin", __name__, url_prefix="/admin", template_folder="templates", static_folder="static")
 
-LIVE_STATUSES = {PENDING, SENDING, RETRYING}
+LIVE_STATUSES = {Status.PENDING, Status.SENDING, Status.RETRYING}
 # What each status is called on the page, and its colour.
-BADGES = {
-    PENDING: ("queued", "wait"),
-    SENDING: ("sending", "wait"),
-    RETRYING: ("retrying", "warn"),
-    DONE: ("done", "ok"),
-    DEAD: ("dead", "bad"),
-    DRY_RUN: ("dry run", "info"),
-    SKIPPED: ("skipped", "muted"),
-    STALE: ("stale", "muted"),
+BADGES: dict[str, tuple[str, str]] = {
+    Status.PENDING: ("queued", "wait"),
+    Status.SENDING: ("sending", "wait"),
+    Status.RETRYING: ("retrying", "warn"),
+    Status.DONE: ("done", "ok"),
+    Status.DEAD: ("dead", "bad"),
+    Status.DRY_RUN: ("dry run", "info"),
+    Status.SKIPPED: ("skipped", "muted"),
+    Status.STALE: ("stale", "muted"),
 }
 PUBLIC_STATIC = {"admin.css"}  # the login page's stylesheet
 SECURITY_HEADERS = {
@@ -322,7 +310,7 @@ def logout() -> Response:
 @blueprint.get("/")
 def events() -> str | tuple[str, int]:
     rt = _rt()
-    filters, problems = parse_filters(request.args, STATUSES)
+    filters, problems = parse_filters(request.args, list(Status))
     page = find_events(rt, filters, _zone())
     types = sorted(set(sample_types()) | ({filters.event_type} if filters.event_type else set()))
     return render_template(
@@ -334,7 +322,7 @@ def events() -> str | tuple[str, int]:
         problems=problems,
         dash=dashboard(rt),
         types=types,
-        statuses=STATUSES,
+        statuses=list(Status),
         badges=BADGES,
     )
 
