@@ -19,7 +19,6 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from bridge import logs
-from bridge.jobs import template_context
 from bridge.queue import data_dir, embedded_data, resolve_redis_url
 from bridge.redis_health import RedisUnfit
 from bridge.runtime import Runtime
@@ -27,7 +26,7 @@ from bridge.samples import SAMPLES_DIR, SEND_ORDER, sample_types
 from bridge.state import event_views, subject_of
 from bridge.store import ActionState, Status
 from mappings.config import DRY_RUN_ACCEPTED, BridgeConfig, ConfigError, default_config_path, load_config
-from mappings.routing import PlannedAction
+from mappings.routing import PlannedAction, template_context
 
 DEFAULT_WEBHOOK_URL = "http://127.0.0.1:8000/webhooks"
 SECRET_VARIABLE = "SALONBOOKIT_WEBHOOK_SECRET"

@@ -31,7 +31,7 @@ from bridge.state import EntityBusy, RedisConnectorStore, subject_of
 from bridge.store import EVENT_ACTION, ActionState, EventRecord, Status, key_part, load_record, record_key
 from connectors.base import KINDS, ActionRequest, Entity, MissingDataError, PermanentError, Subject, TransientError
 from mappings.config import ActionSpec
-from mappings.routing import plan, render_action
+from mappings.routing import plan, render_action, template_context
 from mappings.templates import EntityView, RenderError
 
 log = logging.getLogger("salon_bridge.jobs")
@@ -240,18 +240,6 @@ def _later(rt: Runtime, job: str, key: str, busy: EntityBusy, *args: str) -> str
     enqueue(rt.queue, job, key, *args, delay=BUSY_DELAY)
     log.info("event %s: %s; trying again in %d s", key, busy, BUSY_DELAY)
     return f"busy, again in {BUSY_DELAY} s"
-
-
-def template_context(timezone: str, envelope: dict[str, Any], views: dict[str, EntityView | None]) -> dict[str, Any]:
-    """What templates see (connectors get an ActionRequest instead)."""
-    return {
-        "event": envelope,
-        "data": envelope["data"],
-        "type": envelope["type"],
-        "tenant_id": envelope["tenant_id"],
-        "timezone": timezone,
-        **views,
-    }
 
 
 @dataclass

@@ -6,12 +6,11 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from bridge.jobs import template_context
 from bridge.queue import PROCESS_EVENT, RUN_ACTION, enqueue
 from bridge.runtime import Runtime
 from bridge.state import event_views, subject_of
 from bridge.store import EVENT_ACTION, ActionState, EventRecord, Status
-from mappings.routing import plan
+from mappings.routing import plan, template_context
 from mappings.templates import EntityView
 
 # Dead actions, and unfinished ones whose job RQ gave up on (they stay pending or sending); the

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mappings.config import ActionSpec, BridgeConfig
-from mappings.templates import RenderError, render_deadline, render_structure
+from mappings.templates import EntityView, RenderError, render_deadline, render_structure
 
 
 @dataclass
@@ -35,3 +35,15 @@ def render_action(spec: ActionSpec, context: dict[str, Any]) -> dict[str, Any]:
     All the action's templates share one time limit (`templates.render_timeout`)."""
     with render_deadline(spec.render_timeout):
         return {name: render_structure(value, context) for name, value in spec.compiled.items()}
+
+
+def template_context(timezone: str, envelope: dict[str, Any], views: dict[str, EntityView | None]) -> dict[str, Any]:
+    """What templates see (connectors get an ActionRequest instead)."""
+    return {
+        "event": envelope,
+        "data": envelope["data"],
+        "type": envelope["type"],
+        "tenant_id": envelope["tenant_id"],
+        "timezone": timezone,
+        **views,
+    }

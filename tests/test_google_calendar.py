@@ -21,14 +21,14 @@ from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 
 from bridge.cli import main
-from bridge.jobs import entities_of, template_context
+from bridge.jobs import entities_of
 from bridge.operations import replay
 from bridge.state import RedisConnectorStore, event_views, subject_of
 from bridge.store import Status
 from connectors.base import ActionRequest, MissingDataError, PermanentError, TransientError
 from connectors.google_calendar import DEFAULT_SUMMARY, GoogleCalendarConnector, booking_times, google_event_id
 from mappings.config import BridgeConfig, ConfigError, load_config_text
-from mappings.routing import render_action
+from mappings.routing import render_action, template_context
 from tests.fakes.google_server import FakeGoogle, generate_key, key_file_info
 from tests.harness import SECRET, Bridge, sample
 

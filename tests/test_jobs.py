@@ -473,3 +473,41 @@ def test_an_event_whose_body_was_lost_in_redis_ends_dead_saying_so(bridge: Bridg
     bridge.drain()
     state = ActionState.from_json(bridge.redis.hget(record_key(key), "a:" + EVENT_ACTION))
     assert (state.status, state.last_error) == (Status.DEAD, LOST_IN_REDIS)
+
+
+NAME_TO_CRM = """
+  - name: names
+    on: ["booking.*"]
+    actions:
+      - connector: crm
+        body: {nombre: "{{ booking.cliente.nombre }}"}
+"""
+
+
+@pytest.mark.slow
+def test_a_worker_process_gives_every_hostile_event_an_outcome(
+    make_bridge, destination, redis_url, write_config
+) -> None:  # noqa: ANN001, E501
+    """Real processes: a half character accepted by the web app is delivered as U+FFFD; an event
+    stored before today's ingest checks, which cannot be remembered, ends dead with the reason."""
+    text = _redis_url_config(http_config(destination.url, mappings=NAME_TO_CRM), redis_url)
+    bridge = make_bridge(text)
+    accepted = sample("booking.created")
+    assert bridge.post(_half_character_in(encode(accepted))).status_code == 202
+    older = sample("booking.created")
+    older_key = _store_as_an_older_bridge_would(bridge, _half_character_in(encode(older)), older["id"])
+    worker = _worker_process(write_config(text, "worker.yaml"), redis_url, "--burst")
+    output, _ = worker.communicate(timeout=60)
+    assert worker.returncode == 0, output.decode()
+    assert bridge.record(accepted["id"]).actions["names/0"].status == Status.DONE
+    assert destination.requests[0].json() == {"nombre": "Juan \ufffd Pérez"}
+    state = ActionState.from_json(bridge.redis.hget(record_key(older_key), "a:" + EVENT_ACTION))
+    assert state.status == Status.DEAD and "UnicodeEncodeError" in state.last_error
+    assert bridge.redis.keys("sb:lock:*") == []
+
+
+def test_the_web_process_does_not_load_the_worker_tier() -> None:
+    """app.py enqueues jobs by their dotted path: importing it does not import bridge.jobs."""
+    probe = "import sys, app; print('bridge.jobs' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
