@@ -44,12 +44,18 @@ def connect(url: str) -> Redis:
 def resolve_redis_url(config: BridgeConfig) -> str:
     """`redis_url` from the config, else $REDIS_URL, else the Redis `salon-bridge up` embeds in
     ./var (or $SALON_BRIDGE_DATA_DIR) when it is running or has left its data there, else a local Redis."""
-    if config.model.redis_url or os.environ.get("REDIS_URL"):
-        return config.model.redis_url or os.environ["REDIS_URL"]
+    configured = configured_redis_url(config)
+    if configured:
+        return configured
     socket = data_dir() / "redis.sock"
     if socket.exists() or embedded_data(config) is not None:
         return f"unix://{socket.resolve()}?db=0"
     return DEFAULT_REDIS_URL
+
+
+def configured_redis_url(config: BridgeConfig) -> str | None:
+    """`redis_url` from the config, else $REDIS_URL; None when neither is set."""
+    return config.model.redis_url or os.environ.get("REDIS_URL") or None
 
 
 def data_dir() -> Path:
@@ -59,7 +65,7 @@ def data_dir() -> Path:
 
 def embedded_data(config: BridgeConfig) -> Path | None:
     """`up`'s data folder, when no other Redis is configured and its embedded Redis left data there."""
-    if config.model.redis_url or os.environ.get("REDIS_URL"):
+    if configured_redis_url(config):
         return None
     folder = data_dir()
     return folder if (folder / "appendonlydir").is_dir() or (folder / "appendonly.aof").is_file() else None

@@ -25,7 +25,7 @@ from redis import Redis
 from redis.client import Pipeline
 
 from bridge.store import PREFIX, key_part, text
-from connectors.base import KINDS, Subject
+from connectors.base import CODE_FIELDS, KINDS, Subject
 from mappings.templates import EntityView
 
 # Seconds an entity lock lives without renewal: short enough that a killed worker's lock frees the
@@ -115,10 +115,10 @@ def subject_of(envelope: dict[str, Any], views: dict[str, EntityView | None] | N
     entities = tuple((kind, ids[kind]) for kind in KINDS if kind in ids)
     if not entities:
         return Subject(str(envelope.get("tenant_id", "")))
-    kind = entities[0][0]
-    known = [obj for k, obj in parts if k == kind] + [dict((views or {}).get(kind) or {})]
-    code = next((str(o[Subject.code_field(kind)]) for o in known if o.get(Subject.code_field(kind))), "")
-    people: list[Any] = [obj for k, obj in parts if k == "customer"] + [(views or {}).get("customer")]
+    kind, views = entities[0][0], views or {}
+    known = [obj for k, obj in parts if k == kind] + [views.get(kind) or {}]
+    code = next((str(o[CODE_FIELDS[kind]]) for o in known if o.get(CODE_FIELDS[kind])), "")
+    people: list[Any] = [obj for k, obj in parts if k == "customer"] + [views.get("customer")]
     people += [o.get("cliente") for o in known]
     name = next((str(p["nombre"]) for p in people if isinstance(p, dict) and p.get("nombre")), "")
     return Subject(str(envelope.get("tenant_id", "")), entities, code, name)

@@ -22,7 +22,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from bridge import redis_health
-from bridge.queue import connect, resolve_redis_url
+from bridge.queue import configured_redis_url, connect
 from mappings.config import BridgeConfig
 
 STOP_GRACE_SECONDS = 8
@@ -161,8 +161,9 @@ class Up:
         self.gave_up = False  # a child kept exiting: `up` ends with status 1
 
     def redis_url(self) -> str:
-        if self.config.model.redis_url or os.environ.get("REDIS_URL"):
-            return resolve_redis_url(self.config)
+        configured = configured_redis_url(self.config)
+        if configured:
+            return configured
         self.embedded = EmbeddedRedis(self.data_dir)
         self.embedded.start()
         return self.embedded.url

@@ -268,7 +268,7 @@ class Entity(Mapping[str, Any]):
 
 KINDS = ("booking", "order", "customer")
 # What people know each kind of entity by on the platform (a booking's code, an order's number).
-_CODE_FIELD = {"booking": "codigo", "order": "numero", "customer": "id"}
+CODE_FIELDS = {"booking": "codigo", "order": "numero", "customer": "id"}
 
 
 @dataclass(frozen=True)
@@ -301,7 +301,3 @@ class Subject:
         if self.customer_name and self.primary and self.primary[0] != "customer":
             return f"{self.name} · {self.customer_name}"
         return self.name
-
-    @staticmethod
-    def code_field(kind: str) -> str:
-        return _CODE_FIELD[kind]
