@@ -497,10 +497,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     for process in running:
         print(f"  {describe(process)}")
-    behind = [p for p in running if p.version != on_disk]
-    print(
-        "all processes run the file's version" if not behind else f"{len(behind)} process(es) not on the file's version"
-    )
+    behind = [p for p in running if on_disk not in (p.version, p.pending)]
+    waiting = [p for p in running if p.version != on_disk and p.pending == on_disk]
+    if behind:
+        print(f"{len(behind)} process(es) not on the file's version (see the rejection above, or the log)")
+    elif waiting:
+        print(f"all processes have the file's version; {len(waiting)} switch to it before their next job")
+    else:
+        print("all processes run the file's version")
     return 0
 
 
@@ -794,11 +798,11 @@ def _indent(text: str) -> str:
     return "\n".join("  " + line for line in text.splitlines())
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def _label(envelope: dict[str, Any]) -> str:
     """`  booking ABC123XY · Juan Pérez`, after an event's id and type ("" when it names no entity)."""
     label = subject_of(envelope).label
     return f"  {label}" if label else ""
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -100,10 +100,9 @@ class ConfigSource:
             try:
                 text = data.decode("utf-8")
             except UnicodeDecodeError as exc:
-                return self._reject(
-                    version,
-                    [f"{self.path}: not UTF-8 text (byte {exc.start} is {data[exc.start]:#04x}); save it as UTF-8"],
-                )
+                line = data[: exc.start].count(b"\n") + 1
+                problem = f"{self.path}:{line}: not UTF-8 text (a byte {data[exc.start]:#04x}); save the file as UTF-8"
+                return self._reject(version, [problem])
             try:
                 config = self._load(text, self.path)
             except ConfigError as exc:
