@@ -101,7 +101,11 @@ def added(items: list[Compared]) -> list[Entry]:
 
 
 def removed(items: list[Compared]) -> list[Entry]:
-    return [_entry(i, f"would not run any more: {_why_not(i.new)}") for i in items if i.old_runs and not i.new_runs]
+    return [
+        _entry(i, f"would not run any more: {_why_not(i.new)}")
+        for i in items
+        if i.old_runs and not i.new_runs and not (i.new is not None and i.new.failure)  # failing: listed there
+    ]
 
 
 def changed(items: list[Compared]) -> list[Entry]:

@@ -40,7 +40,7 @@ def with_redis(text: str, redis_url: str) -> str:
 def test_every_command_has_help_with_examples(capsys) -> None:  # noqa: ANN001
     commands = [
         "serve", "worker", "up", "check-config", "slack-check", "simulate", "events", "dead-letters", "replay",
-        "send-sample", "hash-password",
+        "send-sample", "hash-password", "reload", "status", "preview",
     ]  # fmt: skip
     for command in commands:
         code, out, _ = run(capsys, command, "--help")

@@ -289,9 +289,7 @@ def test_a_half_written_missing_or_non_utf8_file_is_rejected_with_the_reason(wri
     assert [m.name for m in taken[0].mappings] == ["all-to-crm", "bookings-too"]
 
 
-def test_the_admin_shows_a_banner_with_the_errors_of_a_rejected_config(
-    write_config, destination, redis_url
-) -> None:  # noqa: ANN001
+def test_the_admin_shows_a_banner_with_the_errors_of_a_rejected_config(write_config, destination, redis_url) -> None:  # noqa: ANN001
     path = write_config(with_redis(admin_config(destination.url), redis_url))
     source = ConfigSource(load_config(path))
     redis = Redis.from_url(redis_url)
@@ -304,3 +302,100 @@ def test_the_admin_shows_a_banner_with_the_errors_of_a_rejected_config(
     page = client.get("/admin/").text
     assert "The changed config file was rejected" in page and "htp" in page
     assert "rejected (" in client.get("/readyz").json["config"]
+
+
+# -- preview: the stored events through the config in force and a new one --
+
+OLD_MAPPINGS = """
+  - name: all-to-crm
+    on: ["*"]
+    actions:
+      - connector: crm
+        name: notify
+        body: {id: "{{ event.id }}", type: "{{ type }}"}
+  - name: bookings
+    on: ["booking.*"]
+    actions:
+      - connector: crm
+        name: note
+        body: {code: "{{ booking.codigo }}"}
+"""
+NEW_MAPPINGS = """
+  - name: all-to-crm
+    on: ["*"]
+    actions:
+      - connector: crm
+        name: notify
+        body: {id: "{{ event.id }}", type: "{{ type }}", hello: "Hola {{ customer.nombre }}"}
+  - name: bookings
+    on: ["booking.*"]
+    when: "false"
+    actions:
+      - connector: crm
+        name: note
+        body: {code: "{{ booking.codigo }}"}
+  - name: orders
+    on: ["order.*"]
+    actions:
+      - connector: crm
+        name: order-note
+        body: {order: "{{ order.id }}"}
+  - name: broken
+    on: ["booking.created"]
+    actions:
+      - connector: crm
+        name: needs-room
+        body: {room: "{{ 1 / 0 }}"}
+"""
+
+
+def test_preview_shows_additions_removals_field_changes_and_new_failures(
+    capsys, make_bridge, write_config, destination, redis_url
+) -> None:  # noqa: ANN001
+    import json as json_
+
+    from bridge.cli import main
+    from tests.harness import sample
+
+    old_text = with_redis(http_config(destination.url, OLD_MAPPINGS), redis_url)
+    bridge = make_bridge(old_text)
+    old = write_config(old_text, "old.yaml")
+    new = write_config(with_redis(http_config(destination.url, NEW_MAPPINGS), redis_url), "new.yaml")
+    booking, order = sample("booking.created"), sample("order.created")
+    bridge.post(booking)
+    bridge.post(order)
+    bridge.drain()
+    sent = len(destination.requests)
+
+    assert main(["preview", str(new), "--config", str(old), "--since", "1h", "--format", "json"]) == 0
+    sections = json_.loads(capsys.readouterr().out)["sections"]
+    assert [(e["action"], e["event"]) for e in sections["added"]] == [("orders/order-note", order["id"])]
+    assert [(e["action"], e["event"], e["booking"], e["customer"]) for e in sections["removed"]] == [
+        ("bookings/note", booking["id"], "ABC123XY", "Juan Pérez")
+    ]
+    assert "condition of mapping 'bookings' is false" in sections["removed"][0]["detail"]
+    changed = {(e["action"], e["event"]): e["changes"] for e in sections["changed"]}
+    assert set(changed) == {("all-to-crm/notify", booking["id"]), ("all-to-crm/notify", order["id"])}
+    old_body, new_body = changed[("all-to-crm/notify", booking["id"])]["body"]
+    assert "hello" not in old_body and new_body["hello"] == "Hola Juan Pérez"
+    assert [(e["action"], e["event"]) for e in sections["failing"]] == [("broken/needs-room", booking["id"])]
+    assert (
+        "template error" in sections["failing"][0]["detail"] and "division by zero" in sections["failing"][0]["detail"]
+    )
+
+    assert main(["preview", str(new), "--config", str(old), "--since", "1h"]) == 0
+    text = capsys.readouterr().out
+    assert "2 stored event(s)" in text and "mapping orders:" in text and "Actions whose fields change (2):" in text
+    assert "booking ABC123XY · Juan Pérez" in text
+    assert len(destination.requests) == sent  # nothing was sent
+
+    assert main(["preview", str(old.parent / "nope.yaml"), "--config", str(old)]) == 1
+    assert "nope.yaml: config file not found" in capsys.readouterr().err
+    invalid = write_config(
+        with_redis(http_config(destination.url, NEW_MAPPINGS.replace("crm", "crn")), redis_url), "x.yaml"
+    )
+    assert main(["preview", str(invalid), "--config", str(old)]) == 1
+    assert "x.yaml:" in capsys.readouterr().err
+    bridge.redis.delete("sb:events")
+    assert main(["preview", str(new), "--config", str(old), "--since", "1h"]) == 0
+    assert "no stored events in the period" in capsys.readouterr().out
