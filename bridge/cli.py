@@ -169,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("path", nargs="?", help="config file (default: as for --config)")
     check.add_argument("--config", dest="config_option", help=argparse.SUPPRESS)
+    check.add_argument("--strict", action="store_true", help="warnings are errors (exit 1)")
     check.add_argument(
         "--online",
         action="store_true",
@@ -338,12 +339,17 @@ def _use_dev_secret() -> Path | None:
 def cmd_check_config(args: argparse.Namespace) -> int:
     path = default_config_path(args.path or args.config_option)
     dev_secret = _use_dev_secret()
-    config = load_config(path)
     if dev_secret is not None:
         print(f"warning: {SECRET_VARIABLE} is not set: checked with the dry run's secret in {dev_secret}")
-    for warning in config.warnings:
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        for warning in exc.warnings:  # shown with the errors: fixing one run at a time is slow
+            print(f"warning: {warning}")
+        raise
+    for warning in [] if args.strict else config.warnings:
         print(f"warning: {warning}")
-    problems = []
+    problems = [f"{warning} (an error with --strict)" for warning in config.warnings] if args.strict else []
     for name, spec in config.connectors.items():
         if not spec.dry_run and spec.settings is not None:
             problems += _connector_problems(config, name, args.online)

@@ -115,6 +115,8 @@ class ConfigSource:
             with self._lock:
                 self.pending, self.rejected = (config, version), None
             log.warning("config %s: version %s is valid; switching to it (was %s)", self.path, version, self.version)
+            for warning in config.warnings:
+                log.warning("config %s: warning: %s", self.path, warning)
             return True
 
     def _reject(self, version: str, errors: list[str]) -> bool:
