@@ -5,7 +5,6 @@ running on the old config when the change is invalid and say why, and switch bet
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -22,19 +21,16 @@ from bridge.samples import fresh_sample, signed_request
 from bridge.server import LiveApp
 from bridge.store import EventStore
 from mappings.config import load_config
-from tests.conftest import http_config
+from tests.conftest import DEFAULT_MAPPINGS, http_config
 from tests.fakes.http_server import CapturingServer
 from tests.harness import SECRET
 from tests.test_admin import admin_config, login
 from tests.test_server import Serve
+from tests.test_worker import WorkerProcess
 
-EXTRA_MAPPING = """
-  - name: all-to-crm
-    on: ["*"]
-    actions:
-      - connector: crm
-        name: notify
-        body: {id: "{{ event.id }}", type: "{{ type }}", tenant: "{{ tenant_id }}"}
+EXTRA_MAPPING = (
+    DEFAULT_MAPPINGS.rstrip("\n")
+    + """
   - name: bookings-too
     on: ["booking.*"]
     actions:
@@ -42,6 +38,7 @@ EXTRA_MAPPING = """
         name: extra
         body: {booking: "{{ booking.codigo }}"}
 """
+)
 
 
 def editor_write(path: Path, text: str) -> None:
@@ -61,36 +58,13 @@ def wait_for(what: str, check: Callable[[], object], timeout: float = 20.0) -> o
     raise AssertionError(f"timed out waiting for {what}")
 
 
-class Worker:
-    def __init__(self, config: Path, log: Path, watch: bool):
-        self.log = log
-        env = {k: v for k, v in os.environ.items() if k != "SALON_BRIDGE_CONFIG"}
-        flags = ["--watch-config"] if watch else []
-        with log.open("wb") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "bridge.cli", "worker", "--config", str(config), *flags],
-                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-
-
 class Running:
     """`serve` (one web process) and two workers on one config file and one Redis db."""
 
     def __init__(self, config: Path, redis_url: str, tmp_path: Path, watch: bool):
         self.config, self.redis = config, Redis.from_url(redis_url)
-        self.workers = [Worker(config, tmp_path / f"worker-{n}.log", watch) for n in (1, 2)]
+        flags = ["--watch-config"] if watch else []
+        self.workers = [WorkerProcess(config, redis_url, tmp_path / f"worker-{n}.log", *flags) for n in (1, 2)]
         self.serve = Serve(config, tmp_path / "serve.log", workers=1, watch=watch)
         self.store = EventStore(self.redis, 3600, 3600)
         wait_for("three processes reporting", lambda: len(processes(self.redis)) == 3)
