@@ -373,3 +373,21 @@ def test_preview_shows_additions_removals_field_changes_and_new_failures(
     bridge.redis.delete("sb:events")
     assert main(["preview", str(new), "--config", str(old), "--since", "1h"]) == 0
     assert "no stored events in the period" in capsys.readouterr().out
+
+
+def test_the_admin_previews_a_config_file_the_server_reads(make_bridge, write_config, destination, redis_url) -> None:  # noqa: ANN001
+    from tests.harness import sample
+
+    bridge = make_bridge(with_redis(admin_config(destination.url, OLD_MAPPINGS), redis_url))
+    new = write_config(with_redis(http_config(destination.url, NEW_MAPPINGS), redis_url), "new.yaml")
+    booking = sample("booking.created")
+    bridge.post(booking)
+    bridge.drain()
+    client = bridge.app.test_client()
+    assert client.get(f"/admin/preview?path={new}").status_code in (302, 303)  # behind the login
+    assert login(client).status_code == 303
+    page = client.get(f"/admin/preview?path={new}&since=1h").text
+    assert "1 stored event(s) compared" in page and "mapping bookings:" in page and "broken/needs-room" in page
+    broken = write_config("version: 1\n", "broken.yaml")
+    page = client.get(f"/admin/preview?path={broken}").text
+    assert "This config is not valid" in page and "webhook" in page
