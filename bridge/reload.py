@@ -209,11 +209,20 @@ class ConfigSource:
             return Path(path).name == target.name
 
         while not self._stop.is_set():
+            ready = False
             try:
-                for _changes in watchfiles.watch(
-                    target.parent, watch_filter=is_target, stop_event=self._stop, recursive=False, debounce=200
+                for changes in watchfiles.watch(
+                    target.parent,
+                    watch_filter=is_target,
+                    stop_event=self._stop,
+                    recursive=False,
+                    debounce=200,
+                    rust_timeout=1000,
+                    yield_on_timeout=True,  # the first (empty) yield: watching has begun
                 ):
-                    self.request()
+                    if changes or not ready:  # a change made while the watch was being set up is caught too
+                        self.request()
+                    ready = True
             except Exception as exc:  # noqa: BLE001 - the folder may vanish for a moment; watch again
                 log.warning("config %s: watching the file stopped (%s); watching again in 1 s", self.path, exc)
                 self._stop.wait(1.0)
