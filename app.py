@@ -18,6 +18,7 @@ from bridge import metrics
 from bridge.admin import register_admin
 from bridge.ingest import SIGNATURE_HEADER, Ingestor, Outcome
 from bridge.queue import connect, resolve_redis_url, work_queue
+from bridge.reload import config_versions
 from mappings.config import BridgeConfig, default_config_path, load_config
 
 if TYPE_CHECKING:
@@ -106,6 +107,9 @@ def create_app(config: BridgeConfig | str | None = None, redis: Redis | None = N
     def readyz():
         result = metrics.readiness(redis, queue, config.model.metrics.max_queue_age)
         body = {"status": "ready" if result.ready else "not ready", "problems": result.problems, **result.checks}
+        source = app.extensions["salon_bridge"].get("config_source")  # set by `serve` (bridge.server.LiveApp)
+        if source is not None:  # a rejected config is shown, and the bridge is still ready on the old one
+            body |= config_versions(source, redis)
         return jsonify(body), 200 if result.ready else 503
 
     @app.get("/metrics")

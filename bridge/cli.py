@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     serve.add_argument("--workers", type=int, default=2, help="web processes (default 2)")
     serve.add_argument("--threads", type=int, default=4, help="threads per web process (default 4)")
+    _watch_option(serve)
 
     worker = command(
         "worker",
@@ -105,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     _config_option(worker)
     worker.add_argument("--burst", action="store_true", help="process what is queued, then exit")
     worker.add_argument("--dry-run", action="store_true", help="render and record actions, send nothing")
+    _watch_option(worker)
 
     up = command(
         "up",
@@ -122,6 +124,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--data-dir", default="./var", help="embedded Redis data folder (default ./var)")
     up.add_argument("--dry-run", action="store_true", help="render and record actions, send nothing")
+    up.add_argument(
+        "--no-watch-config",
+        dest="watch_config",
+        action="store_false",
+        help="do not take on a changed config file by itself (`salon-bridge reload` still does)",
+    )
+
+    reload = command(
+        "reload",
+        cmd_reload,
+        "Make the running web and worker processes read their config file again (sends them SIGHUP).",
+        "  salon-bridge reload\n  salon-bridge status    # then: which config version each process runs",
+    )
+    _config_option(reload)
+
+    status = command(
+        "status",
+        cmd_status,
+        "List the running web and worker processes and the config version each one runs.",
+        "  salon-bridge status",
+    )
+    _config_option(status)
+
+    preview = command(
+        "preview",
+        cmd_preview,
+        "Show what a changed config would have done with the events already received; sends nothing.",
+        "  salon-bridge preview config.yaml --since 7d\n  salon-bridge preview new.yaml --limit 200 --format json",
+    )
+    _config_option(preview)
+    preview.add_argument("new", metavar="NEW.yaml", help="the changed config file to compare with the one in force")
+    preview.add_argument(
+        "--since", type=_duration, default=7 * 86400.0, help="how far back to take events (default 7d; e.g. 12h, 30m)"
+    )
+    preview.add_argument("--limit", type=_positive_int, default=1000, help="at most this many events (default 1000)")
+    preview.add_argument("--format", choices=["text", "json"], default="text", help="text for people, json for tools")
 
     check = command(
         "check-config",
@@ -131,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("path", nargs="?", help="config file (default: as for --config)")
     check.add_argument("--config", dest="config_option", help=argparse.SUPPRESS)
+    check.add_argument("--strict", action="store_true", help="warnings are errors (exit 1)")
     check.add_argument(
         "--online",
         action="store_true",
@@ -238,6 +277,26 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _duration(text: str) -> float:
+    from mappings.config import parse_duration
+
+    try:
+        value = parse_duration(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, int | float) or value <= 0:
+        raise argparse.ArgumentTypeError(f"a duration like 7d, 12h or 30m, got {text!r}")
+    return float(value)
+
+
+def _watch_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--watch-config",
+        action="store_true",
+        help="take on a changed config file by itself (it is always read again on SIGHUP)",
+    )
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -280,12 +339,17 @@ def _use_dev_secret() -> Path | None:
 def cmd_check_config(args: argparse.Namespace) -> int:
     path = default_config_path(args.path or args.config_option)
     dev_secret = _use_dev_secret()
-    config = load_config(path)
     if dev_secret is not None:
         print(f"warning: {SECRET_VARIABLE} is not set: checked with the dry run's secret in {dev_secret}")
-    for warning in config.warnings:
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        for warning in exc.warnings:  # shown with the errors: fixing one run at a time is slow
+            print(f"warning: {warning}")
+        raise
+    for warning in [] if args.strict else config.warnings:
         print(f"warning: {warning}")
-    problems = []
+    problems = [f"{warning} (an error with --strict)" for warning in config.warnings] if args.strict else []
     for name, spec in config.connectors.items():
         if not spec.dry_run and spec.settings is not None:
             problems += _connector_problems(config, name, args.online)
@@ -367,15 +431,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from bridge.server import serve
 
     config = _load(args, start_up=True)
-    serve(config, host=args.host, port=args.port, workers=args.workers, threads=args.threads)
+    serve(config, host=args.host, port=args.port, workers=args.workers, threads=args.threads, watch=args.watch_config)
     return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from bridge.reload import ConfigSource
     from bridge.worker import run_worker
+    from mappings.config import load_config_text
 
     config = _load(args, dry_run=args.dry_run, start_up=True)
-    return run_worker(config, burst=args.burst, dry_run=args.dry_run)
+
+    def load(text: str, path: str) -> BridgeConfig:
+        return load_config_text(text, path, dry_run=args.dry_run, unused=WEB_ONLY_SECTIONS)
+
+    source = ConfigSource(config, load)
+    return run_worker(config, burst=args.burst, dry_run=args.dry_run, watch=args.watch_config, source=source)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -392,9 +463,74 @@ def cmd_up(args: argparse.Namespace) -> int:
     config = _load(args, dry_run=args.dry_run, start_up=True)
     os.environ[WARNED_VARIABLE] = "1"
     try:
-        return Up(config, args.host, args.port, args.workers, data_dir, args.dry_run).run()
+        return Up(config, args.host, args.port, args.workers, data_dir, args.dry_run, args.watch_config).run()
     except UpError as exc:
         raise CommandError(str(exc)) from None
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    import signal
+    import socket
+
+    from bridge.reload import processes
+
+    with _runtime(args) as rt:
+        running = processes(rt.redis)
+    here = [p for p in running if p.host == socket.gethostname()]
+    if not here:
+        raise CommandError("no salon-bridge web or worker process on this machine has reported to Redis lately")
+    for process in here:
+        try:
+            os.kill(process.pid, signal.SIGHUP)
+        except ProcessLookupError:
+            print(f"{process.role} {process.name}: pid {process.pid} is gone", file=sys.stderr)
+            continue
+        print(f"asked {process.role} {process.name} (pid {process.pid}) to read {process.config} again")
+    print("see `salon-bridge status` for the version each one runs (a worker switches between jobs)")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from bridge.reload import describe, file_version, processes
+
+    with _runtime(args) as rt:
+        running = processes(rt.redis)
+    path = default_config_path(getattr(args, "config", None))
+    on_disk = file_version(path)
+    print(f"config file {path}: version {on_disk}")
+    if not running:
+        print("no web or worker process has reported lately")
+        return 0
+    for process in running:
+        print(f"  {describe(process)}")
+    behind = [p for p in running if on_disk not in (p.version, p.pending)]
+    waiting = [p for p in running if p.version != on_disk and p.pending == on_disk]
+    if behind:
+        print(f"{len(behind)} process(es) not on the file's version (see the rejection above, or the log)")
+    elif waiting:
+        print(f"all processes have the file's version; {len(waiting)} switch to it before their next job")
+    else:
+        print("all processes run the file's version")
+    return 0
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    from bridge.preview import preview, render_text
+
+    _use_dev_secret()
+    new = load_config(args.new, unused=WEB_ONLY_SECTIONS)  # ConfigError: its problems, exit 1
+    with _runtime(args) as rt:
+        result = preview(rt, new, args.since, args.limit)
+        clock = Clock(rt.config.model.timezone)
+    if args.format == "json":
+        print(result.to_json())
+        return 0
+    if result.events == 0:
+        print(f"no stored events in the period: nothing to compare (try a longer --since than {args.since:g} s)")
+        return 0
+    print(f"{result.events} stored event(s) run through {rt.config.path} (in force) and {args.new}; nothing sent\n")
+    print(render_text(result, clock.show))
+    return 0
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -637,6 +773,9 @@ def read_event(name: str) -> dict[str, Any]:
 
 def describe_state(state: ActionState, clock: Clock) -> str:
     text = f"{state.status}, {state.attempts} attempt(s)"
+    version = next((h["config"] for h in reversed(state.history) if h.get("config")), "")
+    if version:  # the config the last attempt ran under (bridge.reload)
+        text += f" on config {version}"
     if state.next_attempt_at:
         text += f", next at {clock.show(state.next_attempt_at)}"
     if state.last_error:
@@ -665,11 +804,11 @@ def _indent(text: str) -> str:
     return "\n".join("  " + line for line in text.splitlines())
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def _label(envelope: dict[str, Any]) -> str:
     """`  booking ABC123XY · Juan Pérez`, after an event's id and type ("" when it names no entity)."""
     label = subject_of(envelope).label
     return f"  {label}" if label else ""
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -325,6 +325,7 @@ def attempt(rt: Runtime, work: EntityWork, spec: ActionSpec, state: ActionState)
             "outcome": state.status,
             "error": error or "",
             "duration_ms": round(duration * 1000, 1),
+            "config": rt.version,  # the config version this attempt ran under (bridge.reload)
         }
     )
     rt.store.save_action(record.key, spec.id, state, pipe=work.writes)

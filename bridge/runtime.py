@@ -25,6 +25,7 @@ class Runtime:
     redis: Redis
     dry_run: bool = False
     reachable: bool = True  # False: a command that can do without Redis found it not answering
+    version: str = ""  # the config's version (bridge.reload.version_of), recorded on each action attempt
     queue: Queue = field(init=False)
     store: EventStore = field(init=False)
     memory: EntityMemory = field(init=False)
@@ -47,6 +48,18 @@ class Runtime:
         if name not in self._connectors:
             self._connectors[name] = self.config.connectors[name].build()
         return self._connectors[name]
+
+    def switch_config(self, config: BridgeConfig, version: str) -> None:
+        """From the next job on, run on `config` (called between jobs: a job runs on one config).
+        A connector whose type or settings changed is closed (rebuilt on first use); the others keep
+        their client. Issue 16's re-planning of scheduled sends belongs here too."""
+        for name in list(self._connectors):
+            new = config.connectors.get(name)
+            old = self.config.connectors[name]
+            if new is None or new.cls is not old.cls or new.settings != old.settings or new.dry_run != old.dry_run:
+                self._connectors.pop(name).close()
+        self.config, self.version = config, version
+        self.__post_init__()  # retention may have changed
 
     def close(self) -> None:
         for connector in self._connectors.values():

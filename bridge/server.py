@@ -26,6 +26,7 @@ from bridge.front import Front
 from mappings.config import BridgeConfig
 
 CONFIG_PATH_ENV = "SALON_BRIDGE_CONFIG"
+WATCH_ENV = "SALON_BRIDGE_WATCH_CONFIG"
 LOG_LEVEL_ENV = "SALON_BRIDGE_LOG_LEVEL"
 THREADS_ENV = "SALON_BRIDGE_WEB_THREADS"
 
@@ -79,15 +80,64 @@ def front(wsgi_app: Any, max_body: int, body_timeout: float) -> Front:
 
 
 def web_app() -> Front:
-    """Granian's factory, run in each worker process: the config `serve` loaded, by its path."""
-    from app import create_app
+    """Granian's factory, run in each worker process: the config `serve` loaded, by its path; taken
+    on again when it changes (on SIGHUP, and when watched), between requests (LiveApp)."""
     from bridge import logs
+    from bridge.queue import connect, resolve_redis_url
+    from bridge.reload import ConfigSource
     from mappings.config import load_config
 
     logs.configure(os.environ.get(LOG_LEVEL_ENV, "info"), os.environ.get(logs.FORMAT_ENV, "text"))
     config = load_config(os.environ[CONFIG_PATH_ENV])
     logs.remember_secrets(logs.config_secrets(config))
-    return front(create_app(config), config.webhook.max_body_bytes, config.webhook.body_timeout)
+    live = LiveApp(ConfigSource(config), connect(resolve_redis_url(config)))
+    live.start(watch=os.environ.get(WATCH_ENV) == "1")
+    return Front(live, int(os.environ.get(THREADS_ENV, "4")), config.webhook.max_body_bytes,
+                 config.webhook.body_timeout, live.webhook)  # fmt: skip
+
+
+class LiveApp:
+    """The web process's WSGI app, built again from a changed config. Each request reads `self.app`
+    once, so it runs entirely on one config; the switch is one assignment. The listening address,
+    Redis, `webhook.max_body_bytes` and `webhook.body_timeout` are read at start only."""
+
+    def __init__(self, source: Any, redis: Any):
+        from bridge.reload import report, report_of
+
+        self.source, self.redis = source, redis
+        self.app = self._build(source.config)
+        source.on_pending = self.switch
+        source.on_report = lambda: report(redis, report_of(source, "web"))
+
+    def _build(self, config: BridgeConfig) -> Any:
+        from app import create_app
+
+        app = create_app(config, self.redis)
+        app.extensions["salon_bridge"]["config_source"] = self.source
+        return app
+
+    def start(self, watch: bool) -> None:
+        if not self.source.install_sighup():
+            logging.getLogger("salon_bridge.web").debug("SIGHUP cannot be handled in this thread")
+        self.source.start(watch)
+
+    def switch(self) -> None:
+        from bridge import logs
+
+        taken = self.source.take()
+        if taken is None:
+            return
+        config, version = taken
+        logs.remember_secrets(logs.config_secrets(config))
+        self.app = self._build(config)
+        logging.getLogger("salon_bridge.web").warning("web %d: switched to config version %s", os.getpid(), version)
+
+    def __call__(self, environ: Any, start_response: Any) -> Any:
+        return self.app(environ, start_response)
+
+    def webhook(self, body: bytes, signature: str | None) -> tuple[int, list[tuple[str, str]], bytes]:
+        answer: Any = self.app.extensions["salon_bridge"]["webhook"]
+        return answer(body, signature)
 
 
 def check_redis_at_start(config: BridgeConfig) -> None:
@@ -99,8 +149,16 @@ def check_redis_at_start(config: BridgeConfig) -> None:
         check_at_start(redis, logging.getLogger("salon_bridge.web"))
 
 
-def serve(config: BridgeConfig, host: str = "127.0.0.1", port: int = 8000, workers: int = 2, threads: int = 4) -> None:
+def serve(
+    config: BridgeConfig,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: int = 2,
+    threads: int = 4,
+    watch: bool = False,
+) -> None:
     check_redis_at_start(config)
+    os.environ[WATCH_ENV] = "1" if watch else "0"
     prepare_metrics_dir()
     os.environ[CONFIG_PATH_ENV] = str(Path(config.path).resolve())
     os.environ[LOG_LEVEL_ENV] = logging.getLevelName(logging.getLogger().level).lower()

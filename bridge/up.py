@@ -149,8 +149,18 @@ class EmbeddedRedis:
 
 
 class Up:
-    def __init__(self, config: BridgeConfig, host: str, port: int, workers: int, data_dir: Path, dry_run: bool) -> None:
+    def __init__(
+        self,
+        config: BridgeConfig,
+        host: str,
+        port: int,
+        workers: int,
+        data_dir: Path,
+        dry_run: bool,
+        watch: bool = True,
+    ) -> None:
         self.config = config
+        self.watch = watch  # the processes take on a changed config file by themselves
         self.host, self.port, self.workers = host, port, workers
         self.data_dir = data_dir
         self.dry_run = dry_run
@@ -179,7 +189,7 @@ class Up:
             "SALON_BRIDGE_DATA_DIR": str(self.data_dir),
         }
         base = [sys.executable, "-m", "bridge.cli"]
-        config = ["--config", self.config.path]
+        config = ["--config", self.config.path, *(["--watch-config"] if self.watch else [])]
         self.children.append(
             Child("web", [*base, "serve", *config, "--host", self.host, "--port", str(self.port)], env)
         )

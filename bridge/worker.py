@@ -14,7 +14,7 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 from rq.utils import now
 
-from bridge import redis_health, runtime
+from bridge import redis_health, reload, runtime
 from bridge.runtime import Runtime
 from mappings.config import BridgeConfig
 
@@ -84,6 +84,7 @@ class BridgeWorker(SimpleWorker):
     _last_bare_heartbeat = 0.0
     _born = False
     _trouble: RedisTrouble | None = None
+    config_source: reload.ConfigSource | None = None  # set by run_worker: a changed config is taken on between jobs
 
     @property
     def trouble(self) -> RedisTrouble:
@@ -133,9 +134,29 @@ class BridgeWorker(SimpleWorker):
         self._until_redis_answers("running maintenance", super().run_maintenance_tasks)
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
-        return self._until_redis_answers(
+        found = self._until_redis_answers(
             "waiting for a job", super().dequeue_job_and_maintain_ttl, timeout, max_idle_time
         )
+        self.switch_config()  # between two jobs: the one just dequeued runs entirely on the new config
+        return found
+
+    def switch_config(self) -> None:
+        """The one place a worker takes on a changed config (bridge.reload), never during a job."""
+        if self.config_source is None:
+            return
+        taken = self.config_source.take()
+        if taken is None:
+            return
+        config, version = taken
+        rt = runtime.current()
+        old = rt.version
+        rt.switch_config(config, version)
+        log.warning("worker %s: switched to config version %s (was %s)", self.name, version, old)
+        self.report_config()
+
+    def report_config(self) -> None:
+        if self.config_source is not None:
+            reload.report(self.connection, reload.report_of(self.config_source, "worker", self.name))
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         try:
@@ -223,8 +244,19 @@ PER_JOB_LINES_AT_DEBUG = PerJobLinesAtDebug()
 WORKER_CLASS = BridgeWorker
 
 
-def run_worker(config: BridgeConfig, burst: bool = False, dry_run: bool = False, name: str | None = None) -> int:
+def run_worker(
+    config: BridgeConfig,
+    burst: bool = False,
+    dry_run: bool = False,
+    name: str | None = None,
+    watch: bool = False,
+    source: reload.ConfigSource | None = None,
+) -> int:
+    """Work the queue. `source`: where a changed config comes from (on SIGHUP, and with `watch`
+    whenever the file changes); without one the config never changes."""
     rt = Runtime.from_config(config, dry_run=dry_run)
+    if source is not None:
+        rt.version = source.version
     redis_health.check_at_start(rt.redis, log)
     runtime.install(rt)
     logging.getLogger("rq.worker").addFilter(PER_JOB_LINES_AT_DEBUG)  # once: the same filter is not added twice
@@ -239,7 +271,17 @@ def run_worker(config: BridgeConfig, burst: bool = False, dry_run: bool = False,
             # worker's job, restarting the retry scheduler): RQ's 420 s default is too slow.
             worker_ttl=75,
         )
-        worker.work(burst=burst, with_scheduler=True)
+        if source is not None:
+            worker.config_source = source
+            source.on_report = worker.report_config
+            source.install_sighup()
+            source.start(watch)
+        try:
+            worker.work(burst=burst, with_scheduler=True)
+        finally:
+            if source is not None:
+                source.stop()
+                reload.forget(rt.redis, reload.report_of(source, "worker", worker.name))
     finally:
         runtime.install(None)
         rt.close()

@@ -59,9 +59,10 @@ _Loader.add_implicit_resolver(
 class ConfigError(Exception):
     """The config cannot be used; `problems` lists every `file:line: path: message`."""
 
-    def __init__(self, problems: list[str]):
+    def __init__(self, problems: list[str], warnings: list[str] | None = None):
         super().__init__("\n".join(problems))
         self.problems = problems
+        self.warnings = warnings or []  # found in the same run, shown with the problems
 
 
 def parse_duration(value: Any) -> Any:
@@ -339,7 +340,7 @@ def load_config_text(
         else []
     )
     if collector.problems or model is None:
-        raise ConfigError(collector.render())
+        raise ConfigError(collector.render(), collector.render_warnings())
     return BridgeConfig(path, model, engine, connectors, mappings, collector.render_warnings())
 
 
@@ -454,13 +455,14 @@ def _check_what_can_be(raw: Any, where: Path_, loader: _ActionLoader) -> None:
 
 
 def _check_event_types(patterns: list[str], where: Path_, problems: _Problems) -> None:
-    """Every `on:` entry must match one of the platform's event types: a typo would match nothing, silently."""
+    """An `on:` entry should match one of the platform's event types: a typo would match nothing,
+    silently. A warning (the platform may add types), an error with `check-config --strict`."""
     for position, pattern in enumerate(patterns):
         if any(fnmatchcase(event_type, pattern) for event_type in EVENT_TYPES):
             continue
         close = difflib.get_close_matches(pattern, EVENT_TYPES, n=1)
         hint = f"did you mean {close[0]!r}?" if close else f"the platform's types: {', '.join(EVENT_TYPES)}"
-        problems.add((*where, "on", position), f"{pattern!r} matches no platform event type ({hint})")
+        problems.warnings.append(((*where, "on", position), f"{pattern!r} matches no event type; {hint}"))
 
 
 @dataclass
@@ -607,7 +609,8 @@ class _Problems:
 
     def render(self, entries: list[tuple[Path_, str]] | None = None) -> list[str]:
         entries = self.problems if entries is None else entries
-        return [f"{self.path}:{self._line(where)}: {_format_path(where)}: {message}" for where, message in entries]
+        lines = sorted(((self._line(where), where, message) for where, message in entries), key=lambda e: e[0])
+        return [f"{self.path}:{line}: {_format_path(where)}: {message}" for line, where, message in lines]
 
     def render_warnings(self) -> list[str]:
         return self.render(self.warnings)

@@ -109,10 +109,8 @@ def destination() -> Iterator[CapturingServer]:
     server.stop()
 
 
-def http_config(url: str, mappings: str | None = None, extra: str = "", connector_extra: str = "") -> str:
-    """A config with one `http` connector ("crm") pointing at a fake destination."""
-    if mappings is None:
-        mappings = """
+# http_config's mapping: every event to one `http` action.
+DEFAULT_MAPPINGS = """
   - name: all-to-crm
     on: ["*"]
     actions:
@@ -120,6 +118,12 @@ def http_config(url: str, mappings: str | None = None, extra: str = "", connecto
         name: notify
         body: {id: "{{ event.id }}", type: "{{ type }}", tenant: "{{ tenant_id }}"}
 """
+
+
+def http_config(url: str, mappings: str | None = None, extra: str = "", connector_extra: str = "") -> str:
+    """A config with one `http` connector ("crm") pointing at a fake destination."""
+    if mappings is None:
+        mappings = DEFAULT_MAPPINGS
     return f"""
 version: 1
 timezone: Europe/Madrid

@@ -40,7 +40,7 @@ def with_redis(text: str, redis_url: str) -> str:
 def test_every_command_has_help_with_examples(capsys) -> None:  # noqa: ANN001
     commands = [
         "serve", "worker", "up", "check-config", "slack-check", "simulate", "events", "dead-letters", "replay",
-        "send-sample", "hash-password",
+        "send-sample", "hash-password", "reload", "status", "preview",
     ]  # fmt: skip
     for command in commands:
         code, out, _ = run(capsys, command, "--help")
@@ -668,3 +668,18 @@ def test_check_config_online_reports_an_evicting_redis_and_one_without_persisten
     code, out, err = run(capsys, "check-config", config, "--online")
     assert (code, err) == (0, "")
     assert out.strip().endswith("OK (1 connectors, 1 mappings) (destinations and Redis reached)")
+
+
+def test_check_config_warns_about_an_on_typo_and_strict_makes_it_an_error(capsys, write_config, destination) -> None:  # noqa: ANN001
+    typo = http_config(destination.url).replace('on: ["*"]', 'on: ["payment.fialed"]')
+    config = str(write_config(typo))
+    code, out, _ = run(capsys, "check-config", config)
+    assert code == 0
+    assert "'payment.fialed' matches no event type; did you mean 'payment.failed'?" in out
+    code, _, err = run(capsys, "check-config", config, "--strict")
+    assert code == 1 and "did you mean 'payment.failed'? (an error with --strict)" in err
+    broken = str(write_config(typo.replace("connector: crm", "connector: crn"), "broken.yaml"))
+    code, out, err = run(capsys, "check-config", broken)
+    assert code == 1
+    assert "warning: " in out and "did you mean 'payment.failed'?" in out  # shown with the errors
+    assert "unknown connector 'crn'" in err

@@ -36,7 +36,7 @@ def _free_port() -> int:
 class Serve:
     """`salon-bridge serve` in its own session, on a free port, logging to a file."""
 
-    def __init__(self, config: Path, log_path: Path, workers: int = 2, threads: int = 4):
+    def __init__(self, config: Path, log_path: Path, workers: int = 2, threads: int = 4, watch: bool = False):
         self.port = _free_port()
         self.log_path = log_path
         env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(log_path.parent / "metrics")}
@@ -44,7 +44,7 @@ class Serve:
         with log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "bridge.cli", "serve", "--config", str(config), "--port", str(self.port),
-                 "--workers", str(workers), "--threads", str(threads)],
+                 "--workers", str(workers), "--threads", str(threads), *(["--watch-config"] if watch else [])],
                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
         self.url = f"http://127.0.0.1:{self.port}"

@@ -24,12 +24,12 @@ StartRedis = Callable[..., RedisServer]
 
 
 class WorkerProcess:
-    def __init__(self, config: Path, redis_url: str, log: Path):
+    def __init__(self, config: Path, redis_url: str, log: Path, *flags: str):
         env = {**os.environ, "REDIS_URL": redis_url, "SALON_BRIDGE_CONFIG": str(config)}
         self.log = log
         with log.open("wb") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "bridge.cli", "worker", "--config", str(config)],
+                [sys.executable, "-m", "bridge.cli", "worker", "--config", str(config), *flags],
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,

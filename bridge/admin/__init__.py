@@ -11,6 +11,7 @@ from datetime import timedelta
 from flask import Flask
 from redis import Redis
 
+from bridge.admin import preview as _preview  # noqa: F401 - registers /admin/preview on the blueprint
 from bridge.admin.auth import AdminAuth, AdminSessionInterface
 from bridge.admin.views import blueprint, install_guard
 from bridge.runtime import Runtime

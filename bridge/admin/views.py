@@ -148,6 +148,13 @@ def redis_banner() -> list[str]:
 
 
 @blueprint.app_template_global()
+def config_banner() -> list[str]:
+    """The errors of a changed config that was rejected (bridge.reload); the old one still runs."""
+    source = current_app.extensions["salon_bridge"].get("config_source")
+    return list(source.rejected.errors) if source is not None and source.rejected is not None else []
+
+
+@blueprint.app_template_global()
 def csrf_token() -> str:
     if "csrf" not in session:
         session["csrf"] = new_csrf_token()

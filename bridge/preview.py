@@ -1,0 +1,241 @@
+"""`preview`: what a changed config would have done with the events already received, sent nowhere.
+
+Each stored event of the period is routed and rendered twice, through the config in force and
+through the new one, with the same template context (entity memory read from Redis, nothing
+written, the event's own facts merged on top, as `simulate` does), so every difference comes from
+the config alone. The differences are grouped by section (SECTIONS, a list of builders: a new kind
+of difference is one more builder) and by mapping.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from bridge.operations import simulated_context
+from bridge.runtime import Runtime
+from bridge.state import subject_of
+from bridge.store import EventRecord
+from mappings.config import BridgeConfig
+from mappings.routing import plan, render_action
+from mappings.templates import MissingDataError, RenderError
+
+
+@dataclass
+class Outcome:
+    """What one config does with one action of one event."""
+
+    runs: bool
+    fields: dict[str, Any] | None = None
+    failure: str = ""  # it would run, but rendering fails (missing data, a template error)
+    skip_reason: str = ""
+
+
+@dataclass
+class Compared:
+    """One action of one event, under the config in force (`old`) and the new one (`new`)."""
+
+    record: EventRecord
+    action_id: str
+    mapping: str
+    old: Outcome | None  # None: no mapping of that config handles the event with this action
+    new: Outcome | None
+
+    @property
+    def old_runs(self) -> bool:
+        return self.old is not None and self.old.runs and not self.old.failure
+
+    @property
+    def new_runs(self) -> bool:
+        return self.new is not None and self.new.runs and not self.new.failure
+
+
+@dataclass
+class Entry:
+    """One line of the preview: an action of an event, and what changes for it."""
+
+    mapping: str
+    action: str
+    event: str
+    event_type: str
+    received_at: float
+    booking: str  # the booking (or order) code, when the event has one
+    customer: str
+    detail: str = ""
+    changes: dict[str, list[Any]] = field(default_factory=dict)  # field -> [old, new]
+
+
+@dataclass
+class Section:
+    name: str
+    title: str
+    build: Callable[[list[Compared]], list[Entry]]
+
+
+def _entry(item: Compared, detail: str = "", changes: dict[str, list[Any]] | None = None) -> Entry:
+    subject = subject_of(item.record.envelope)
+    return Entry(
+        item.mapping,
+        item.action_id,
+        item.record.id,
+        item.record.type,
+        item.record.received_at,
+        subject.code,
+        subject.customer_name,
+        detail,
+        changes or {},
+    )
+
+
+def _why_not(outcome: Outcome | None) -> str:
+    if outcome is None:
+        return "no mapping handles it"
+    return outcome.skip_reason or outcome.failure or "it does not run"
+
+
+def added(items: list[Compared]) -> list[Entry]:
+    return [_entry(i, f"did not run before: {_why_not(i.old)}") for i in items if i.new_runs and not i.old_runs]
+
+
+def removed(items: list[Compared]) -> list[Entry]:
+    return [
+        _entry(i, f"would not run any more: {_why_not(i.new)}")
+        for i in items
+        if i.old_runs and not i.new_runs and not (i.new is not None and i.new.failure)  # failing: listed there
+    ]
+
+
+def changed(items: list[Compared]) -> list[Entry]:
+    entries = []
+    for item in items:
+        if not (item.old_runs and item.new_runs):
+            continue
+        assert item.old is not None and item.new is not None
+        old, new = item.old.fields or {}, item.new.fields or {}
+        changes = {name: [old.get(name), new.get(name)] for name in {**old, **new} if old.get(name) != new.get(name)}
+        if changes:
+            entries.append(_entry(item, changes=dict(sorted(changes.items()))))
+    return entries
+
+
+def failing(items: list[Compared]) -> list[Entry]:
+    return [
+        _entry(item, item.new.failure)
+        for item in items
+        if item.new is not None and item.new.failure and not (item.old is not None and item.old.failure)
+    ]
+
+
+# In order of appearance; issue 16 adds "scheduled sends added, moved or dropped" as one more.
+SECTIONS: list[Section] = [
+    Section("added", "Actions that would now run and did not", added),
+    Section("removed", "Actions that ran and would not any more", removed),
+    Section("changed", "Actions whose fields change", changed),
+    Section("failing", "Actions that would fail under the new config", failing),
+]
+
+
+def outcomes(config: BridgeConfig, envelope: dict[str, Any], context: dict[str, Any]) -> dict[str, tuple[str, Outcome]]:
+    """action id -> (mapping, what `config` does with it), for one event."""
+    found: dict[str, tuple[str, Outcome]] = {}
+    for item in plan(config, envelope, context):
+        spec = item.spec
+        if item.skip_reason:
+            found[spec.id] = (spec.mapping, Outcome(False, skip_reason=item.skip_reason))
+            continue
+        try:
+            found[spec.id] = (spec.mapping, Outcome(True, render_action(spec, context)))
+        except MissingDataError as exc:
+            found[spec.id] = (spec.mapping, Outcome(True, failure=f"missing data: {exc}"))
+        except RenderError as exc:
+            found[spec.id] = (spec.mapping, Outcome(True, failure=f"template error: {exc}"))
+    return found
+
+
+def compare(rt: Runtime, new: BridgeConfig, records: list[EventRecord]) -> list[Compared]:
+    compared = []
+    for record in records:
+        context = simulated_context(rt, record.envelope)
+        before = outcomes(rt.config, record.envelope, context)
+        after = outcomes(new, record.envelope, context)
+        for action_id in [*before, *(a for a in after if a not in before)]:
+            mapping = (after.get(action_id) or before[action_id])[0]
+            old, now = before.get(action_id), after.get(action_id)
+            compared.append(Compared(record, action_id, mapping, old and old[1], now and now[1]))
+    return compared
+
+
+def stored_events(rt: Runtime, since: float, limit: int, now: float | None = None) -> list[EventRecord]:
+    """The stored events received in the last `since` seconds (at most `limit`), oldest first."""
+    cutoff = (time.time() if now is None else now) - since
+    found: list[EventRecord] = []
+    offset, page = 0, 200
+    while len(found) < limit:
+        batch = rt.store.recent(limit=page, offset=offset)
+        if not batch:
+            break
+        for record in batch:
+            if record.received_at < cutoff:
+                return found[::-1]
+            if not record.data_lost:
+                found.append(record)
+                if len(found) == limit:
+                    break
+        offset += page
+    return found[::-1]
+
+
+@dataclass
+class Preview:
+    events: int
+    sections: dict[str, list[Entry]]
+
+    def to_json(self) -> str:
+        body = {
+            "events": self.events,
+            "sections": {name: [asdict(e) for e in entries] for name, entries in self.sections.items()},
+        }
+        return json.dumps(body, ensure_ascii=False, indent=2, default=str)
+
+
+def preview(rt: Runtime, new: BridgeConfig, since: float, limit: int) -> Preview:
+    records = stored_events(rt, since, limit)
+    compared = compare(rt, new, records)
+    return Preview(len(records), {section.name: section.build(compared) for section in SECTIONS})
+
+
+def render_text(result: Preview, show_time: Callable[[float], str]) -> str:
+    lines: list[str] = []
+    for section in SECTIONS:
+        entries = result.sections.get(section.name, [])
+        if not entries:
+            continue
+        lines.append(f"{section.title} ({len(entries)}):")
+        by_mapping: dict[str, list[Entry]] = {}
+        for entry in entries:
+            by_mapping.setdefault(entry.mapping, []).append(entry)
+        for mapping, group in by_mapping.items():
+            lines.append(f"  mapping {mapping}:")
+            for entry in group:
+                who = " · ".join(filter(None, [entry.booking and f"booking {entry.booking}", entry.customer]))
+                lines.append(
+                    f"    {entry.action}  event {entry.event} ({entry.event_type}, {show_time(entry.received_at)})"
+                    + (f"  {who}" if who else "")
+                )
+                if entry.detail:
+                    lines.append(f"      {entry.detail}")
+                for name, (old, new) in entry.changes.items():
+                    lines.append(f"      {name}: {_shown(old)} → {_shown(new)}")
+        lines.append("")
+    if not any(result.sections.values()):
+        lines.append(f"no difference: the new config does the same with these {result.events} event(s)")
+    return "\n".join(lines).rstrip()
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "(none)"
+    return json.dumps(value, ensure_ascii=False, default=str)
