@@ -30,11 +30,12 @@ from bridge.store import PREFIX, key_part, text
 from mappings.templates import EntityView
 
 TENANTS_KEY = f"{PREFIX}agenda:tenants"
+OWNERS_KEY = f"{PREFIX}agenda:owners"  # raised when a tenant or professional first enters the index
 AGENDA_FIELD = "~~agenda.pro"  # in the booking's memory hash: the professional set it is in
 SEEN_FIELD = "~~agenda.seen"  # the memory version last counted in the tenant's `rev`
 
 # KEYS: the booking's memory hash, the salon's set, the professionals' set, the tenants' set,
-# the tenant's revision. ARGV: booking id, prefix of professional sets, ttl, oldest score kept, tenant.
+# the tenant's revision, the count of new owners (feeds look tokens up again when it rises). ARGV: booking id, prefix of professional sets, ttl, oldest score kept, tenant.
 _INDEX = """
 local function decode(raw)
   if not raw then return nil end
@@ -68,7 +69,7 @@ if score then
   redis.call('ZADD', KEYS[2], score, id)
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. oldest)
   redis.call('EXPIRE', KEYS[2], ttl)
-  redis.call('SADD', KEYS[4], ARGV[5])
+  if redis.call('SADD', KEYS[4], ARGV[5]) == 1 then redis.call('INCR', KEYS[6]) end
   redis.call('EXPIRE', KEYS[4], ttl)
 else
   redis.call('ZREM', KEYS[2], id)
@@ -77,7 +78,7 @@ if score and pro then
   redis.call('ZADD', prefix .. pro, score, id)
   redis.call('ZREMRANGEBYSCORE', prefix .. pro, '-inf', '(' .. oldest)
   redis.call('EXPIRE', prefix .. pro, ttl)
-  redis.call('SADD', KEYS[3], pro)
+  if redis.call('SADD', KEYS[3], pro) == 1 then redis.call('INCR', KEYS[6]) end
   redis.call('EXPIRE', KEYS[3], ttl)
   redis.call('HSET', KEYS[1], '~~agenda.pro', pro)
 elseif old then
@@ -124,7 +125,14 @@ def day_score(day: date) -> int:
 def index_on(pipe: Pipeline, memory_key: str, tenant: str, booking_id: str, ttl: int, zone: ZoneInfo) -> None:
     """Queue the booking's place in the agenda, computed from its merged memory hash."""
     oldest = wall_score(datetime.now(UTC), zone) - ttl
-    keys = (memory_key, salon_key(tenant), _tenant_prefix(tenant) + "pros", TENANTS_KEY, revision_key(tenant))
+    keys = (
+        memory_key,
+        salon_key(tenant),
+        _tenant_prefix(tenant) + "pros",
+        TENANTS_KEY,
+        revision_key(tenant),
+        OWNERS_KEY,
+    )
     # EVAL, not EVALSHA, as for the merge (bridge.state).
     pipe.eval(_INDEX, len(keys), *keys, booking_id, _tenant_prefix(tenant) + "pro:", ttl, oldest, tenant)
 
@@ -160,6 +168,10 @@ def agenda(redis: Redis, tenant: str, day: date, professional: str | None, zone:
     start = day_score(day)
     ids = booking_ids(redis, tenant, start, start + 86400, professional)
     return [view for view, _ in load_bookings(redis, tenant, ids)]
+
+
+def owners_revision(redis: Redis) -> int:
+    return int(redis.get(OWNERS_KEY) or 0)  # type: ignore[arg-type]
 
 
 def tenants(redis: Redis) -> list[str]:
