@@ -35,7 +35,8 @@ AGENDA_FIELD = "~~agenda.pro"  # in the booking's memory hash: the professional 
 SEEN_FIELD = "~~agenda.seen"  # the memory version last counted in the tenant's `rev`
 
 # KEYS: the booking's memory hash, the salon's set, the professionals' set, the tenants' set,
-# the tenant's revision, the count of new owners (feeds look tokens up again when it rises). ARGV: booking id, prefix of professional sets, ttl, oldest score kept, tenant.
+# the tenant's revision, the count of new owners (feeds look tokens up again when it rises).
+# ARGV: booking id, prefix of professional sets, ttl, oldest score kept, tenant.
 _INDEX = """
 local function decode(raw)
   if not raw then return nil end
@@ -140,7 +141,7 @@ def index_on(pipe: Pipeline, memory_key: str, tenant: str, booking_id: str, ttl:
 def booking_ids(redis: Redis, tenant: str, start: int, end: int, professional: str | None = None) -> list[str]:
     """Ids of the bookings starting in [start, end) (index scores), in time order."""
     key = salon_key(tenant) if professional is None else professional_key(tenant, professional)
-    return [text(member) for member in redis.zrangebyscore(key, start, f"({end}")]  # type: ignore[union-attr]
+    return [text(member) for member in redis.zrangebyscore(key, start, f"({end}")]
 
 
 def load_bookings(redis: Redis, tenant: str, ids: Iterable[str]) -> list[tuple[EntityView, dict[str, str]]]:
@@ -171,16 +172,16 @@ def agenda(redis: Redis, tenant: str, day: date, professional: str | None, zone:
 
 
 def owners_revision(redis: Redis) -> int:
-    return int(redis.get(OWNERS_KEY) or 0)  # type: ignore[arg-type]
+    return int(redis.get(OWNERS_KEY) or 0)
 
 
 def tenants(redis: Redis) -> list[str]:
-    return sorted(text(t) for t in redis.smembers(TENANTS_KEY))  # type: ignore[union-attr]
+    return sorted(text(t) for t in redis.smembers(TENANTS_KEY))
 
 
 def professionals(redis: Redis, tenant: str) -> list[str]:
     """The professionals that have (had) bookings in the index, numeric ids in number order."""
-    found = [text(p) for p in redis.smembers(_tenant_prefix(tenant) + "pros")]  # type: ignore[union-attr]
+    found = [text(p) for p in redis.smembers(_tenant_prefix(tenant) + "pros")]
     return sorted(found, key=lambda p: (not p.isdigit(), int(p) if p.isdigit() else 0, p))
 
 
@@ -201,7 +202,7 @@ def booked_on(redis: Redis, day: date) -> dict[str, list[str]]:
 
 def revision(redis: Redis, tenant: str) -> tuple[int, float | None]:
     """The tenant's change counter and when it last rose (epoch seconds), for feeds' caching."""
-    raw = redis.hgetall(revision_key(tenant))  # type: ignore[union-attr]
+    raw = redis.hgetall(revision_key(tenant))
     count = int(raw.get(b"n", b"0"))
     at = raw.get(b"at")
     return count, float(at) if at else None
