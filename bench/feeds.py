@@ -106,9 +106,6 @@ def main() -> int:
         remember_ms = (time.perf_counter() - started) * 1000
         index_keys = list(redis.scan_iter("sb:agenda:*"))
         index_bytes = sum(int(redis.memory_usage(k) or 0) for k in index_keys)
-        marks = 0
-        for k in redis.scan_iter("sb:mem:*:booking:*"):
-            marks += len(b"~~agenda.pro") + len(b"~~agenda.seen") + 8  # two small fields (listpack)
         used_after = int(redis.info("memory")["used_memory"])
 
         app = create_app(config, redis=redis)
@@ -137,7 +134,6 @@ def main() -> int:
             ["GET, If-None-Match hit (304)", f"{hit_ms:.2f} ms", ""],
             ["agenda() of one day", f"{query_ms:.2f} ms", f"{len(day)} bookings"],
             ["index: Redis bytes per booking", f"{index_bytes / args.bookings:.0f} B", f"{len(index_keys)} keys"],
-            ["index: marks in each memory hash", f"~{marks / args.bookings:.0f} B", ""],
             ["memory + index per booking (used_memory)", f"{(used_after - used_before) / args.bookings:.0f} B", ""],
             ["remember + index, pipelined", f"{remember_ms / args.bookings * 1000:.0f} µs/booking", ""],
         ]

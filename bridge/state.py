@@ -43,6 +43,7 @@ MEMORY_TYPES = frozenset(
         "booking.updated",
         "booking.cancelled",
         "booking.completed",
+        "booking.no_show",  # the agenda keeps a no-show in place with its status
         "payment.completed",
         "payment.failed",
         "payment.refunded",

@@ -268,3 +268,38 @@ def test_feed_urls_says_when_feeds_are_off(make_bridge, destination, redis_url: 
     bridge = make_bridge(with_redis(http_config(destination.url), redis_url))
     assert main(["feed-urls", "--config", bridge.config.path]) == 1
     assert "calendar_feeds:" in capsys.readouterr().err
+
+
+def test_a_no_show_keeps_its_place_with_its_status(feed_bridge: Bridge) -> None:
+    no_show = sample("booking.no_show", created="2026-01-02T10:00:00Z")  # only id and estado
+    deliver(feed_bridge, booking_event("booking.created", "2026-01-01T10:00:00Z"), no_show)
+    (event,), (other,) = both_parsers(fetch(feed_bridge, "5").data)
+    assert str(event["SUMMARY"]).startswith("No vino: ") and other.dtstart.hour == 10
+    assert [b["estado"] for b in agenda.agenda(feed_bridge.redis, TENANT, DAY, "5", MADRID)] == ["no_show"]
+
+
+def test_the_index_keeps_nothing_older_than_entity_retention(make_bridge, destination, redis_url: str) -> None:  # noqa: ANN001
+    text = with_redis(feeds_config(destination.url), redis_url).replace(
+        "retry:", "retention:\n  entities: 2d\nretry:", 1
+    )
+    bridge = make_bridge(text)
+    old = booking_event("booking.created", "2026-01-01T10:00:00Z", id=1, fecha=(DAY - timedelta(days=8)).isoformat())
+    deliver(bridge, old, booking_event("booking.created", "2026-01-01T10:00:00Z", id=2))
+    assert [m.decode() for m in bridge.redis.zrange(agenda.salon_key(TENANT), 0, -1)] == ["2"]
+    assert 0 < bridge.redis.ttl(agenda.salon_key(TENANT)) <= 2 * 86400
+
+
+def test_a_no_show_is_remembered_even_when_no_mapping_acts_on_it(make_bridge, destination, redis_url: str) -> None:  # noqa: ANN001
+    only_created = """
+  - name: created-to-crm
+    on: ["booking.created"]
+    actions:
+      - connector: crm
+        body: {id: "{{ event.id }}"}
+"""
+    extra = f'calendar_feeds:\n  secret: "{FEED_SECRET}"'
+    bridge = make_bridge(with_redis(http_config(destination.url, mappings=only_created, extra=extra), redis_url))
+    no_show = sample("booking.no_show", created="2026-01-02T10:00:00Z")
+    deliver(bridge, booking_event("booking.created", "2026-01-01T10:00:00Z"), no_show)
+    (event,), _ = both_parsers(fetch(bridge, "5").data)
+    assert str(event["SUMMARY"]).startswith("No vino: ")
