@@ -6,10 +6,12 @@ from __future__ import annotations
 import gzip
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import icalendar
 import pytest
+import requests
 from ical.calendar_stream import IcsCalendarStream
 
 from bridge import agenda
@@ -19,6 +21,7 @@ from mappings.config import ConfigError
 from tests.conftest import http_config
 from tests.harness import Bridge, sample
 from tests.test_cli import with_redis
+from tests.test_server import Serve
 
 FEED_SECRET = "feed-secret-0123456789"
 TENANT = "uuid-tenant"
@@ -303,3 +306,18 @@ def test_a_no_show_is_remembered_even_when_no_mapping_acts_on_it(make_bridge, de
     deliver(bridge, booking_event("booking.created", "2026-01-01T10:00:00Z"), no_show)
     (event,), _ = both_parsers(fetch(bridge, "5").data)
     assert str(event["SUMMARY"]).startswith("No vino: ")
+
+
+def test_serve_front_passes_feeds_with_their_conditional_headers(feed_bridge: Bridge, tmp_path) -> None:  # noqa: ANN001
+    deliver(feed_bridge, booking_event("booking.created", "2026-01-01T10:00:00Z"))
+    server = Serve(Path(feed_bridge.config.path), tmp_path / "serve.log", workers=1, threads=1)
+    try:
+        url = server.url + feed_path(feed_token(FEED_SECRET, TENANT, "5"))
+        first = requests.get(url, timeout=10)  # requests asks for gzip and undoes it
+        assert first.status_code == 200 and first.headers["Content-Encoding"] == "gzip"
+        assert both_parsers(first.content)[0]
+        again = requests.get(url, headers={"If-None-Match": first.headers["ETag"]}, timeout=10)
+        assert again.status_code == 304 and again.content == b""
+        assert requests.get(url[:-5] + "x.ics", timeout=10).status_code == 404
+    finally:
+        server.stop()
