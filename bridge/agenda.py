@@ -113,6 +113,11 @@ def revision_key(tenant: str) -> str:
     return _tenant_prefix(tenant) + "rev"
 
 
+def memory_key(tenant: str, booking_id: str) -> str:
+    """The booking's entity memory hash (as bridge.state.EntityMemory.key)."""
+    return f"{PREFIX}mem:{key_part(tenant)}:booking:{key_part(booking_id)}"
+
+
 def wall_score(moment: datetime, zone: ZoneInfo) -> int:
     """A moment on the index's scale: its wall-clock time in `zone`, as if that were UTC."""
     local = moment.astimezone(zone).replace(tzinfo=UTC)
@@ -146,13 +151,12 @@ def booking_ids(redis: Redis, tenant: str, start: int, end: int, professional: s
 
 def load_bookings(redis: Redis, tenant: str, ids: Iterable[str]) -> list[tuple[EntityView, dict[str, str]]]:
     """Each booking's newest state and its memory bookkeeping (`~` fields), skipping expired ones."""
-    from bridge.state import EntityMemory, _fields  # bridge.state queues the index: imported late
+    from bridge.state import _fields  # bridge.state queues the index: imported late
 
     ids = list(ids)
-    memory = EntityMemory(redis, 0)
     pipe = redis.pipeline(transaction=False)
     for booking_id in ids:
-        pipe.hgetall(memory.key(tenant, "booking", booking_id))
+        pipe.hgetall(memory_key(tenant, booking_id))
     found = []
     for booking_id, raw in zip(ids, pipe.execute(), strict=True):
         data = _fields(raw)

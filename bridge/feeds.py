@@ -40,6 +40,8 @@ TOKEN_LENGTH = 26
 CACHE_CONTROL = "max-age=300"  # short: a change shows at the next poll of clients that honour it
 REFRESH = timedelta(hours=1)  # REFRESH-INTERVAL / X-PUBLISHED-TTL (Google ignores both)
 CACHED_FEEDS = 512
+CACHED_EVENTS = 50_000  # rendered VEVENTs (~450 bytes each) kept by booking and version
+VERSION_MARK = "~~version"  # entity memory's change counter (bridge.state.VERSION_FIELD)
 DEFAULT_MINUTES = 30  # a booking with neither hora_fin nor service durations
 CANCELLED = frozenset({"cancelada", "cancelled", "canceled"})
 NO_SHOW = frozenset({"no_show", "no-show"})
@@ -98,6 +100,7 @@ class Feeds:
         self._owners: dict[str, tuple[str, str | None]] = {}
         self._scanned = -1  # the index's owners revision the lookup was built at
         self._cache: OrderedDict[str, Rendered] = OrderedDict()
+        self._events: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
         self._lock = threading.Lock()
         # Anything of the config a feed shows: a reload with other settings makes new ETags.
         shown = repr((settings.model_dump(exclude={"secret"}), config.model.staff, config.model.timezone))
@@ -156,33 +159,63 @@ class Feeds:
         return rendered
 
     def render(self, tenant: str, professional: str | None, today: date) -> bytes:
-        """The calendar: one VEVENT per booking from `past_days` before today to `future_days` after."""
+        """The calendar: one VEVENT per booking from `past_days` before today to `future_days` after.
+
+        Each VEVENT is icalendar's text of one version of its booking (memory's `~~version`, raised
+        by every change), kept while that version is current: after a change only the changed
+        bookings are read in full and rendered again."""
         start = agenda.day_score(today - timedelta(days=self.settings.past_days))
         end = agenda.day_score(today + timedelta(days=self.settings.future_days + 1))
         ids = agenda.booking_ids(self.redis, tenant, start, end, professional)
-        bookings = agenda.load_bookings(self.redis, tenant, ids)
-        if professional is None:
-            name = "Agenda del salón"
-        else:
-            name = f"Agenda de {staff_name(self.config, professional, [view for view, _ in bookings])}"
+        with_professional = professional is None
+        keys = [(tenant, booking_id, with_professional, version) for booking_id, version in self._versions(tenant, ids)]
+        with self._lock:
+            texts = {key: self._events[key] for key in keys if key in self._events}
+        missing = [key for key in keys if key not in texts]
+        for view, marks in agenda.load_bookings(self.redis, tenant, [key[1] for key in missing]):
+            event = self.event(tenant, view, marks, with_professional)
+            key = (tenant, view.entity_id, with_professional, marks.get(VERSION_MARK, "0"))
+            texts[key] = event.to_ical() if event is not None else b""
+        with self._lock:
+            for key in missing:
+                self._events[key] = texts.get(key, b"")
+            while len(self._events) > CACHED_EVENTS:
+                self._events.popitem(last=False)
         cal = Calendar()
         cal.add("prodid", "-//salon-bridge//agenda//ES")
         cal.add("version", "2.0")
         cal.add("calscale", "GREGORIAN")
         cal.add("method", "PUBLISH")
-        cal.add("x-wr-calname", name)
+        cal.add("x-wr-calname", self._calendar_name(tenant, professional, ids))
         cal.add("x-wr-timezone", self.config.model.timezone)
         cal.add("refresh-interval", REFRESH, parameters={"VALUE": "DURATION"})
         cal.add("x-published-ttl", "PT1H")
-        for view, marks in bookings:
-            event = self.event(tenant, view, marks, with_professional=professional is None)
-            if event is not None:
-                cal.add_component(event)
-        if not cal.walk("VEVENT"):  # still name the zone: clients show an empty feed in it
-            cal.add_component(_placeholder_zone(cal, self.zone, today))
-        else:
-            cal.add_missing_timezones()
-        return cal.to_ical()
+        cal.add_component(self._zone_component(today))
+        head, tail = cal.to_ical().rsplit(b"END:VCALENDAR", 1)
+        return head + b"".join(texts.get(key, b"") for key in keys) + b"END:VCALENDAR" + tail
+
+    def _versions(self, tenant: str, ids: list[str]) -> list[tuple[str, str]]:
+        """Each booking's memory version (bookings whose memory expired are left out)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for booking_id in ids:
+            pipe.hget(agenda.memory_key(tenant, booking_id), VERSION_MARK)
+        return [(i, v.decode()) for i, v in zip(ids, pipe.execute(), strict=True) if v is not None]
+
+    def _calendar_name(self, tenant: str, professional: str | None, ids: list[str]) -> str:
+        if professional is None:
+            return "Agenda del salón"
+        views = [view for view, _ in agenda.load_bookings(self.redis, tenant, ids[-1:])]
+        return f"Agenda de {staff_name(self.config, professional, views)}"
+
+    def _zone_component(self, today: date) -> Any:
+        """The salon zone's VTIMEZONE, with its transitions from two years before today to two after."""
+        first, last = today.replace(day=1) - timedelta(days=800), today + timedelta(days=800)
+        probe = Calendar()
+        event = Event()
+        event.add("dtstart", wall_clock(today, clock_time(12), self.zone))
+        probe.add_component(event)
+        probe.add_missing_timezones(first_date=first, last_date=last)
+        return probe.walk("VTIMEZONE")[0]
 
     def event(self, tenant: str, booking: EntityView, marks: dict[str, str], with_professional: bool) -> Event | None:
         """One booking as a VEVENT (None when hidden, or when its date or times do not parse)."""
@@ -272,16 +305,6 @@ def _euros(amount: Any) -> str:
     if isinstance(amount, bool) or not isinstance(amount, int | float):
         return ""
     return money(amount)
-
-
-def _placeholder_zone(cal: Calendar, zone: ZoneInfo, today: date) -> Any:
-    """The VTIMEZONE of a calendar with no events (icalendar adds zones only for those in use)."""
-    probe = Calendar()
-    event = Event()
-    event.add("dtstart", wall_clock(today, clock_time(12), zone))
-    probe.add_component(event)
-    probe.add_missing_timezones()
-    return probe.walk("VTIMEZONE")[0]
 
 
 def register_feeds(app: Flask, config: BridgeConfig, redis: Redis) -> None:

@@ -321,3 +321,10 @@ def test_serve_front_passes_feeds_with_their_conditional_headers(feed_bridge: Br
         assert requests.get(url[:-5] + "x.ics", timeout=10).status_code == 404
     finally:
         server.stop()
+
+
+def test_the_index_reads_the_memory_hash_entity_memory_writes(feed_bridge: Bridge) -> None:
+    from bridge.state import EntityMemory
+
+    memory = EntityMemory(feed_bridge.redis, 60)
+    assert agenda.memory_key("a:b%", "1:2") == memory.key("a:b%", "booking", "1:2")
