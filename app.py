@@ -16,6 +16,7 @@ from werkzeug.wsgi import get_input_stream
 
 from bridge import metrics
 from bridge.admin import register_admin
+from bridge.feeds import register_feeds
 from bridge.ingest import SIGNATURE_HEADER, Ingestor, Outcome
 from bridge.queue import connect, resolve_redis_url, work_queue
 from bridge.reload import config_versions
@@ -122,6 +123,7 @@ def create_app(config: BridgeConfig | str | None = None, redis: Redis | None = N
         return Response(body, content_type=content_type)
 
     register_admin(app, config, redis)
+    register_feeds(app, config, redis)
     fast_path = WebhookFastPath(app.wsgi_app, answer_webhook, config.webhook.max_body_bytes)
     app.wsgi_app = fast_path  # type: ignore[method-assign]
     app.extensions["salon_bridge"]["webhook"] = fast_path.respond

@@ -260,6 +260,17 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--secret", help="signing secret (default: $SALONBOOKIT_WEBHOOK_SECRET, else the config's)")
     send.add_argument("--tenant", help="tenant_id to put in the events (default: the sample's)")
 
+    urls = command(
+        "feed-urls",
+        cmd_feed_urls,
+        "Print the calendar feed link of each professional and of the whole salon (calendar_feeds:).",
+        "  salon-bridge feed-urls --base-url https://agenda.my-salon.example",
+    )
+    _config_option(urls)
+    urls.add_argument(
+        "--base-url", default="", help="the bridge's public address, e.g. https://host (default: paths only)"
+    )
+
     command(
         "hash-password",
         cmd_hash_password,
@@ -410,6 +421,29 @@ def _connector_problems(config: BridgeConfig, name: str, online: bool) -> list[s
     finally:
         connector.close()
     return [f"{config.path}: connectors.{name}: {problem}" for problem in found]
+
+
+def cmd_feed_urls(args: argparse.Namespace) -> int:
+    from bridge.feeds import feed_path, feed_token, owners, staff_name
+
+    with _runtime(args) as rt:
+        settings = rt.config.model.calendar_feeds
+        if settings is None:
+            raise CommandError("calendar feeds are off: add `calendar_feeds:` with a `secret` to the config")
+        found = owners(rt.config, rt.redis)
+        if not found:
+            print("no bookings received yet: links appear once the platform has sent a booking")
+        base = args.base_url.rstrip("/")
+        for tenant, professional in found:
+            if professional is None:
+                print(f"tenant {tenant}")
+                label = "salon (everyone)"
+            else:
+                label = f"{professional} {staff_name(rt.config, professional, [])}"
+            print(f"  {label:<32} {base}{feed_path(feed_token(settings.secret, tenant, professional))}")
+        if found and not base:
+            print("(add --base-url https://your-host to print whole links)", file=sys.stderr)
+    return 0
 
 
 def cmd_hash_password(args: argparse.Namespace) -> int:

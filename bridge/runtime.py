@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from zoneinfo import ZoneInfo
 
 from redis import Redis
 from rq import Queue
@@ -36,7 +37,7 @@ class Runtime:
         self.queue = work_queue(self.redis)
         retention = self.config.model.retention
         self.store = EventStore(self.redis, retention.events, retention.dead_letters)
-        self.memory = EntityMemory(self.redis, retention.entities)
+        self.memory = EntityMemory(self.redis, retention.entities, ZoneInfo(self.config.model.timezone))
         self.ordering = Ordering(self.redis, retention.entities)
 
     @classmethod

@@ -20,10 +20,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from redis import Redis
 from redis.client import Pipeline
 
+from bridge import agenda
 from bridge.store import PREFIX, key_part, text
 from connectors.base import CODE_FIELDS, KINDS, Subject
 from mappings.templates import EntityView
@@ -41,6 +43,7 @@ MEMORY_TYPES = frozenset(
         "booking.updated",
         "booking.cancelled",
         "booking.completed",
+        "booking.no_show",  # the agenda keeps a no-show in place with its status
         "payment.completed",
         "payment.failed",
         "payment.refunded",
@@ -156,9 +159,10 @@ class EntityMemory:
     entity lock (`bridge.jobs`): `remember_on` and `keys` queue the commands, `read` makes the
     views and the version of what came back."""
 
-    def __init__(self, redis: Redis, ttl: float):
+    def __init__(self, redis: Redis, ttl: float, zone: ZoneInfo | None = None):
         self.redis = redis
         self.ttl = int(ttl)
+        self.zone = zone or ZoneInfo("UTC")  # the salon's: bookings' wall-clock times are in it
 
     def key(self, tenant: str, kind: str, entity_id: str) -> str:
         return f"{PREFIX}mem:{key_part(tenant)}:{kind}:{key_part(entity_id)}"
@@ -172,7 +176,10 @@ class EntityMemory:
                 args += [_data_field(name), json.dumps(value, ensure_ascii=False)]
             # EVAL, not EVALSHA: Redis caches the compiled script by its hash anyway, and a
             # restarted Redis that forgot its scripts cannot fail the pipeline with NOSCRIPT.
-            pipe.eval(_MERGE, 1, self.key(envelope["tenant_id"], kind, str(obj["id"])), *args)
+            key = self.key(envelope["tenant_id"], kind, str(obj["id"]))
+            pipe.eval(_MERGE, 1, key, *args)
+            if kind == "booking":  # the agenda follows the merged, newest state, in the same pipeline
+                agenda.index_on(pipe, key, str(envelope["tenant_id"]), str(obj["id"]), self.ttl, self.zone)
 
     def remember(self, envelope: dict[str, Any]) -> None:
         pipe = self.redis.pipeline(transaction=False)

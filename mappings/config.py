@@ -178,6 +178,25 @@ class MetricsModel(_Strict):
     max_queue_age: Duration = 300  # /readyz fails when the oldest queued job waited longer
 
 
+class CalendarFeedsModel(_Strict):
+    """Signed ICS feeds at /calendars/<token>.ics (bridge/feeds.py): off unless set."""
+
+    secret: str = Field(min_length=16)  # signs the links; changing it revokes every one
+    past_days: int = Field(default=30, ge=0, le=400)
+    future_days: int = Field(default=120, ge=0, le=800)
+    customer: Literal["full_name", "first_name", "none"] = "first_name"
+    cancelled: Literal["show", "hide"] = "show"
+
+
+class StaffModel(_Strict):
+    """Optional name and contacts of one professional (by the platform's `profesional.id`)."""
+
+    name: str | None = None
+    email: str | None = None
+    slack: str | None = None
+    phone: str | None = None
+
+
 class ConfigModel(_Strict):
     version: Literal[1]
     timezone: str = "UTC"
@@ -188,8 +207,16 @@ class ConfigModel(_Strict):
     templates: TemplatesModel = TemplatesModel()
     admin: AdminModel | None = None
     metrics: MetricsModel = MetricsModel()
+    calendar_feeds: CalendarFeedsModel | None = None
+    staff: dict[str, StaffModel] = {}  # by professional id; see `BridgeConfig.staff_entry`
     connectors: dict[str, dict[str, Any]] = {}  # validated by each connector's own schema
     mappings: list[dict[str, Any]] = []  # validated one by one (MappingModel)
+
+    @field_validator("staff", mode="before")
+    @classmethod
+    def _staff_ids_as_text(cls, value: Any) -> Any:
+        # `5:` and `"5":` both name professional 5 (YAML reads the first as a number).
+        return {str(k): v for k, v in value.items()} if isinstance(value, dict) else value
 
     @field_validator("timezone")
     @classmethod
@@ -258,6 +285,10 @@ class BridgeConfig:
 
     def mappings_for(self, event_type: str, tenant_id: str) -> list[MappingSpec]:
         return [m for m in self.mappings if m.matches(event_type, tenant_id)]
+
+    def staff_entry(self, professional: str) -> StaffModel | None:
+        """The `staff:` entry of a professional id (as the platform sends it, e.g. "5"), if any."""
+        return self.model.staff.get(str(professional))
 
     def action(self, action_id: str) -> ActionSpec | None:
         for mapping in self.mappings:
