@@ -1,0 +1,238 @@
+"""Scheduled sends: one plan per (scheduled mapping, booking), kept in Redis, fired by the workers.
+
+Keys (under `sb:`):
+  sb:plans        sorted set: plan id -> when a worker should look at it (its due time; pushed
+                  a few minutes later while its job is on the queue, so a lost job is looked at again)
+  sb:plan-data    hash: plan id -> JSON {"e": event key, "d": due, "s": booking start, "n": note}
+  sb:plans:past   sorted set: "<event key> <action id>" of plans that ended (sent, cancelled,
+                  missed) by their planned time, for `scheduled`; trimmed with the event log
+  sb:fired:<plan id>:<start>   the event key whose plan went out for that booking start
+  sb:plans:config the fingerprint of the scheduled mappings the plans were made with
+
+A plan id is `<mapping>:<tenant>:<kind>:<id>` of the event's entity (its booking) (parts escaped by `key_part`). Every change to a
+plan is made by a worker holding the booking's entity lock, so the plan data is the truth and the
+sorted set only wakes it up. The plan's actions are ordinary actions of the event that last
+(re)planned it: their states on that event's record say `scheduled`, then what happened.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from fnmatch import fnmatchcase
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from redis import Redis
+from redis.client import Pipeline
+
+from bridge.queue import enqueue, work_queue
+from bridge.store import PREFIX, ActionState, EventStore, Status, key_part, record_key, text
+from mappings.config import BridgeConfig, MappingSpec
+from mappings.schedule import Decision, decide
+
+log = logging.getLogger("salon_bridge.schedules")
+
+PLANS = PREFIX + "plans"
+PLAN_DATA = PREFIX + "plan-data"
+PAST = PREFIX + "plans:past"
+FIRED_PREFIX = PREFIX + "fired:"
+CONFIG_KEY = PREFIX + "plans:config"
+REPLAN_LOCK = PREFIX + "plans:replanning"
+FIRE_PLAN = "bridge.jobs.fire_plan"
+SNOOZE = 300  # seconds before a plan whose job was queued is looked at again (the job was lost)
+WAKE_BATCH = 500  # plans queued per scheduler tick at most
+# The stored event a plan belongs to is kept until the send is over (retries included).
+KEEP_AFTER_SEND = 2 * 86400
+
+
+def plan_id(mapping: str, tenant: str, kind: str, entity_id: str) -> str:
+    return f"{mapping}:{key_part(tenant)}:{kind}:{key_part(entity_id)}"
+
+
+def mapping_of(plan: str) -> str:
+    return plan.split(":", 1)[0]
+
+
+@dataclass
+class Plan:
+    id: str
+    event: str  # key of the event whose actions it runs
+    due: float
+    start: float | None  # the booking start it is for (None for event.created anchors)
+    note: str = ""  # e.g. how quiet hours moved it
+
+    def to_json(self) -> str:
+        return json.dumps({"e": self.event, "d": self.due, "s": self.start, "n": self.note}, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, plan: str, raw: bytes | str) -> Plan:
+        data = json.loads(raw)
+        return cls(plan, data["e"], float(data["d"]), data.get("s"), data.get("n", ""))
+
+    def fired_key(self) -> str:
+        return f"{FIRED_PREFIX}{self.id}:{int(self.start if self.start is not None else self.due)}"
+
+
+def read_plans(redis: Redis, plans: list[str]) -> dict[str, Plan]:
+    if not plans:
+        return {}
+    raw = redis.hmget(PLAN_DATA, plans)
+    return {p: Plan.from_json(p, r) for p, r in zip(plans, raw, strict=True) if r is not None}  # type: ignore[arg-type]
+
+
+def scheduled_mappings(config: BridgeConfig, tenant: str) -> list[MappingSpec]:
+    return [m for m in config.mappings if m.schedule is not None and (m.tenants is None or tenant in m.tenants)]
+
+
+def when_text(moment: float, zone: ZoneInfo) -> str:
+    """A moment as the salon reads it: `03/12 10:30 CET`."""
+    return datetime.fromtimestamp(moment, zone).strftime("%d/%m/%Y %H:%M %Z")
+
+
+@dataclass
+class Planner:
+    """Makes, moves and drops plans, on a job's `writes` pipeline (sent with the job's other records)."""
+
+    redis: Redis
+    store: EventStore
+    zone: ZoneInfo
+
+    def apply(
+        self,
+        writes: Pipeline,
+        mapping: MappingSpec,
+        plan: str,
+        owner: str,
+        decision: Decision,
+        existing: Plan | None,
+        fired_by: str | None,
+        why: str = "",
+    ) -> str:
+        """Make the plan say `decision` for the event `owner`; returns a short outcome."""
+        now = time.time()
+        if decision.sends and fired_by is not None:
+            decision = Decision(
+                None,
+                decision.start,
+                Status.SKIPPED,
+                f"already sent for this appointment time (by event {fired_by.removeprefix('e-')})",
+            )
+        if not decision.sends:
+            if existing is not None:
+                self.drop(writes, mapping, existing, decision.status, decision.reason + why)
+                if existing.event == owner:
+                    return decision.status
+            self._mark(writes, mapping, owner, decision.status, decision.reason + why, None, now)
+            return decision.status
+        assert decision.due is not None
+        new = Plan(plan, owner, decision.due, decision.start, decision.note)
+        if existing is not None and existing.event != owner:
+            detail = f"re-planned by event {owner.removeprefix('e-')} for {when_text(new.due, self.zone)}"
+            self._mark(writes, mapping, existing.event, Status.CANCELLED, detail, existing, now)
+        writes.hset(PLAN_DATA, plan, new.to_json())
+        writes.zadd(PLANS, {plan: new.due})
+        # The event must outlive the send (the record's retention counts from when it came).
+        writes.expireat(record_key(owner), int(new.due + KEEP_AFTER_SEND + self.store.retention), gt=True)
+        detail = f"scheduled for {when_text(new.due, self.zone)} ({mapping.schedule.source if mapping.schedule else ''})"
+        if new.note:
+            detail += f"; {new.note}"
+        self._mark(writes, mapping, owner, Status.SCHEDULED, detail, new, now)
+        return Status.SCHEDULED
+
+    def drop(self, writes: Pipeline, mapping: MappingSpec | None, plan: Plan, status: str, reason: str) -> None:
+        """Remove a plan that will not fire, saying why on its event's actions."""
+        writes.hdel(PLAN_DATA, plan.id)
+        writes.zrem(PLANS, plan.id)
+        if mapping is not None:
+            self._mark(writes, mapping, plan.event, status, reason, plan, time.time())
+        else:
+            writes.zadd(PAST, {f"{plan.event} {plan.id}": plan.due})
+
+    def forget(self, writes: Pipeline, plan: Plan, action_ids: list[str]) -> None:
+        """The plan fired: it leaves the pending set and joins the past ones."""
+        writes.hdel(PLAN_DATA, plan.id)
+        writes.zrem(PLANS, plan.id)
+        writes.zadd(PAST, {f"{plan.event} {a}": plan.due for a in action_ids})
+
+    def _mark(
+        self, writes: Pipeline, mapping: MappingSpec, owner: str, status: str, detail: str, plan: Plan | None, now: float
+    ) -> None:
+        """Each of the mapping's actions on `owner`'s record takes the plan's status."""
+        for spec in mapping.actions:
+            state = ActionState(connector=spec.connector, status=status, detail=detail)
+            if plan is not None:
+                state.plan = {"id": plan.id, "due": plan.due, "start": plan.start, "note": plan.note}
+                state.next_attempt_at = plan.due if status == Status.SCHEDULED else None
+            state.history.append({"at": now, "attempt": 0, "outcome": status, "error": "", "detail": detail})
+            self.store.save_action(owner, spec.id, state, pipe=writes)
+            if status != Status.SCHEDULED:
+                writes.zadd(PAST, {f"{owner} {spec.id}": plan.due if plan is not None else now})
+
+
+def decide_for(
+    mapping: MappingSpec, booking: Any, event_created: datetime, event_type: str, zone: ZoneInfo, now: float
+) -> Decision:
+    """The plan for the newest `booking`, made by an event of `event_type`."""
+    assert mapping.schedule is not None
+    reacts = any(fnmatchcase(event_type, pattern) for pattern in mapping.patterns)
+    return decide(mapping.schedule, booking, event_created, zone, now, may_start_ended=reacts)
+
+
+# ---- waking due plans (in the worker's scheduler) -------------------------------------------------
+
+# Due plans are pushed SNOOZE seconds later and returned, atomically: the caller queues their jobs.
+_WAKE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[3])
+for i = 1, #due, 2 do
+  redis.call('ZADD', KEYS[1], 'XX', tonumber(ARGV[1]) + tonumber(ARGV[2]), due[i])
+end
+return due
+"""
+
+
+def wake_due_plans(redis: Redis, now: float | None = None) -> int:
+    """Queue a fire job for each plan whose time has come; the number queued."""
+    now = time.time() if now is None else now
+    answer = redis.eval(_WAKE, 1, PLANS, repr(now), SNOOZE, WAKE_BATCH)
+    if not answer:
+        return 0
+    queue = work_queue(redis)
+    pipe = redis.pipeline(transaction=True)
+    pairs = list(zip(answer[::2], answer[1::2], strict=True))  # type: ignore[index]
+    for member, score in pairs:
+        plan = text(member)
+        digest = hashlib.sha1(plan.encode()).hexdigest()[:20]
+        enqueue(queue, FIRE_PLAN, plan, job_id=f"plan-{digest}-{int(float(score) * 1000)}", pipeline=pipe)
+    pipe.execute()
+    return len(pairs)
+
+
+# ---- the config the plans were made with ----------------------------------------------------------
+
+
+def fingerprint(config: BridgeConfig) -> str:
+    """Changes whenever a config change can change a plan: scheduled mappings and the zone."""
+    parts = [
+        (m.name, m.patterns, m.tenants, repr(m.schedule), [a.id for a in m.actions])
+        for m in config.mappings
+        if m.schedule is not None
+    ]
+    return hashlib.sha256(json.dumps([config.model.timezone, parts], default=str).encode()).hexdigest()[:16]
+
+
+def booking_memory_keys(redis: Redis) -> Iterator[str]:
+    for key in redis.scan_iter(match=f"{PREFIX}mem:*:booking:*", count=1000):
+        yield text(key)
+
+
+def pending(redis: Redis) -> list[Plan]:
+    """Every pending plan, soonest first."""
+    plans = [text(p) for p in redis.zrange(PLANS, 0, -1)]
+    found = read_plans(redis, plans)
+    return sorted(found.values(), key=lambda p: p.due)
