@@ -9,8 +9,9 @@ Keys (under `sb:`):
   sb:fired:<plan id>:<start>   the event key whose plan went out for that booking start
   sb:plans:config the fingerprint of the scheduled mappings the plans were made with
 
-A plan id is `<mapping>:<tenant>:<kind>:<id>` of the event's entity (its booking) (parts escaped by `key_part`). Every change to a
-plan is made by a worker holding the booking's entity lock, so the plan data is the truth and the
+A plan id is `<mapping>:<tenant>:<kind>:<id>` of the event's entity, its booking (parts escaped
+by `key_part`). Every change to a plan is made by a worker holding the booking's entity lock, so
+the plan data is the truth and the
 sorted set only wakes it up. The plan's actions are ordinary actions of the event that last
 (re)planned it: their states on that event's record say `scheduled`, then what happened.
 """
@@ -44,6 +45,7 @@ PAST = PREFIX + "plans:past"
 FIRED_PREFIX = PREFIX + "fired:"
 CONFIG_KEY = PREFIX + "plans:config"
 REPLAN_LOCK = PREFIX + "plans:replanning"
+ENDING_EVENTS = frozenset({"booking.cancelled", "booking.no_show", "booking.completed"})
 FIRE_PLAN = "bridge.jobs.fire_plan"
 SNOOZE = 300  # seconds before a plan whose job was queued is looked at again (the job was lost)
 WAKE_BATCH = 500  # plans queued per scheduler tick at most
@@ -83,7 +85,7 @@ def read_plans(redis: Redis, plans: list[str]) -> dict[str, Plan]:
     if not plans:
         return {}
     raw = redis.hmget(PLAN_DATA, plans)
-    return {p: Plan.from_json(p, r) for p, r in zip(plans, raw, strict=True) if r is not None}  # type: ignore[arg-type]
+    return {p: Plan.from_json(p, r) for p, r in zip(plans, raw, strict=True) if r is not None}
 
 
 def scheduled_mappings(config: BridgeConfig, tenant: str) -> list[MappingSpec]:
@@ -139,7 +141,9 @@ class Planner:
         writes.zadd(PLANS, {plan: new.due})
         # The event must outlive the send (the record's retention counts from when it came).
         writes.expireat(record_key(owner), int(new.due + KEEP_AFTER_SEND + self.store.retention), gt=True)
-        detail = f"scheduled for {when_text(new.due, self.zone)} ({mapping.schedule.source if mapping.schedule else ''})"
+        detail = (
+            f"scheduled for {when_text(new.due, self.zone)} ({mapping.schedule.source if mapping.schedule else ''})"
+        )
         if new.note:
             detail += f"; {new.note}"
         self._mark(writes, mapping, owner, Status.SCHEDULED, detail, new, now)
@@ -161,7 +165,14 @@ class Planner:
         writes.zadd(PAST, {f"{plan.event} {a}": plan.due for a in action_ids})
 
     def _mark(
-        self, writes: Pipeline, mapping: MappingSpec, owner: str, status: str, detail: str, plan: Plan | None, now: float
+        self,
+        writes: Pipeline,
+        mapping: MappingSpec,
+        owner: str,
+        status: str,
+        detail: str,
+        plan: Plan | None,
+        now: float,
     ) -> None:
         """Each of the mapping's actions on `owner`'s record takes the plan's status."""
         for spec in mapping.actions:
@@ -180,8 +191,9 @@ def decide_for(
 ) -> Decision:
     """The plan for the newest `booking`, made by an event of `event_type`."""
     assert mapping.schedule is not None
-    reacts = any(fnmatchcase(event_type, pattern) for pattern in mapping.patterns)
-    return decide(mapping.schedule, booking, event_created, zone, now, may_start_ended=reacts)
+    # A mapping on the very event that ended the booking (booking.completed) means it.
+    ends = event_type in ENDING_EVENTS and any(fnmatchcase(event_type, pattern) for pattern in mapping.patterns)
+    return decide(mapping.schedule, booking, event_created, zone, now, may_start_ended=ends)
 
 
 # ---- waking due plans (in the worker's scheduler) -------------------------------------------------
@@ -204,7 +216,7 @@ def wake_due_plans(redis: Redis, now: float | None = None) -> int:
         return 0
     queue = work_queue(redis)
     pipe = redis.pipeline(transaction=True)
-    pairs = list(zip(answer[::2], answer[1::2], strict=True))  # type: ignore[index]
+    pairs = list(zip(answer[::2], answer[1::2], strict=True))
     for member, score in pairs:
         plan = text(member)
         digest = hashlib.sha1(plan.encode()).hexdigest()[:20]
