@@ -14,7 +14,6 @@ from typing import Any
 from flask.testing import FlaskClient
 from redis import Redis
 from rq import SimpleWorker
-
 from rq.serializers import JSONSerializer
 
 from app import create_app

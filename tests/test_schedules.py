@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from bridge import schedules
-from bridge.store import Status, event_key
+from bridge.store import Status
 from mappings.config import ConfigError, load_config_text, parse_duration
 from mappings.schedule import Schedule, decide, parse_at, parse_quiet_hours
 from tests.conftest import http_config
@@ -69,7 +69,9 @@ def test_a_reminder_whose_time_passed_at_booking_is_missed_with_the_reason() -> 
     schedule = Schedule("booking.start - 24h", "booking.start", -86400)
     decision = decide(schedule, booking(start), booked, MADRID, now=booked.timestamp())
     assert not decision.sends and decision.status == "missed"
-    assert decision.reason.startswith("booked 3 h before the appointment: the send at 'booking.start - 24h' was due 21 h ago")
+    assert decision.reason.startswith(
+        "booked 3 h before the appointment: the send at 'booking.start - 24h' was due 21 h ago"
+    )
 
 
 def test_a_little_late_goes_out_within_grace_but_never_after_the_start() -> None:
@@ -135,13 +137,16 @@ BAD_SCHEDULES = [
 
 @pytest.mark.parametrize(("mapping", "path", "message"), BAD_SCHEDULES, ids=["at", "anchor", "no-booking", "quiet"])
 def test_check_config_names_a_bad_schedule(mapping: str, path: str, message: str) -> None:
-    text = http_config("http://127.0.0.1:9", mappings=f"""
+    text = http_config(
+        "http://127.0.0.1:9",
+        mappings=f"""
   - name: reminder
     {mapping}
     actions:
       - connector: crm
         body: {{id: "{{{{ event.id }}}}"}}
-""")
+""",
+    )
     with pytest.raises(ConfigError) as caught:
         load_config_text(text, "config.yaml")
     problem = next(p for p in caught.value.problems if path in p)
@@ -199,9 +204,7 @@ def fire_due(bridge: Bridge, until: float) -> None:
         time.sleep(0.2)
 
 
-def test_a_reminder_fires_once_at_its_time(
-    make_bridge: Callable[[str], Bridge], destination: CapturingServer
-) -> None:
+def test_a_reminder_fires_once_at_its_time(make_bridge: Callable[[str], Bridge], destination: CapturingServer) -> None:
     start, offset = soon_booking(lead=2)
     bridge = make_bridge(reminder_config(destination.url, offset))
     assert bridge.post(created_for(start)).status_code == 202
@@ -313,13 +316,18 @@ def test_a_config_change_plans_for_bookings_already_known(
     from bridge.jobs import replan_all
 
     start, offset = soon_booking(lead=2)
-    bridge = make_bridge(http_config(destination.url, mappings="""
+    bridge = make_bridge(
+        http_config(
+            destination.url,
+            mappings="""
   - name: nothing
     on: ["payment.failed"]
     actions:
       - connector: crm
         body: {x: "1"}
-"""))
+""",
+        )
+    )
     bridge.post(created_for(start))
     bridge.drain()
     assert schedules.pending(bridge.redis) == []
