@@ -248,3 +248,96 @@ def pending(redis: Redis) -> list[Plan]:
     plans = [text(p) for p in redis.zrange(PLANS, 0, -1)]
     found = read_plans(redis, plans)
     return sorted(found.values(), key=lambda p: p.due)
+
+
+# ---- what is planned and what happened, for people ------------------------------------------------
+
+# What `scheduled --status` calls each action status of a scheduled send.
+SHOWN_STATUS = {
+    Status.SCHEDULED: "pending",
+    Status.DONE: "sent",
+    Status.DRY_RUN: "sent",
+    Status.RETRYING: "pending",
+    Status.PENDING: "pending",
+    Status.SENDING: "pending",
+}
+
+
+@dataclass
+class ScheduledSend:
+    """One action of a plan, pending or past, with what `scheduled` and /admin show of it."""
+
+    due: float
+    event: str  # key of the event the send belongs to
+    action: str
+    status: str  # pending | sent | cancelled | missed | skipped | dead
+    detail: str
+    code: str  # the booking's code (or id)
+    customer: str
+    sent_at: float | None = None
+
+    @property
+    def mapping(self) -> str:
+        return self.action.split("/", 1)[0]
+
+
+def listing(
+    redis: Redis,
+    store: EventStore,
+    booking: str | None = None,
+    within: float | None = None,
+    status: str | None = None,
+    now: float | None = None,
+) -> list[ScheduledSend]:
+    """Upcoming sends (within `within` seconds ahead) and past ones (as far back), soonest first."""
+    from bridge.state import subject_of  # bridge.state imports the agenda, which needs nothing of this
+
+    now = time.time() if now is None else now
+    low, high = ("-inf", "+inf") if within is None else (now - within, now + within)
+    members = [text(m).split(" ", 1) for m in redis.zrangebyscore(PAST, low, high)]
+    plans = [p for p in pending(redis) if within is None or p.due <= now + within]
+    keys = list(dict.fromkeys([p.event for p in plans] + [k for k, _ in members]))
+    records = {r.key: r for r in store.load_many(keys)}
+    pairs = [(key, action) for key, action in members if key in records]
+    for plan in plans:
+        record = records.get(plan.event)
+        for action, state in (record.actions if record else {}).items():
+            if state.plan and state.plan.get("id") == plan.id:
+                pairs.append((plan.event, action))
+    sends = []
+    for key, action in dict.fromkeys(pairs):
+        record = records[key]
+        found = record.actions.get(action)
+        if found is None or not found.plan:
+            continue
+        state, subject = found, subject_of(record.envelope)
+        shown = SHOWN_STATUS.get(Status(state.status), state.status) if state.status in set(Status) else state.status
+        sent_at = next((h["at"] for h in reversed(state.history) if h.get("planned_for")), None)
+        sends.append(
+            ScheduledSend(
+                float(state.plan.get("due") or 0),
+                key,
+                action,
+                shown,
+                state.last_error or state.detail,
+                subject.code or (subject.primary[1] if subject.primary else ""),
+                subject.customer_name,
+                sent_at,
+            )
+        )
+    if booking:
+        sends = [s for s in sends if booking in (s.code, _booking_id(records[s.event]))]
+    if status:
+        sends = [s for s in sends if s.status == status]
+    return sorted(sends, key=lambda s: (s.due, s.action))
+
+
+def _booking_id(record: Any) -> str:
+    booking = (record.envelope.get("data") or {}).get("booking") or {}
+    return str(booking.get("id", "")) if isinstance(booking, dict) else ""
+
+
+def trim(redis: Redis, retention: float, now: float | None = None) -> None:
+    """Forget past sends older than the event log's retention (their events are gone too)."""
+    now = time.time() if now is None else now
+    redis.zremrangebyscore(PAST, "-inf", now - retention)

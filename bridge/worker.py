@@ -251,7 +251,9 @@ class BridgeWorker(SimpleWorker):
         """RQ's periodic maintenance, and the bridge's: the event and dead-letter indexes forget
         what is older than their retention (the records expire by themselves)."""
         super().clean_registries()
-        runtime.current().store.trim()
+        rt = runtime.current()
+        rt.store.trim()
+        schedules.trim(rt.redis, rt.store.retention)
 
     def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
         # RQ also sets the job's last_heartbeat here, for callbacks that run after the job; the

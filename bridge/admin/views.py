@@ -52,6 +52,9 @@ BADGES: dict[str, tuple[str, str]] = {
     Status.DRY_RUN: ("dry run", "info"),
     Status.SKIPPED: ("skipped", "muted"),
     Status.STALE: ("stale", "muted"),
+    Status.SCHEDULED: ("scheduled", "wait"),
+    Status.CANCELLED: ("cancelled", "muted"),
+    Status.MISSED: ("missed", "warn"),
 }
 PUBLIC_STATIC = {"admin.css"}  # the login page's stylesheet
 SECURITY_HEADERS = {
