@@ -301,21 +301,21 @@ def listing(
     pairs = [(key, action) for key, action in members if key in records]
     for plan in plans:
         record = records.get(plan.event)
-        for action, state in (record.actions if record else {}).items():
-            if state.plan and state.plan.get("id") == plan.id:
+        for action, planned in (record.actions if record else {}).items():
+            if planned.plan and planned.plan.get("id") == plan.id:
                 pairs.append((plan.event, action))
     sends = []
     for key, action in dict.fromkeys(pairs):
         record = records[key]
-        found = record.actions.get(action)
-        if found is None or not found.plan:
+        state = record.actions.get(action)
+        if state is None or not state.plan:
             continue
-        state, subject = found, subject_of(record.envelope)
+        subject = subject_of(record.envelope)
         shown = SHOWN_STATUS.get(Status(state.status), state.status) if state.status in set(Status) else state.status
         sent_at = next((h["at"] for h in reversed(state.history) if h.get("planned_for")), None)
         sends.append(
             ScheduledSend(
-                float(state.plan.get("due") or 0),
+                float(state.plan["due"] or 0),
                 key,
                 action,
                 shown,
