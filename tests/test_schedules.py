@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from bridge import schedules
-from bridge.store import Status
+from bridge.store import Status, event_key
 from mappings.config import ConfigError, load_config_text, parse_duration
 from mappings.schedule import Schedule, decide, parse_at, parse_quiet_hours
 from tests.conftest import http_config
@@ -159,7 +159,7 @@ def test_check_config_names_a_bad_schedule(mapping: str, path: str, message: str
 def soon_booking(lead: float) -> tuple[datetime, int]:
     """A booking start a few minutes ahead (whole minutes, as the platform sends them) and the
     offset in seconds that makes `booking.start - offset` come `lead` seconds from now."""
-    start = datetime.now(MADRID).replace(second=0, microsecond=0) + timedelta(minutes=3)
+    start = datetime.now(MADRID).replace(second=0, microsecond=0) + timedelta(minutes=3, seconds=lead)
     return start, round(start.timestamp() - time.time() - lead)
 
 
@@ -366,3 +366,58 @@ def test_a_real_worker_fires_the_plan_from_its_scheduler(
     finally:
         worker.stop()
     assert bridge.record("evt_c1").actions["recordatorio/send"].status == Status.DONE
+
+
+def test_scheduled_lists_pending_and_past_sends(
+    make_bridge: Callable[[str], Bridge],
+    destination: CapturingServer,
+    redis_url: str,
+    write_config: Callable[[str, str], Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from bridge.cli import main
+
+    start, offset = soon_booking(lead=600)  # the send is 10 min ahead
+    text = reminder_config(destination.url, offset)
+    bridge = make_bridge(text)
+    bridge.post(created_for(start))
+    other = created_for(start, event_id="evt_other", booking_id=778)
+    other["data"]["booking"]["codigo"] = "ZZZ999"
+    bridge.post(other)
+    cancelled = sample("booking.cancelled")
+    cancelled["data"]["booking"].update(id=778, codigo="ZZZ999")
+    bridge.post(cancelled)
+    bridge.drain()
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    config = str(write_config(text, "cli.yaml"))
+
+    assert main(["scheduled", "--config", config]) == 0
+    out = capsys.readouterr().out
+    due = datetime.fromtimestamp(start.timestamp() - offset, MADRID).strftime("%Y-%m-%d %H:%M:%S")
+    assert f"{due}  pending    booking ABC123XY · Juan Pérez  recordatorio/send" in out
+    assert "cancelled  booking ZZZ999" in out and "the booking was cancelled" in out
+
+    assert main(["scheduled", "--config", config, "--status", "cancelled"]) == 0
+    assert "ABC123XY" not in capsys.readouterr().out
+    assert main(["scheduled", "--config", config, "--booking", "777", "--within", "1m"]) == 0
+    assert capsys.readouterr().out.strip() == "no scheduled sends matching the filters"
+
+
+def test_the_admin_shows_upcoming_sends_by_booking(
+    make_bridge: Callable[[str], Bridge], destination: CapturingServer
+) -> None:
+    from tests.test_admin import admin_yaml, logged_in
+
+    start, offset = soon_booking(lead=600)
+    text = reminder_config(destination.url, offset).replace("connectors:", admin_yaml() + "connectors:", 1)
+    bridge = make_bridge(text)
+    bridge.post(created_for(start))
+    bridge.drain()
+    client = logged_in(bridge)
+    page = client.get("/admin/scheduled").text
+    assert "ABC123XY" in page and "Juan Pérez" in page and "recordatorio/send" in page and "pending" in page
+    assert f'href="/admin/events/{event_key("evt_c1")}"' in page
+    assert "No scheduled sends for this booking" in client.get("/admin/scheduled?booking=NOPE").text
+    event_page = client.get(f"/admin/events/{event_key('evt_c1')}").text
+    assert "scheduled for" in event_page  # the event's own page shows its plan

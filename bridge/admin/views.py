@@ -337,6 +337,21 @@ def events() -> str | tuple[str, int]:
     )
 
 
+@blueprint.get("/scheduled")
+def scheduled() -> str:
+    """Upcoming (and recent) scheduled sends: the next 7 days by default, or one booking's."""
+    from bridge.schedules import listing
+
+    rt = _rt()
+    booking = (request.args.get("booking") or "").strip() or None
+    try:
+        days = min(max(int(request.args.get("days") or 7), 1), 400)
+    except ValueError:
+        days = 7
+    sends = listing(rt.redis, rt.store, booking, days * 86400)
+    return render_template("admin/scheduled.html", sends=sends, booking=booking or "", days=days, zone=_zone())
+
+
 def _load(key: str) -> EventRecord | None:
     if len(key) > 200:
         return None
