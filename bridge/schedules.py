@@ -3,7 +3,7 @@
 Keys (under `sb:`):
   sb:plans        sorted set: plan id -> when a worker should look at it (its due time; pushed
                   a few minutes later while its job is on the queue, so a lost job is looked at again)
-  sb:plan-data    hash: plan id -> JSON {"e": event key, "d": due, "s": booking start, "n": note}
+  sb:plan-data    hash: plan id -> "<event key>|<due>|<booking start>|<note>" (epoch seconds)
   sb:plans:past   sorted set: "<event key> <action id>" of plans that ended (sent, cancelled,
                   missed) by their planned time, for `scheduled`; trimmed with the event log
   sb:fired:<plan id>:<start>   the event key whose plan went out for that booking start
@@ -70,12 +70,14 @@ class Plan:
     note: str = ""  # e.g. how quiet hours moved it
 
     def to_json(self) -> str:
-        return json.dumps({"e": self.event, "d": self.due, "s": self.start, "n": self.note}, ensure_ascii=False)
+        """Compact (`<event>|<due>|<start>|<note>`, whole seconds): it is kept for every pending plan."""
+        start = "" if self.start is None else f"{self.start:.0f}"
+        return f"{self.event}|{self.due:.0f}|{start}|{self.note}"
 
     @classmethod
     def from_json(cls, plan: str, raw: bytes | str) -> Plan:
-        data = json.loads(raw)
-        return cls(plan, data["e"], float(data["d"]), data.get("s"), data.get("n", ""))
+        event, due, start, note = text(raw).split("|", 3)
+        return cls(plan, event, float(due), float(start) if start else None, note)
 
     def fired_key(self) -> str:
         return f"{FIRED_PREFIX}{self.id}:{int(self.start if self.start is not None else self.due)}"

@@ -7,6 +7,7 @@ one booking at one moment: send at a time, or not, and why, in words an owner re
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -154,7 +155,7 @@ def decide(
     late = now - due.timestamp()
     if late > schedule.grace or (before_start and start is not None and now >= start.timestamp()):
         return Decision(None, start_at, "missed", _missed_reason(schedule, planned, due, start, late, event_created))
-    return Decision(due.timestamp(), start_at, note=note)
+    return Decision(float(math.ceil(due.timestamp())), start_at, note=note)  # whole seconds, never early
 
 
 def _outside_quiet_hours(

@@ -205,7 +205,7 @@ def fire_due(bridge: Bridge, until: float) -> None:
 
 
 def test_a_reminder_fires_once_at_its_time(make_bridge: Callable[[str], Bridge], destination: CapturingServer) -> None:
-    start, offset = soon_booking(lead=2)
+    start, offset = soon_booking(lead=4)
     bridge = make_bridge(reminder_config(destination.url, offset))
     assert bridge.post(created_for(start)).status_code == 202
     bridge.post(created_for(start))  # the platform's duplicate
@@ -226,7 +226,7 @@ def test_a_reminder_fires_once_at_its_time(make_bridge: Callable[[str], Bridge],
 def test_a_move_replans_and_the_old_time_never_fires(
     make_bridge: Callable[[str], Bridge], destination: CapturingServer
 ) -> None:
-    start, offset = soon_booking(lead=2)
+    start, offset = soon_booking(lead=4)
     bridge = make_bridge(reminder_config(destination.url, offset))
     bridge.post(created_for(start))
     later = start + timedelta(days=1)
@@ -243,7 +243,7 @@ def test_a_move_replans_and_the_old_time_never_fires(
 def test_a_cancelled_booking_drops_its_plan_and_a_late_event_does_not_bring_it_back(
     make_bridge: Callable[[str], Bridge], destination: CapturingServer
 ) -> None:
-    start, offset = soon_booking(lead=2)
+    start, offset = soon_booking(lead=4)
     bridge = make_bridge(reminder_config(destination.url, offset))
     bridge.post(created_for(start))
     bridge.drain()
@@ -282,7 +282,7 @@ def test_a_moved_back_booking_gets_no_second_reminder_for_the_same_time(
 def test_when_is_evaluated_at_send_time_on_the_newest_memory(
     make_bridge: Callable[[str], Bridge], destination: CapturingServer
 ) -> None:
-    start, offset = soon_booking(lead=2)
+    start, offset = soon_booking(lead=4)
     bridge = make_bridge(reminder_config(destination.url, offset, when="when: \"booking.notas != 'sin recordatorio'\""))
     bridge.post(created_for(start))
     bridge.drain()
@@ -315,7 +315,7 @@ def test_a_config_change_plans_for_bookings_already_known(
 ) -> None:
     from bridge.jobs import replan_all
 
-    start, offset = soon_booking(lead=2)
+    start, offset = soon_booking(lead=4)
     bridge = make_bridge(
         http_config(
             destination.url,
