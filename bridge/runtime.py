@@ -56,7 +56,7 @@ class Runtime:
     def switch_config(self, config: BridgeConfig, version: str) -> None:
         """From the next job on, run on `config` (called between jobs: a job runs on one config).
         A connector whose type or settings changed is closed (rebuilt on first use); the others keep
-        their client. Issue 16's re-planning of scheduled sends belongs here too."""
+        their client. The worker then re-plans scheduled sends (bridge.worker.switch_config)."""
         for name in list(self._connectors):
             new = config.connectors.get(name)
             old = self.config.connectors[name]
