@@ -159,7 +159,7 @@ def test_check_config_names_a_bad_schedule(mapping: str, path: str, message: str
 def soon_booking(lead: float) -> tuple[datetime, int]:
     """A booking start a few minutes ahead (whole minutes, as the platform sends them) and the
     offset in seconds that makes `booking.start - offset` come `lead` seconds from now."""
-    start = datetime.now(MADRID).replace(second=0, microsecond=0) + timedelta(minutes=3, seconds=lead)
+    start = (datetime.now(MADRID) + timedelta(minutes=3, seconds=lead)).replace(second=0, microsecond=0)
     return start, round(start.timestamp() - time.time() - lead)
 
 
