@@ -8,6 +8,7 @@ import json
 import os
 import re
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
@@ -130,6 +131,21 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="do not take on a changed config file by itself (`salon-bridge reload` still does)",
     )
+
+    scheduled = command(
+        "scheduled",
+        cmd_scheduled,
+        "List scheduled sends (reminders, review requests): upcoming and past, with their status and reason.",
+        "  salon-bridge scheduled                       # the next 7 days and the last 7\n"
+        "  salon-bridge scheduled --booking ABC123XY --within 30d\n"
+        "  salon-bridge scheduled --status missed",
+    )
+    _config_option(scheduled)
+    scheduled.add_argument("--booking", help="only this booking (its code or id)")
+    scheduled.add_argument(
+        "--within", type=_duration, default=7 * 86400, help="this far ahead and back (default 7d; e.g. 48h, 30d)"
+    )
+    scheduled.add_argument("--status", choices=["pending", "sent", "cancelled", "missed", "skipped", "dead"])
 
     reload = command(
         "reload",
@@ -423,6 +439,25 @@ def _connector_problems(config: BridgeConfig, name: str, online: bool) -> list[s
     return [f"{config.path}: connectors.{name}: {problem}" for problem in found]
 
 
+def cmd_scheduled(args: argparse.Namespace) -> int:
+    from bridge.schedules import listing
+
+    with _runtime(args) as rt:
+        sends = listing(rt.redis, rt.store, args.booking, args.within, args.status)
+        clock = Clock(rt.config.model.timezone)
+        if not sends:
+            print(
+                "no scheduled sends" + (" matching the filters" if args.booking or args.status else " in that period")
+            )
+        for send in sends:
+            who = f" · {send.customer}" if send.customer else ""
+            sent = f", sent {clock.show(send.sent_at)}" if send.sent_at and send.status == "sent" else ""
+            print(f"{clock.show(send.due)}  {send.status:<9}  booking {send.code}{who}  {send.action}{sent}")
+            if send.detail:
+                print(f"    {send.detail[:300]}")
+    return 0
+
+
 def cmd_feed_urls(args: argparse.Namespace) -> int:
     from bridge.feeds import feed_path, feed_token, owners, staff_name
 
@@ -585,11 +620,33 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                 "booking, order and customer are what this event says alone"
             )
         planned = plan(config, envelope, context)
-    if not planned:
+    scheduled = [m for m in config.mappings_for(envelope["type"], envelope["tenant_id"]) if m.schedule is not None]
+    if not planned and not scheduled:
         print("  no mapping handles this event: it would be answered 200 ignored")
     for item in planned:
         _show_planned(config, item, context)
+    for mapping in scheduled:
+        _show_scheduled(config, mapping, envelope, context)
     return 0
+
+
+def _show_scheduled(config: BridgeConfig, mapping: Any, envelope: dict[str, Any], context: dict[str, Any]) -> None:
+    """When a scheduled mapping would send (judged now, on memory as it is)."""
+    from bridge.schedules import decide_for, when_text
+    from bridge.state import event_time
+
+    zone = ZoneInfo(config.model.timezone)
+    created = datetime.fromtimestamp(event_time(envelope), UTC)
+    decision = decide_for(mapping, context.get("booking"), created, envelope["type"], zone, time.time())
+    source = mapping.schedule.source if mapping.schedule else ""
+    print(f"\n- {mapping.name} (scheduled: {source})")
+    if decision.sends and decision.due is not None:
+        note = f"; {decision.note}" if decision.note else ""
+        print(f"  would send at {when_text(decision.due, zone)}{note}, if its condition holds then:")
+        for spec in mapping.actions:
+            print(f"    {spec.id} -> {spec.connector} ({config.connectors[spec.connector].cls.type}) {spec.action}")
+    else:
+        print(f"  would not send ({decision.status}): {decision.reason}")
 
 
 def _show_planned(config: BridgeConfig, item: PlannedAction, context: dict[str, Any]) -> None:

@@ -12,8 +12,10 @@ import hashlib
 import logging
 import random
 import time
+import uuid
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
@@ -23,15 +25,16 @@ from redis.exceptions import RedisError
 from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
-from bridge import metrics, redis_health
+from bridge import metrics, redis_health, schedules
 from bridge import runtime as runtime_module
 from bridge.queue import JOB_TIMEOUT, PROCESS_EVENT, RUN_ACTION, enqueue
 from bridge.runtime import Runtime
-from bridge.state import EntityBusy, RedisConnectorStore, subject_of
-from bridge.store import EVENT_ACTION, ActionState, EventRecord, Status, key_part, load_record, record_key
+from bridge.state import EntityBusy, RedisConnectorStore, event_time, memory_fields, subject_of
+from bridge.store import EVENT_ACTION, ActionState, EventRecord, Status, key_part, load_record, record_key, text
 from connectors.base import KINDS, ActionRequest, Entity, MissingDataError, PermanentError, Subject, TransientError
-from mappings.config import ActionSpec
-from mappings.routing import plan, render_action, template_context
+from mappings.config import ActionSpec, MappingSpec
+from mappings.routing import plan, render_action, skip_reason, template_context
+from mappings.schedule import Decision, booking_times
 from mappings.templates import EntityView, RenderError
 
 log = logging.getLogger("salon_bridge.jobs")
@@ -54,6 +57,7 @@ def process_event(key: str) -> str:
             return fail_event(rt, key, EVENT_ACTION, LOST_IN_REDIS)
         with EntityWork(rt, record, remember=True) as work:
             outcomes = [f"{action_id}={status}" for action_id, status in _first_attempts(rt, work)]
+            outcomes += [f"{mapping}={status}" for mapping, status in plan_sends(rt, work)]
             event_state = work.record.actions.get(EVENT_ACTION)
             if event_state is not None and event_state.status != Status.DONE:  # a replay of an event that had failed
                 event_state.status, event_state.detail = Status.DONE, "processed"
@@ -106,6 +110,8 @@ def run_action(key: str, action_id: str) -> str:
                 state.last_error = f"action {action_id!r} is no longer in the config"
                 rt.store.save_action(key, action_id, state, pipe=work.writes)
                 return state.status
+            if state.plan is not None and _plan_no_longer_holds(rt, work, spec, state):
+                return state.status
             attempt(rt, work, spec, state)
     except EntityBusy as busy:
         return _later(rt, RUN_ACTION, key, busy, action_id)
@@ -114,6 +120,242 @@ def run_action(key: str, action_id: str) -> str:
     except Exception as exc:  # noqa: BLE001
         return fail_event(rt, key, action_id, exc)
     return state.status
+
+
+def plan_sends(rt: Runtime, work: EntityWork) -> list[tuple[str, str]]:
+    """Make, move or drop the plans of the event's entity for every scheduled mapping: the ones the
+    event matches are (re)planned as its own actions; the others' existing plans follow what
+    memory now says (a move, a cancellation). Two round trips, only when there is a plan to see."""
+    record, subject = work.record, work.subject
+    mappings = schedules.scheduled_mappings(rt.config, subject.tenant)
+    if not mappings or subject.primary is None:
+        return []
+    kind, entity_id = subject.primary
+    ids = [schedules.plan_id(m.name, subject.tenant, kind, entity_id) for m in mappings]
+    existing = schedules.read_plans(rt.redis, ids)
+    now, created = time.time(), datetime.fromtimestamp(event_time(record.envelope), UTC)
+    booking = work.context.get("booking")
+    todo: list[tuple[MappingSpec, str, str, Decision]] = []
+    for mapping, plan_ref in zip(mappings, ids, strict=True):
+        matches = mapping.matches(record.type, subject.tenant)
+        if not matches and plan_ref not in existing:
+            continue
+        owner = record.key if matches else existing[plan_ref].event
+        owner_type = record.type if matches else _event_type(rt, owner)
+        decision = schedules.decide_for(mapping, booking, created, owner_type, rt.planner.zone, now)
+        old = existing.get(plan_ref)
+        if not matches and old is not None and decision.due == old.due and decision.start == old.start:
+            continue  # nothing this event says changes that plan
+        todo.append((mapping, plan_ref, owner, decision))
+    fired = _fired_by(rt, [(p, o, d) for _, p, o, d in todo])
+    outcomes = []
+    for (mapping, plan_ref, owner, decision), fired_by in zip(todo, fired, strict=True):
+        why = f" (event {record.id})" if owner != record.key else ""
+        old = existing.get(plan_ref)
+        status = rt.planner.apply(work.writes, mapping, plan_ref, owner, decision, old, fired_by, why)
+        metrics.record_plan(work.writes, status)
+        outcomes.append((mapping.name, status))
+    start = next((d.start for _, _, _, d in todo if d.start), None)
+    if start:  # a later config change can still attach a send to this event until the appointment
+        work.writes.expireat(record_key(record.key), int(start + rt.store.retention), gt=True)
+    return outcomes
+
+
+def _event_type(rt: Runtime, key: str) -> str:
+    raw = rt.redis.hget(record_key(key), "type")
+    return text(raw) if raw is not None else ""
+
+
+def _fired_by(rt: Runtime, plans: list[tuple[str, str, Decision]]) -> list[str | None]:
+    """For each plan that would send, the event whose send already went out for that booking time."""
+    keys = [schedules.Plan(p, o, d.due or 0, d.start).fired_key() for p, o, d in plans]
+    if not keys:
+        return []
+    found = rt.redis.mget(keys)
+    return [text(f) if f is not None and text(f) != o else None for f, (_, o, _) in zip(found, plans, strict=True)]
+
+
+def fire_plan(plan: str) -> str:
+    """A plan's time has come (queued by the worker's scheduler): check it against what memory
+    says now, then run its mapping's actions as the actions of the event that planned it."""
+    rt = runtime_module.current()
+    found = schedules.read_plans(rt.redis, [plan]).get(plan)
+    if found is None:
+        return "nothing to do: already sent or dropped"
+    mapping = rt.config.mapping(schedules.mapping_of(plan))
+    record = rt.store.load(found.event)
+    try:
+        if record is None or record.data_lost:
+            pipe = rt.redis.pipeline(transaction=True)
+            rt.planner.drop(pipe, mapping, found, Status.MISSED, "the event that planned it is gone from Redis")
+            pipe.execute()
+            return Status.MISSED
+        with EntityWork(rt, record, remember=False) as work:
+            return _fire(rt, work, plan, mapping)
+    except EntityBusy as busy:
+        enqueue(rt.queue, schedules.FIRE_PLAN, plan, delay=BUSY_DELAY)
+        log.info("plan %s: %s; trying again in %d s", plan, busy, BUSY_DELAY)
+        return f"busy, again in {BUSY_DELAY} s"
+
+
+def _fire(rt: Runtime, work: EntityWork, plan: str, mapping: MappingSpec | None) -> str:
+    found = schedules.read_plans(rt.redis, [plan]).get(plan)  # again, now under the entity's lock
+    now = time.time()
+    if found is None:
+        return "nothing to do: already sent or dropped"
+    if found.due > now + 1:
+        return "not due: it was planned again for later"
+    record, planner = work.record, rt.planner
+    if mapping is None or mapping.schedule is None:
+        for action_id, state in record.actions.items():
+            if state.plan and state.plan.get("id") == plan and state.status == Status.SCHEDULED:
+                state.status, state.detail = Status.CANCELLED, "its mapping is no longer scheduled in the config"
+                rt.store.save_action(record.key, action_id, state, pipe=work.writes)
+        planner.drop(work.writes, None, found, Status.CANCELLED, "")
+        return Status.CANCELLED
+    created = datetime.fromtimestamp(event_time(record.envelope), UTC)
+    decision = schedules.decide_for(mapping, work.context.get("booking"), created, record.type, planner.zone, now)
+    if decision.due != found.due or decision.start != found.start:
+        # Memory says something the plan does not (a late event, a config not applied yet).
+        status = planner.apply(work.writes, mapping, plan, found.event, decision, found, None)
+        return f"planned again: {status}"
+    fired_by = rt.redis.get(found.fired_key())
+    if fired_by is not None and text(fired_by) != found.event:
+        return planner.apply(work.writes, mapping, plan, found.event, decision, found, text(fired_by))
+    lateness = max(0.0, now - found.due)
+    # The mark is sent before the first connector call (with the action's `sending`): exactly once
+    # per booking time, even if this job runs again after a crash (same event: it carries on).
+    work.writes.set(found.fired_key(), found.event, exat=int(max(found.start or 0, now) + schedules.KEEP_AFTER_SEND))
+    reason = skip_reason(mapping, work.context)
+    outcomes = []
+    for spec in mapping.actions:
+        state = record.actions.get(spec.id) or ActionState(connector=spec.connector)
+        if state.status not in (Status.SCHEDULED, Status.PENDING, Status.SENDING):
+            continue
+        state.plan = state.plan or {"id": plan, "due": found.due, "start": found.start, "note": found.note}
+        if reason:
+            state.status, state.detail = Status.SKIPPED, f"at its time, {reason}"
+            rt.store.save_action(record.key, spec.id, state, pipe=work.writes)
+            metrics.record_action(work.writes, spec.connector, Status.SKIPPED, None)
+        else:
+            if state.status == Status.SCHEDULED:
+                state.status = Status.PENDING
+            attempt(rt, work, spec, state)
+        outcomes.append(f"{spec.id}={state.status}")
+    planner.forget(work.writes, found, [spec.id for spec in mapping.actions])
+    metrics.record_plan(work.writes, "fired", lateness)
+    return ", ".join(outcomes) or "nothing left to send"
+
+
+def replan_all(rt: Runtime) -> int | None:
+    """After a config change, plans follow it for every booking in memory still ahead: a new
+    scheduled mapping plans for them, a changed one moves its plans, a removed one drops them.
+    One worker does it (a lock); None when nothing changed or another worker is on it."""
+    fingerprint = schedules.fingerprint(rt.config)
+    stored = rt.redis.get(schedules.CONFIG_KEY)
+    if stored is not None and text(stored) == fingerprint:
+        return None
+    token = uuid.uuid4().hex
+    if not rt.redis.set(schedules.REPLAN_LOCK, token, nx=True, ex=600):
+        return None
+    try:
+        names = {m.name for m in rt.config.mappings if m.schedule is not None}
+        pipe = rt.redis.pipeline(transaction=True)
+        for found in schedules.pending(rt.redis):
+            if schedules.mapping_of(found.id) not in names:
+                _drop_removed(rt, pipe, found)
+        pipe.execute()
+        changed = sum(_replan_booking(rt, key) for key in schedules.booking_memory_keys(rt.redis)) if names else 0
+        rt.redis.set(schedules.CONFIG_KEY, fingerprint)
+        log.warning("scheduled sends follow the new config: %d plan(s) made, moved or dropped", changed)
+        return changed
+    finally:
+        if rt.redis.get(schedules.REPLAN_LOCK) == token.encode():
+            rt.redis.delete(schedules.REPLAN_LOCK)
+
+
+def _drop_removed(rt: Runtime, pipe: Pipeline, found: schedules.Plan) -> None:
+    record = rt.store.load(found.event)
+    for action_id, state in (record.actions if record else {}).items():
+        if state.plan and state.plan.get("id") == found.id and state.status == Status.SCHEDULED:
+            state.status, state.next_attempt_at = Status.CANCELLED, None
+            state.detail = f"not sent: mapping {schedules.mapping_of(found.id)!r} was removed from the config"
+            rt.store.save_action(found.event, action_id, state, pipe=pipe)
+    rt.planner.drop(pipe, None, found, Status.CANCELLED, "")
+    metrics.record_plan(pipe, Status.CANCELLED)
+
+
+def _replan_booking(rt: Runtime, memory_key: str) -> int:
+    """Re-plan one remembered booking whose appointment is still ahead; the plans changed."""
+    raw: dict[bytes, bytes] = rt.redis.hgetall(memory_key)  # type: ignore[assignment]
+    events = rt.memory.events_of(raw)
+    times = booking_times(memory_fields(raw), rt.planner.zone)
+    if not events or isinstance(times, str) or times[0].timestamp() < time.time():
+        return 0
+    records = {r.key: r for r in rt.store.load_many(list(dict.fromkeys(events.values()))) if not r.data_lost}
+    if not records:
+        return 0
+    newest = max(records.values(), key=lambda r: r.received_at)
+    changed = 0
+    with EntityWork(rt, newest, remember=False) as work:
+        subject = work.subject
+        if subject.primary is None:
+            return 0
+        mappings = schedules.scheduled_mappings(rt.config, subject.tenant)
+        ids = [schedules.plan_id(m.name, subject.tenant, *subject.primary) for m in mappings]
+        existing = schedules.read_plans(rt.redis, ids)
+        booking, now = work.context.get("booking"), time.time()
+        todo = []
+        for mapping, plan in zip(mappings, ids, strict=True):
+            old = existing.get(plan)
+            owners = [records[k] for t, k in events.items() if k in records and mapping.matches(t, subject.tenant)]
+            owner = records.get(old.event) if old else max(owners, key=lambda r: r.received_at, default=None)
+            if owner is None:
+                continue
+            created = datetime.fromtimestamp(event_time(owner.envelope), UTC)
+            decision = schedules.decide_for(mapping, booking, created, owner.type, rt.planner.zone, now)
+            if old is None and not decision.sends:
+                continue  # a new mapping says nothing about bookings it would not send for
+            if old is not None and decision.due == old.due and decision.start == old.start:
+                continue
+            todo.append((mapping, plan, owner.key, decision))
+        fired = _fired_by(rt, [(p, o, d) for _, p, o, d in todo])
+        for (mapping, plan, owner_key, decision), fired_by in zip(todo, fired, strict=True):
+            why = " (the config changed)"
+            status = rt.planner.apply(
+                work.writes, mapping, plan, owner_key, decision, existing.get(plan), fired_by, why
+            )
+            metrics.record_plan(work.writes, status)
+            changed += 1
+    return changed
+
+
+def _plan_no_longer_holds(rt: Runtime, work: EntityWork, spec: ActionSpec, state: ActionState) -> bool:
+    """A retry of a scheduled send checks the booking again: not for a cancelled or moved booking,
+    never after the appointment began. Records why and returns True when it does not go out."""
+    plan = state.plan or {}
+    mapping = rt.config.mapping(spec.mapping)
+    if mapping is None or mapping.schedule is None:
+        return False
+    created = datetime.fromtimestamp(event_time(work.record.envelope), UTC)
+    due = float(plan.get("due") or 0)
+    decision = schedules.decide_for(
+        mapping, work.context.get("booking"), created, work.record.type, rt.planner.zone, due
+    )
+    reason = ""
+    if not decision.sends:
+        reason = decision.reason
+    elif decision.start != plan.get("start"):
+        reason = f"the booking was moved (now {schedules.when_text(decision.start or 0, rt.planner.zone)})"
+    elif decision.start is not None and due < decision.start <= time.time():
+        reason = "the appointment has begun; a reminder is never sent after that"
+    if not reason:
+        return False
+    state.status = Status.CANCELLED if decision.status != Status.MISSED and "begun" not in reason else Status.MISSED
+    state.detail, state.next_attempt_at = f"not sent: {reason}", None
+    rt.store.save_action(work.record.key, spec.id, state, pipe=work.writes)
+    metrics.record_plan(work.writes, state.status)
+    return True
 
 
 def fail_event(rt: Runtime, key: str, action_id: str, exc: BaseException | str) -> str:
@@ -173,6 +415,7 @@ class EntityWork:
         pipe = self.rt.redis.pipeline(transaction=False)
         if self.remember:
             self.rt.memory.remember_on(pipe, envelope)
+            self.rt.memory.note_event_on(pipe, self.subject, self.record.type, self.record.key)
         if self.lock is not None:
             self.lock.acquire_on(pipe)
         try:
@@ -326,6 +569,7 @@ def attempt(rt: Runtime, work: EntityWork, spec: ActionSpec, state: ActionState)
             "error": error or "",
             "duration_ms": round(duration * 1000, 1),
             "config": rt.version,  # the config version this attempt ran under (bridge.reload)
+            **({"planned_for": state.plan.get("due")} if state.plan else {}),
         }
     )
     rt.store.save_action(record.key, spec.id, state, pipe=work.writes)

@@ -69,6 +69,20 @@ def record_action(
     pipe.expire(hour_key, HOURLY_TTL)
 
 
+PLANS_KEY = PREFIX + "metrics:plans"  # hash outcome -> count of scheduled sends
+LATENESS_KEY = PREFIX + "metrics:plan_lateness"  # hash "<bucket index>" / "sum" -> lateness of fired plans
+LATENESS_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
+
+
+def record_plan(pipe: Pipeline, outcome: str, lateness: float | None = None) -> None:
+    """Count a plan made, moved, dropped or fired; for a fired one, how late it went (actual - planned)."""
+    pipe.hincrby(PLANS_KEY, outcome, 1)
+    if lateness is not None:
+        bucket = next((i for i, bound in enumerate(LATENESS_BUCKETS) if lateness <= bound), len(LATENESS_BUCKETS))
+        pipe.hincrby(LATENESS_KEY, str(bucket), 1)
+        pipe.hincrbyfloat(LATENESS_KEY, "sum", lateness)
+
+
 def recent_outcomes(redis: Redis, now: float | None = None, hours: int = 24) -> dict[str, int]:
     """Action outcomes counted in the current hour and the `hours - 1` before it."""
     now = time.time() if now is None else now
@@ -174,7 +188,10 @@ class RedisCollector(Collector):
             pipe.zcard(DEAD_INDEX)
             pipe.zcard(EVENTS_INDEX)
             pipe.get(POSSIBLE_DUPLICATES_KEY)
-            actions, seconds, dead_now, stored, duplicates = pipe.execute()
+            pipe.hgetall(PLANS_KEY)
+            pipe.hgetall(LATENESS_KEY)
+            pipe.zcard(PREFIX + "plans")  # bridge.schedules.PLANS: the pending plans
+            actions, seconds, dead_now, stored, duplicates, plans, lateness, pending = pipe.execute()
             status = queue_status(self.queue)
         except RedisError:
             up.add_metric([], 0)
@@ -222,6 +239,30 @@ class RedisCollector(Collector):
         )
         possible.add_metric([], int(duplicates or 0))
         yield possible
+        yield from _plan_metrics(plans, lateness, pending)
+
+
+def _plan_metrics(plans: dict[bytes, bytes], lateness: dict[bytes, bytes], pending: int) -> Iterator[Metric]:
+    waiting = GaugeMetricFamily("salon_bridge_scheduled_pending", "Scheduled sends waiting for their time")
+    waiting.add_metric([], float(pending))
+    yield waiting
+    outcomes = CounterMetricFamily(
+        "salon_bridge_scheduled", "Scheduled sends by what happened to their plan", labels=["outcome"]
+    )
+    for field, count in sorted(plans.items()):
+        outcomes.add_metric([field.decode()], int(count))
+    yield outcomes
+    histogram = HistogramMetricFamily(
+        "salon_bridge_scheduled_lateness_seconds", "How late a scheduled send fired (actual - planned)"
+    )
+    cumulative, buckets = 0.0, []
+    for index, bound in enumerate(LATENESS_BUCKETS):
+        cumulative += float(lateness.get(str(index).encode(), 0))
+        buckets.append((repr(bound), cumulative))
+    cumulative += float(lateness.get(str(len(LATENESS_BUCKETS)).encode(), 0))
+    buckets.append(("+Inf", cumulative))
+    histogram.add_metric([], buckets, sum_value=float(lateness.get(b"sum", 0)))
+    yield histogram
 
 
 def _action_histogram(raw: dict[bytes, bytes]) -> HistogramMetricFamily:

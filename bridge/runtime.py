@@ -14,6 +14,7 @@ from redis import Redis
 from rq import Queue
 
 from bridge.queue import connect, resolve_redis_url, work_queue
+from bridge.schedules import Planner
 from bridge.state import EntityMemory, Ordering
 from bridge.store import EventStore
 from connectors.base import Connector
@@ -31,6 +32,7 @@ class Runtime:
     store: EventStore = field(init=False)
     memory: EntityMemory = field(init=False)
     ordering: Ordering = field(init=False)
+    planner: Planner = field(init=False)
     _connectors: dict[str, Connector] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
@@ -39,6 +41,7 @@ class Runtime:
         self.store = EventStore(self.redis, retention.events, retention.dead_letters)
         self.memory = EntityMemory(self.redis, retention.entities, ZoneInfo(self.config.model.timezone))
         self.ordering = Ordering(self.redis, retention.entities)
+        self.planner = Planner(self.redis, self.store, ZoneInfo(self.config.model.timezone))
 
     @classmethod
     def from_config(cls, config: BridgeConfig, redis_url: str | None = None, dry_run: bool = False) -> Runtime:
@@ -53,7 +56,7 @@ class Runtime:
     def switch_config(self, config: BridgeConfig, version: str) -> None:
         """From the next job on, run on `config` (called between jobs: a job runs on one config).
         A connector whose type or settings changed is closed (rebuilt on first use); the others keep
-        their client. Issue 16's re-planning of scheduled sends belongs here too."""
+        their client. The worker then re-plans scheduled sends (bridge.worker.switch_config)."""
         for name in list(self._connectors):
             new = config.connectors.get(name)
             old = self.config.connectors[name]

@@ -35,6 +35,7 @@ from mappings.templates import EntityView
 # the lock is renewed while a call is in flight (`EntityLock.held_during`).
 LOCK_TIMEOUT = 75
 VERSION_FIELD = "~~version"
+EVENT_FIELD = "~~ev:"  # + event type: the key of that type's latest event about a booking
 
 # Event types accepted for memory even when no mapping acts on them (so later events can use them).
 MEMORY_TYPES = frozenset(
@@ -181,6 +182,17 @@ class EntityMemory:
             if kind == "booking":  # the agenda follows the merged, newest state, in the same pipeline
                 agenda.index_on(pipe, key, str(envelope["tenant_id"]), str(obj["id"]), self.ttl, self.zone)
 
+    def note_event_on(self, pipe: Pipeline, subject: Subject, event_type: str, key: str) -> None:
+        """Queue noting the latest event of each type of a booking (`~~ev:<type>`), to which a
+        scheduled mapping added later attaches its sends (bridge.schedules)."""
+        if subject.primary is not None and subject.primary[0] == "booking":
+            pipe.hset(self.key(subject.tenant, *subject.primary), EVENT_FIELD + event_type, key)
+
+    def events_of(self, raw: dict[bytes, bytes]) -> dict[str, str]:
+        """The latest event key of each type, from a booking's memory hash."""
+        prefix = EVENT_FIELD.encode()
+        return {k[len(prefix) :].decode(): text(v) for k, v in raw.items() if k.startswith(prefix)}
+
     def remember(self, envelope: dict[str, Any]) -> None:
         pipe = self.redis.pipeline(transaction=False)
         self.remember_on(pipe, envelope)
@@ -249,6 +261,11 @@ class EntityMemory:
 
     def _hgetall(self, key: str) -> dict[bytes, bytes]:
         return self.redis.hgetall(key)  # type: ignore[return-value]
+
+
+def memory_fields(raw: dict[bytes, bytes] | None) -> dict[str, Any] | None:
+    """A memory hash (HGETALL) as the nested object it was flattened from."""
+    return _fields(raw)
 
 
 def _fields(raw: dict[bytes, bytes] | None) -> dict[str, Any] | None:

@@ -37,6 +37,9 @@ class Status(StrEnum):
     DRY_RUN = "dry-run"
     SKIPPED = "skipped"  # the mapping's condition was false
     STALE = "stale"  # the external object already has everything known up to this event
+    SCHEDULED = "scheduled"  # a scheduled mapping's action, waiting for its time (bridge/schedules.py)
+    CANCELLED = "cancelled"  # a scheduled send that will not go out: the booking was cancelled, moved, ...
+    MISSED = "missed"  # a scheduled send whose time passed beyond its grace (or the appointment began)
 
 
 # The entry under which an event that could not be processed at all is recorded, as an action
@@ -84,6 +87,7 @@ class ActionState:
     rendered: dict[str, Any] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     forced: bool = False  # queued again by `replay --force`
+    plan: dict[str, Any] | None = None  # a scheduled send's plan: id, due, start (epoch seconds), note
 
     def to_json(self) -> str:
         return json.dumps(vars(self), ensure_ascii=False, default=str)  # asdict() would deep-copy first

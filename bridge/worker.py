@@ -10,11 +10,13 @@ from typing import Any
 from redis.client import Pipeline
 from redis.exceptions import ConnectionError, OutOfMemoryError, RedisError, TimeoutError
 from rq import Queue, SimpleWorker, worker_registration
+from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
 from rq.job import Job
+from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 from rq.utils import now
 
-from bridge import redis_health, reload, runtime
+from bridge import jobs, redis_health, reload, runtime, schedules
 from bridge.runtime import Runtime
 from mappings.config import BridgeConfig
 
@@ -62,6 +64,16 @@ def _what_is_wrong(exc: RedisError) -> str:
     if isinstance(exc, ConnectionError | TimeoutError):
         return "does not answer"
     return "refused a command"
+
+
+class PlanScheduler(RQScheduler):
+    """RQ's scheduler (one per queue, under RQ's lock, in a process beside a worker), which also
+    queues the scheduled sends whose time has come (bridge.schedules), every second."""
+
+    def enqueue_scheduled_jobs(self) -> None:
+        super().enqueue_scheduled_jobs()
+        if self._acquired_locks:
+            schedules.wake_due_plans(self.connection)
 
 
 class BridgeWorker(SimpleWorker):
@@ -118,9 +130,35 @@ class BridgeWorker(SimpleWorker):
         if self.pubsub_thread is None:
             super().subscribe()
 
-    def _start_scheduler(self, *args: Any, **kwargs: Any) -> None:
+    def _start_scheduler(
+        self,
+        burst: bool = False,
+        logging_level: str | None = "INFO",
+        date_format: str = DEFAULT_LOGGING_DATE_FORMAT,
+        log_format: str = DEFAULT_LOGGING_FORMAT,
+    ) -> None:
+        """RQ's own (rq/worker/base.py), with the PlanScheduler in place of RQScheduler."""
         try:
-            super()._start_scheduler(*args, **kwargs)
+            self.scheduler = PlanScheduler(
+                self.queues,
+                connection=self.connection,
+                logging_level=logging_level if logging_level is not None else self.log.level,
+                date_format=date_format,
+                log_format=log_format,
+                serializer=self.serializer,
+            )
+            self.scheduler.acquire_locks()
+            if not self.scheduler.acquired_locks:
+                return
+            if not burst:
+                self.scheduler.start()
+                return
+            try:
+                self.scheduler.register_birth()
+                self.scheduler.enqueue_scheduled_jobs()
+            finally:
+                self.scheduler.release_locks()
+                self.scheduler.register_death()
         except RedisError as exc:
             # RQ's maintenance starts it later (every maintenance_interval) when it is not running.
             log.warning(
@@ -151,6 +189,7 @@ class BridgeWorker(SimpleWorker):
         rt = runtime.current()
         old = rt.version
         rt.switch_config(config, version)
+        _replan(rt)
         log.warning("worker %s: switched to config version %s (was %s)", self.name, version, old)
         self.report_config()
 
@@ -212,7 +251,9 @@ class BridgeWorker(SimpleWorker):
         """RQ's periodic maintenance, and the bridge's: the event and dead-letter indexes forget
         what is older than their retention (the records expire by themselves)."""
         super().clean_registries()
-        runtime.current().store.trim()
+        rt = runtime.current()
+        rt.store.trim()
+        schedules.trim(rt.redis, rt.store.retention)
 
     def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
         # RQ also sets the job's last_heartbeat here, for callbacks that run after the job; the
@@ -238,6 +279,14 @@ class PerJobLinesAtDebug(logging.Filter):
         if record.levelno == logging.INFO and record.msg in self.PER_JOB:
             return logging.getLogger().isEnabledFor(logging.DEBUG)
         return True
+
+
+def _replan(rt: Runtime) -> None:
+    """Scheduled sends follow a changed config (bridge.jobs.replan_all); Redis away: the next start does it."""
+    try:
+        jobs.replan_all(rt)
+    except RedisError as exc:
+        log.warning("worker: scheduled sends could not follow the config now (%s: %s)", type(exc).__name__, exc)
 
 
 PER_JOB_LINES_AT_DEBUG = PerJobLinesAtDebug()
@@ -277,6 +326,7 @@ def run_worker(
             source.install_sighup()
             source.start(watch)
         try:
+            _replan(rt)
             worker.work(burst=burst, with_scheduler=True)
         finally:
             if source is not None:

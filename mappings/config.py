@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from connectors.base import ActionFields, Connector, ConnectorConfigError, Settings, connector_class
+from mappings.schedule import Schedule, parse_at, parse_quiet_hours
 from mappings.templates import (
     DEFAULT_RENDER_TIMEOUT,
     CompiledTemplate,
@@ -117,10 +118,37 @@ class TemplatesModel(_Strict):
     render_timeout: Duration = Field(default=DEFAULT_RENDER_TIMEOUT, le=60)
 
 
+class ScheduleModel(_Strict):
+    """`schedule:` of a mapping: its actions run at a time computed from the booking (mappings/schedule.py)."""
+
+    at: str
+    quiet_hours: str | None = None
+    grace: Duration = 15 * 60
+
+    @field_validator("at")
+    @classmethod
+    def _parses(cls, at: str) -> str:
+        parse_at(at, parse_duration)
+        return at
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _window(cls, quiet: str | None) -> str | None:
+        if quiet is not None:
+            parse_quiet_hours(quiet)
+        return quiet
+
+    def parsed(self) -> Schedule:
+        anchor, offset = parse_at(self.at, parse_duration)
+        quiet = parse_quiet_hours(self.quiet_hours) if self.quiet_hours else None
+        return Schedule(self.at.strip(), anchor, offset, self.grace, quiet)
+
+
 class MappingModel(_Strict):
     name: str
     on: list[str] = Field(min_length=1)
     when: str | None = None
+    schedule: ScheduleModel | None = None
     tenant: list[str] | None = None
     actions: list[dict[str, Any]] = Field(min_length=1)
 
@@ -248,6 +276,7 @@ class MappingSpec:
     tenants: list[str] | None
     when: CompiledTemplate | None
     actions: list[ActionSpec]
+    schedule: Schedule | None = None  # None: the actions run when the event arrives
 
     def matches(self, event_type: str, tenant_id: str) -> bool:
         if self.tenants is not None and tenant_id not in self.tenants:
@@ -289,6 +318,9 @@ class BridgeConfig:
     def staff_entry(self, professional: str) -> StaffModel | None:
         """The `staff:` entry of a professional id (as the platform sends it, e.g. "5"), if any."""
         return self.model.staff.get(str(professional))
+
+    def mapping(self, name: str) -> MappingSpec | None:
+        return next((m for m in self.mappings if m.name == name), None)
 
     def action(self, action_id: str) -> ActionSpec | None:
         for mapping in self.mappings:
@@ -468,7 +500,13 @@ def _load_mappings(
             except TemplateCompileError as exc:
                 problems.add((*where, "when"), str(exc))
         actions = loader.load_all(mapping.name, mapping.actions, where)
-        mappings.append(MappingSpec(mapping.name, mapping.on, mapping.tenant, when, actions))
+        schedule = mapping.schedule.parsed() if mapping.schedule else None
+        if schedule is not None and schedule.on_booking and not _reacts_to_bookings(mapping.on):
+            problems.add(
+                (*where, "schedule", "at"),
+                f"{schedule.anchor!r} needs a booking, but `on:` has no booking event (e.g. booking.created)",
+            )
+        mappings.append(MappingSpec(mapping.name, mapping.on, mapping.tenant, when, actions, schedule))
     return mappings
 
 
@@ -483,6 +521,10 @@ def _check_what_can_be(raw: Any, where: Path_, loader: _ActionLoader) -> None:
     if isinstance(actions, list):
         name = raw.get("name")
         loader.load_all(name if isinstance(name, str) else f"mappings[{where[1]}]", actions, where)
+
+
+def _reacts_to_bookings(patterns: list[str]) -> bool:
+    return any(fnmatchcase(t, p) for p in patterns for t in EVENT_TYPES if t.startswith("booking."))
 
 
 def _check_event_types(patterns: list[str], where: Path_, problems: _Problems) -> None:

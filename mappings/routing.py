@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from mappings.config import ActionSpec, BridgeConfig
+from mappings.config import ActionSpec, BridgeConfig, MappingSpec
 from mappings.templates import EntityView, RenderError, render_deadline, render_structure
 
 
@@ -16,18 +16,26 @@ class PlannedAction:
 
 
 def plan(config: BridgeConfig, envelope: dict[str, Any], context: dict[str, Any]) -> list[PlannedAction]:
-    """Every action of every mapping matching the event, in config order."""
+    """Every action the event runs now: of every mapping matching it without a `schedule:`, in
+    config order (scheduled mappings are planned by bridge.schedules instead)."""
     planned: list[PlannedAction] = []
     for mapping in config.mappings_for(envelope["type"], envelope["tenant_id"]):
-        reason = None
-        if mapping.when is not None:
-            try:
-                if mapping.when.render(context) != "true":
-                    reason = f"condition of mapping {mapping.name!r} is false: {mapping.when.source}"
-            except RenderError as exc:
-                reason = f"condition of mapping {mapping.name!r} could not be evaluated: {exc}"
-        planned.extend(PlannedAction(action, reason) for action in mapping.actions)
+        if mapping.schedule is None:
+            reason = skip_reason(mapping, context)
+            planned.extend(PlannedAction(action, reason) for action in mapping.actions)
     return planned
+
+
+def skip_reason(mapping: MappingSpec, context: dict[str, Any]) -> str | None:
+    """Why the mapping's condition keeps its actions from running, or None when it is true."""
+    if mapping.when is None:
+        return None
+    try:
+        if mapping.when.render(context) != "true":
+            return f"condition of mapping {mapping.name!r} is false: {mapping.when.source}"
+    except RenderError as exc:
+        return f"condition of mapping {mapping.name!r} could not be evaluated: {exc}"
+    return None
 
 
 def render_action(spec: ActionSpec, context: dict[str, Any]) -> dict[str, Any]:

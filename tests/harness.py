@@ -14,12 +14,12 @@ from typing import Any
 from flask.testing import FlaskClient
 from redis import Redis
 from rq import SimpleWorker
-from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 
 from app import create_app
 from bridge import redis_health, runtime
 from bridge.runtime import Runtime
+from bridge.worker import PlanScheduler
 from mappings.config import BridgeConfig, load_config
 
 SECRET = "test-secret"
@@ -68,9 +68,10 @@ class Bridge:
         return self.client.post("/webhooks", data=body, headers=all_headers)
 
     def drain(self, timeout: float = 20.0) -> None:
-        """Run queued jobs in-process, and due scheduled retries, until nothing is left."""
+        """Run queued jobs in-process, and due scheduled retries and sends, until nothing is left
+        (sends planned for later stay planned)."""
         queue = self.runtime.queue
-        scheduler = RQScheduler([queue], connection=self.redis, serializer=JSONSerializer)
+        scheduler = PlanScheduler([queue], connection=self.redis, serializer=JSONSerializer)
         assert scheduler.acquire_locks() == {queue.name}, "another scheduler holds the lock"
         deadline = time.monotonic() + timeout
         try:

@@ -473,7 +473,9 @@ def test_send_sample_all_follows_a_booking_and_an_order_through_their_lives(
     bridge.drain()
     records = {r.type: r for r in bridge.runtime.store.recent(limit=20)}
     statuses = {f"{t} {a}": s.status for t, r in records.items() for a, s in r.actions.items()}
-    assert set(statuses.values()) <= {Status.DRY_RUN, Status.SKIPPED, Status.STALE}, statuses
+    # Scheduled sends (reminders) are planned, missed or cancelled as the booking goes; none waits or dies.
+    done = {Status.DRY_RUN, Status.SKIPPED, Status.STALE, Status.SCHEDULED, Status.MISSED, Status.CANCELLED}
+    assert set(statuses.values()) <= done, statuses
     tomorrow = (datetime.now(UTC).date() + timedelta(days=1)).isoformat()
     assert records["booking.created"].envelope["data"]["booking"]["fecha"] == tomorrow
     created = [records[t].envelope["created"] for t in SEND_ORDER]

@@ -52,6 +52,9 @@ BADGES: dict[str, tuple[str, str]] = {
     Status.DRY_RUN: ("dry run", "info"),
     Status.SKIPPED: ("skipped", "muted"),
     Status.STALE: ("stale", "muted"),
+    Status.SCHEDULED: ("scheduled", "wait"),
+    Status.CANCELLED: ("cancelled", "muted"),
+    Status.MISSED: ("missed", "warn"),
 }
 PUBLIC_STATIC = {"admin.css"}  # the login page's stylesheet
 SECURITY_HEADERS = {
@@ -332,6 +335,21 @@ def events() -> str | tuple[str, int]:
         statuses=list(Status),
         badges=BADGES,
     )
+
+
+@blueprint.get("/scheduled")
+def scheduled() -> str:
+    """Upcoming (and recent) scheduled sends: the next 7 days by default, or one booking's."""
+    from bridge.schedules import listing
+
+    rt = _rt()
+    booking = (request.args.get("booking") or "").strip() or None
+    try:
+        days = min(max(int(request.args.get("days") or 7), 1), 400)
+    except ValueError:
+        days = 7
+    sends = listing(rt.redis, rt.store, booking, days * 86400)
+    return render_template("admin/scheduled.html", sends=sends, booking=booking or "", days=days, zone=_zone())
 
 
 def _load(key: str) -> EventRecord | None:
