@@ -222,6 +222,7 @@ REGISTRY: dict[str, str] = _registry(
         ("slack", "connectors.slack:SlackConnector"),
         ("email", "connectors.email:EmailConnector"),
         ("google_calendar", "connectors.google_calendar:GoogleCalendarConnector"),
+        ("whatsapp", "connectors.whatsapp:WhatsAppConnector"),
     ]
 )
 
