@@ -223,6 +223,7 @@ REGISTRY: dict[str, str] = _registry(
         ("email", "connectors.email:EmailConnector"),
         ("google_calendar", "connectors.google_calendar:GoogleCalendarConnector"),
         ("whatsapp", "connectors.whatsapp:WhatsAppConnector"),
+        ("sms", "connectors.sms:SmsConnector"),
     ]
 )
 

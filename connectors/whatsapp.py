@@ -11,7 +11,6 @@ import builtins
 import json
 from typing import Any, ClassVar
 
-import phonenumbers
 import requests
 from pydantic import Field, field_validator
 
@@ -26,6 +25,7 @@ from connectors.base import (
     excerpt,
     is_template,
 )
+from connectors.phones import check_region, normalise_phone
 
 # Meta error codes -> what the owner can do about it. Rate and pair limits are transient.
 RATE_LIMIT_CODES = {130429, 131056, 80007, 4, 17, 32, 613}
@@ -54,10 +54,7 @@ class WhatsAppSettings(Settings):
     @field_validator("default_region")
     @classmethod
     def _region(cls, region: str) -> str:
-        region = region.upper()
-        if region not in phonenumbers.SUPPORTED_REGIONS:
-            raise ValueError(f"default_region must be a two-letter country code such as ES or MX, got {region!r}")
-        return region
+        return check_region(region)
 
 
 class WhatsAppTemplate(ActionFields):
@@ -78,20 +75,6 @@ class WhatsAppTemplate(ActionFields):
                 f"template must be the approved template's name as written in Meta, not a template: {name!r}"
             )
         return name
-
-
-def normalise_phone(raw: str, region: str) -> str:
-    """`raw` as E.164 (+34612345678); PermanentError saying why when it is not a valid number."""
-    text = (raw or "").strip()
-    if not text:
-        raise PermanentError("the customer has no phone number to send to")
-    try:
-        number = phonenumbers.parse(text, region)
-    except phonenumbers.NumberParseException:
-        raise PermanentError(f"{text!r} is not a phone number") from None
-    if not phonenumbers.is_valid_number(number):
-        raise PermanentError(f"{text!r} is not a valid phone number (read with default country {region})")
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
 def template_body(to: str, template: str, language: str, parameters: list[str]) -> dict[str, Any]:
