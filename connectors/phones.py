@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import phonenumbers
+from pydantic import AfterValidator
 
 from connectors.base import PermanentError
 
@@ -27,3 +30,7 @@ def normalise_phone(raw: str, region: str) -> str:
     if not phonenumbers.is_valid_number(number):
         raise PermanentError(f"{text!r} is not a valid phone number (read with default country {region})")
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+# A settings field holding a country code (`default_region: ES`), checked at load.
+Region = Annotated[str, AfterValidator(check_region)]

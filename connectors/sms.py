@@ -5,7 +5,7 @@ from __future__ import annotations
 import builtins
 from typing import Any, ClassVar
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
@@ -20,7 +20,7 @@ from connectors.base import (
     TransientError,
     excerpt,
 )
-from connectors.phones import check_region, normalise_phone
+from connectors.phones import Region, normalise_phone
 
 # The GSM 03.38 alphabet: a message only in these characters is GSM-7 (160 per part, 153 when
 # split); any other character makes the whole message UCS-2 (70 per part, 67 when split).
@@ -58,7 +58,7 @@ class SmsSettings(Settings):
     status_callback: bool = False
     public_url: str | None = None
     base_url: str | None = None  # tests point the SDK at a local fake
-    default_region: str = "ES"
+    default_region: Region = "ES"
     timeout: float = Field(default=10.0, gt=0, le=120)
 
     @model_validator(mode="after")
@@ -68,11 +68,6 @@ class SmsSettings(Settings):
         if self.status_callback and not self.public_url:
             raise ValueError("status_callback needs public_url: the address where Twilio reaches this bridge")
         return self
-
-    @field_validator("default_region")
-    @classmethod
-    def _region(cls, region: str) -> str:
-        return check_region(region)
 
 
 class SmsSend(ActionFields):

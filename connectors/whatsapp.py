@@ -25,7 +25,7 @@ from connectors.base import (
     excerpt,
     is_template,
 )
-from connectors.phones import check_region, normalise_phone
+from connectors.phones import Region, normalise_phone
 
 # Meta error codes -> what the owner can do about it. Rate and pair limits are transient.
 RATE_LIMIT_CODES = {130429, 131056, 80007, 4, 17, 32, 613}
@@ -39,7 +39,7 @@ class WhatsAppSettings(Settings):
     verify_token: str | None = None
     api_version: str = "v21.0"
     base_url: str = "https://graph.facebook.com"
-    default_region: str = "ES"
+    default_region: Region = "ES"
     timeout: float = Field(default=10.0, gt=0, le=120)
     opt_out_words: list[str] = ["BAJA", "STOP", "CANCELAR SUSCRIPCION"]
     opt_in_words: list[str] = ["ALTA", "START"]
@@ -50,11 +50,6 @@ class WhatsAppSettings(Settings):
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must start with http:// or https://, got {url!r}")
         return url.rstrip("/")
-
-    @field_validator("default_region")
-    @classmethod
-    def _region(cls, region: str) -> str:
-        return check_region(region)
 
 
 class WhatsAppTemplate(ActionFields):
