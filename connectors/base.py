@@ -222,6 +222,8 @@ REGISTRY: dict[str, str] = _registry(
         ("slack", "connectors.slack:SlackConnector"),
         ("email", "connectors.email:EmailConnector"),
         ("google_calendar", "connectors.google_calendar:GoogleCalendarConnector"),
+        ("whatsapp", "connectors.whatsapp:WhatsAppConnector"),
+        ("sms", "connectors.sms:SmsConnector"),
     ]
 )
 

@@ -73,7 +73,7 @@ def test_the_base_config_loads() -> None:
             "type: http",
             "type: htp",
             "config.yaml:7: connectors.crm.type: unknown connector type 'htp' "
-            "(known: email, google_calendar, http, slack)",
+            "(known: email, google_calendar, http, slack, sms, whatsapp)",
             id="type",
         ),
         pytest.param(
@@ -222,7 +222,8 @@ def test_an_unknown_type_is_an_error_even_in_dry_run() -> None:
     """Its mappings would silently vanish: a dry run cannot render actions of a type it does not know."""
     text = BASE.replace("    type: http", "    type: slak\n    dry_run: true")
     assert problems(text) == [
-        "config.yaml:7: connectors.crm.type: unknown connector type 'slak' (known: email, google_calendar, http, slack)"
+        "config.yaml:7: connectors.crm.type: unknown connector type 'slak' "
+        "(known: email, google_calendar, http, slack, sms, whatsapp)"
     ]
 
 
