@@ -13,7 +13,9 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from bridge.operations import simulated_context
 from bridge.runtime import Runtime
@@ -43,6 +45,7 @@ class Compared:
     mapping: str
     old: Outcome | None  # None: no mapping of that config handles the event with this action
     new: Outcome | None
+    scheduled: bool = False  # a scheduled mapping's send for the event's booking (action_id: the mapping)
 
     @property
     def old_runs(self) -> bool:
@@ -97,21 +100,43 @@ def _why_not(outcome: Outcome | None) -> str:
 
 
 def added(items: list[Compared]) -> list[Entry]:
-    return [_entry(i, f"did not run before: {_why_not(i.old)}") for i in items if i.new_runs and not i.old_runs]
+    return [
+        _entry(i, f"did not run before: {_why_not(i.old)}")
+        for i in items
+        if i.new_runs and not i.old_runs and not i.scheduled
+    ]
 
 
 def removed(items: list[Compared]) -> list[Entry]:
     return [
         _entry(i, f"would not run any more: {_why_not(i.new)}")
         for i in items
-        if i.old_runs and not i.new_runs and not (i.new is not None and i.new.failure)  # failing: listed there
+        if i.old_runs and not i.new_runs and not (i.new is not None and i.new.failure) and not i.scheduled
     ]
+
+
+def scheduled(items: list[Compared]) -> list[Entry]:
+    """Scheduled sends whose plan for a booking would be made, moved or dropped (one per mapping and booking)."""
+    latest = {(i.mapping, subject_of(i.record.envelope).primary): i for i in items if i.scheduled}
+    entries = []
+    for item in latest.values():
+        old = (item.old.fields or {}).get("send at") if item.old_runs and item.old else None
+        new = (item.new.fields or {}).get("send at") if item.new_runs and item.new else None
+        if old == new:
+            continue
+        if old is None:
+            entries.append(_entry(item, f"would be planned for {new} (before: {_why_not(item.old)})"))
+        elif new is None:
+            entries.append(_entry(item, f"the send at {old} would be dropped: {_why_not(item.new)}"))
+        else:
+            entries.append(_entry(item, f"would move from {old} to {new}", {"send at": [old, new]}))
+    return entries
 
 
 def changed(items: list[Compared]) -> list[Entry]:
     entries = []
     for item in items:
-        if not (item.old_runs and item.new_runs):
+        if item.scheduled or not (item.old_runs and item.new_runs):
             continue
         assert item.old is not None and item.new is not None
         old, new = item.old.fields or {}, item.new.fields or {}
@@ -129,13 +154,33 @@ def failing(items: list[Compared]) -> list[Entry]:
     ]
 
 
-# In order of appearance; issue 16 adds "scheduled sends added, moved or dropped" as one more.
+# In order of appearance.
 SECTIONS: list[Section] = [
     Section("added", "Actions that would now run and did not", added),
     Section("removed", "Actions that ran and would not any more", removed),
     Section("changed", "Actions whose fields change", changed),
     Section("failing", "Actions that would fail under the new config", failing),
+    Section("scheduled", "Scheduled sends that would be planned, moved or dropped", scheduled),
 ]
+
+
+def scheduled_outcomes(config: BridgeConfig, envelope: dict[str, Any], context: dict[str, Any]) -> dict[str, Outcome]:
+    """mapping name -> when `config`'s scheduled mapping would send for the event's booking (judged now)."""
+    from bridge.schedules import decide_for, when_text
+    from bridge.state import event_time
+
+    zone = ZoneInfo(config.model.timezone)
+    created = datetime.fromtimestamp(event_time(envelope), UTC)
+    found = {}
+    for mapping in config.mappings_for(envelope["type"], envelope["tenant_id"]):
+        if mapping.schedule is None:
+            continue
+        decision = decide_for(mapping, context.get("booking"), created, envelope["type"], zone, time.time())
+        if decision.sends and decision.due is not None:
+            found[mapping.name] = Outcome(True, {"send at": when_text(decision.due, zone)})
+        else:
+            found[mapping.name] = Outcome(False, skip_reason=f"{decision.status}: {decision.reason}")
+    return found
 
 
 def outcomes(config: BridgeConfig, envelope: dict[str, Any], context: dict[str, Any]) -> dict[str, tuple[str, Outcome]]:
@@ -165,6 +210,10 @@ def compare(rt: Runtime, new: BridgeConfig, records: list[EventRecord]) -> list[
             mapping = (after.get(action_id) or before[action_id])[0]
             old, now = before.get(action_id), after.get(action_id)
             compared.append(Compared(record, action_id, mapping, old and old[1], now and now[1]))
+        plans_before = scheduled_outcomes(rt.config, record.envelope, context)
+        plans_after = scheduled_outcomes(new, record.envelope, context)
+        for name in dict.fromkeys([*plans_before, *plans_after]):
+            compared.append(Compared(record, name, name, plans_before.get(name), plans_after.get(name), True))
     return compared
 
 

@@ -621,6 +621,7 @@ def _load_action(
         value = getattr(fields, name)
         field_label = f"mappings[{where[1]}].actions[{position}].{name}"
         escaping = fields_model.escaping.get(name, "none")
+        source_path = None
         try:
             if name in fields_model.template_files and value is not None:
                 source_path = _find_template_file(value, base_dir)
@@ -628,7 +629,10 @@ def _load_action(
             elif name in fields_model.template_fields and value is not None:
                 value = compile_structure(engine, value, field_label, escaping)
         except TemplateCompileError as exc:
-            problems.add((*where, name), str(exc))
+            if source_path is not None and exc.lineno:  # the error's own place: the template file's line
+                problems.add((*where, name), f"{source_path}:{exc.lineno}: {exc}")
+            else:
+                problems.add((*where, name), str(exc), template_line=exc.lineno if isinstance(value, str) else None)
             continue
         except FileNotFoundError as exc:
             problems.add((*where, name), str(exc))
@@ -664,9 +668,13 @@ class _Problems:
         self.problems: list[tuple[Path_, str]] = []
         self.warnings: list[tuple[Path_, str]] = []
         self.unset: set[Path_] = set()  # values holding an unset ${VAR}: said once, not judged again
+        self.template_lines: dict[tuple[Path_, str], int] = {}  # a template's own line, for its errors
 
-    def add(self, where: Path_, message: str, strict: bool = False) -> None:
-        """A problem; in a dry-run connector a warning, unless `strict` (it would break even there)."""
+    def add(self, where: Path_, message: str, strict: bool = False, template_line: int | None = None) -> None:
+        """A problem; in a dry-run connector a warning, unless `strict` (it would break even there).
+        `template_line`: the line within the template at `where` that the problem is on."""
+        if template_line:
+            self.template_lines[(where, message)] = template_line
         if self.lenient(where) and not strict:
             entry = (where, message + DRY_RUN_ACCEPTED)
             if entry not in self.warnings:
@@ -682,13 +690,19 @@ class _Problems:
 
     def render(self, entries: list[tuple[Path_, str]] | None = None) -> list[str]:
         entries = self.problems if entries is None else entries
-        lines = sorted(((self._line(where), where, message) for where, message in entries), key=lambda e: e[0])
+        lines = sorted(
+            (
+                (self._line(where, self.template_lines.get((where, message))), where, message)
+                for where, message in entries
+            ),
+            key=lambda e: e[0],
+        )
         return [f"{self.path}:{line}: {_format_path(where)}: {message}" for line, where, message in lines]
 
     def render_warnings(self) -> list[str]:
         return self.render(self.warnings)
 
-    def _line(self, where: Path_) -> int:
+    def _line(self, where: Path_, template_line: int | None = None) -> int:
         node = self.root
         line = node.start_mark.line + 1 if node is not None else 1
         for part in where:
@@ -697,7 +711,24 @@ class _Problems:
                 break
             node = child
             line = node.start_mark.line + 1
+        if template_line:
+            value = _scalar_value(self.root, where)
+            if isinstance(value, yaml.ScalarNode) and value.style in (
+                "|",
+                ">",
+            ):  # a block: its text starts on the next line
+                return value.start_mark.line + 1 + template_line
         return line
+
+
+def _scalar_value(root: yaml.Node | None, where: Path_) -> yaml.Node | None:
+    """The value node at `where` (`_child` gives a scalar's key, for pointing at it)."""
+    node = root
+    for position, part in enumerate(where):
+        if isinstance(node, yaml.MappingNode) and position == len(where) - 1:
+            return next((value for key, value in node.value if key.value == str(part)), None)
+        node = _child(node, part)
+    return None
 
 
 def _child(node: yaml.Node | None, part: str | int) -> yaml.Node | None:

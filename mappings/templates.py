@@ -43,7 +43,11 @@ _CURRENCY_SYMBOLS = {"EUR": "€", "USD": "US$", "GBP": "£", "MXN": "MX$", "ARS
 
 
 class TemplateCompileError(Exception):
-    """A template in the config does not compile."""
+    """A template in the config does not compile; `lineno`: the line in the template, when known."""
+
+    def __init__(self, message: str, lineno: int | None = None):
+        super().__init__(message)
+        self.lineno = lineno
 
 
 class RenderError(Exception):
@@ -660,7 +664,7 @@ class TemplateEngine:
             template = env.from_string(source)
         except TemplateSyntaxError as exc:
             raise TemplateCompileError(
-                f"template does not compile: {exc.message} (template line {exc.lineno})"
+                f"template does not compile: {exc.message} (template line {exc.lineno})", exc.lineno
             ) from exc
 
         def render(context: dict[str, Any]) -> str:

@@ -326,3 +326,26 @@ def test_render_timeout_defaults_to_two_seconds_and_is_at_most_a_minute() -> Non
     assert config.mappings[0].actions[0].render_timeout == 2.0
     found = problems(BASE + "templates:\n  render_timeout: 5m\n")
     assert found == ["config.yaml:16: templates.render_timeout: Input should be less than or equal to 60"]
+
+
+def test_a_template_error_points_at_the_template_line(tmp_path) -> None:  # noqa: ANN001
+    """In a block scalar, the problem is on the config line of the broken template line."""
+    from mappings.config import load_config
+    from tests.conftest import http_config
+
+    mappings = """
+  - name: inline
+    on: ["booking.created"]
+    actions:
+      - connector: crm
+        body: |
+          first line
+          {{ broken }
+"""
+    text = http_config("http://127.0.0.1:9", mappings=mappings)
+    path = tmp_path / "config.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    expected = text.splitlines().index("          {{ broken }") + 1
+    assert caught.value.problems[0].startswith(f"{path}:{expected}: mappings[0].actions[0].body: template does not")

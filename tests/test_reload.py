@@ -391,3 +391,46 @@ def test_the_admin_previews_a_config_file_the_server_reads(make_bridge, write_co
     broken = write_config("version: 1\n", "broken.yaml")
     page = client.get(f"/admin/preview?path={broken}").text
     assert "This config is not valid" in page and "webhook" in page
+
+
+def test_preview_shows_scheduled_sends_planned_moved_and_dropped(
+    capsys, make_bridge, write_config, destination, redis_url
+) -> None:  # noqa: ANN001
+    """A reminder added, one moved (a changed offset) and one removed, for a booking a week ahead."""
+    import json as json_
+    from datetime import UTC, datetime, timedelta
+
+    from bridge.cli import main
+    from tests.harness import sample
+
+    def reminders(*pairs: tuple[str, str]) -> str:
+        return "".join(
+            f"""
+  - name: {name}
+    on: ["booking.created"]
+    schedule: {{at: "{at}"}}
+    actions:
+      - connector: crm
+        body: {{code: "{{{{ booking.codigo }}}}"}}
+"""
+            for name, at in pairs
+        )
+
+    old_text = with_redis(
+        http_config(destination.url, reminders(("r24", "booking.start - 24h"), ("r2", "booking.start - 2h"))), redis_url
+    )
+    new_text = with_redis(
+        http_config(destination.url, reminders(("r24", "booking.start - 48h"), ("r1", "booking.start - 1h"))), redis_url
+    )
+    bridge = make_bridge(old_text)
+    booking = sample("booking.created")
+    booking["data"]["booking"]["fecha"] = (datetime.now(UTC) + timedelta(days=7)).date().isoformat()
+    bridge.post(booking)
+    bridge.drain()
+    old, new = write_config(old_text, "old.yaml"), write_config(new_text, "new.yaml")
+    assert main(["preview", str(new), "--config", str(old), "--since", "1h", "--format", "json"]) == 0
+    entries = {e["action"]: e for e in json_.loads(capsys.readouterr().out)["sections"]["scheduled"]}
+    assert set(entries) == {"r24", "r2", "r1"}
+    assert entries["r24"]["detail"].startswith("would move from ") and entries["r24"]["booking"] == "ABC123XY"
+    assert entries["r2"]["detail"].startswith("the send at ") and "would be dropped" in entries["r2"]["detail"]
+    assert entries["r1"]["detail"].startswith("would be planned for ")

@@ -421,3 +421,26 @@ def test_the_admin_shows_upcoming_sends_by_booking(
     assert "No scheduled sends for this booking" in client.get("/admin/scheduled?booking=NOPE").text
     event_page = client.get(f"/admin/events/{event_key('evt_c1')}").text
     assert "scheduled for" in event_page  # the event's own page shows its plan
+
+
+def test_a_worker_taking_on_a_reloaded_config_replans(
+    make_bridge: Callable[[str], Bridge], destination: CapturingServer
+) -> None:
+    """The switch between jobs (bridge.reload) re-plans: a reminder added to the file applies at once."""
+    from rq.serializers import JSONSerializer
+
+    from bridge.reload import ConfigSource
+    from bridge.worker import BridgeWorker
+
+    start, offset = soon_booking(lead=600)
+    bridge = make_bridge(http_config(destination.url))
+    bridge.post(created_for(start))
+    bridge.drain()
+    worker = BridgeWorker([bridge.runtime.queue], connection=bridge.redis, serializer=JSONSerializer)
+    worker.config_source = ConfigSource(bridge.config)
+    Path(bridge.config.path).write_text(reminder_config(destination.url, offset), encoding="utf-8")
+    assert worker.config_source.refresh()
+    assert schedules.pending(bridge.redis) == []
+    worker.switch_config()
+    assert [p.event for p in schedules.pending(bridge.redis)] == [event_key("evt_c1")]
+    assert bridge.runtime.config.mapping("recordatorio") is not None
