@@ -9,7 +9,7 @@ Keys (under `sb:`):
   sb:fired:<plan id>:<start>   the event key whose plan went out for that booking start
   sb:plans:config the fingerprint of the scheduled mappings the plans were made with
 
-A plan id is `<mapping>:<tenant>:<kind>:<id>` of the event's entity, its booking (parts escaped
+A plan id is `<mapping>:<tenant>:<b|o|c>:<id>` of the event's entity, its booking (parts escaped
 by `key_part`). Every change to a plan is made by a worker holding the booking's entity lock, so
 the plan data is the truth and the
 sorted set only wakes it up. The plan's actions are ordinary actions of the event that last
@@ -54,7 +54,8 @@ KEEP_AFTER_SEND = 2 * 86400
 
 
 def plan_id(mapping: str, tenant: str, kind: str, entity_id: str) -> str:
-    return f"{mapping}:{key_part(tenant)}:{kind}:{key_part(entity_id)}"
+    """`<mapping>:<tenant>:<b|o|c>:<id>`: kept twice per pending plan, so the kind is one letter."""
+    return f"{mapping}:{key_part(tenant)}:{kind[0]}:{key_part(entity_id)}"
 
 
 def mapping_of(plan: str) -> str:

@@ -213,7 +213,7 @@ def test_a_reminder_fires_once_at_its_time(make_bridge: Callable[[str], Bridge],
     state = bridge.record("evt_c1").actions["recordatorio/send"]
     assert state.status == Status.SCHEDULED and "scheduled for" in state.detail
     assert destination.requests == []  # nothing is sent when the event arrives
-    assert [p.id for p in schedules.pending(bridge.redis)] == ["recordatorio:uuid-tenant:booking:777"]
+    assert [p.id for p in schedules.pending(bridge.redis)] == ["recordatorio:uuid-tenant:b:777"]
 
     fire_due(bridge, until=start.timestamp() - offset + 1)
     assert [r.json()["code"] for r in destination.requests] == ["ABC123XY"]
