@@ -267,7 +267,8 @@ def replan_all(rt: Runtime) -> int | None:
         pipe.execute()
         changed = sum(_replan_booking(rt, key) for key in schedules.booking_memory_keys(rt.redis)) if names else 0
         rt.redis.set(schedules.CONFIG_KEY, fingerprint)
-        log.warning("scheduled sends follow the new config: %d plan(s) made, moved or dropped", changed)
+        if changed or names:
+            log.warning("scheduled sends follow the new config: %d plan(s) made, moved or dropped", changed)
         return changed
     finally:
         if rt.redis.get(schedules.REPLAN_LOCK) == token.encode():
