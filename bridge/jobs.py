@@ -261,11 +261,12 @@ def replan_all(rt: Runtime) -> int | None:
     try:
         names = {m.name for m in rt.config.mappings if m.schedule is not None}
         pipe = rt.redis.pipeline(transaction=True)
-        for found in schedules.pending(rt.redis):
-            if schedules.mapping_of(found.id) not in names:
-                _drop_removed(rt, pipe, found)
+        removed = [p for p in schedules.pending(rt.redis) if schedules.mapping_of(p.id) not in names]
+        for found in removed:
+            _drop_removed(rt, pipe, found)
         pipe.execute()
-        changed = sum(_replan_booking(rt, key) for key in schedules.booking_memory_keys(rt.redis)) if names else 0
+        changed = len(removed)
+        changed += sum(_replan_booking(rt, key) for key in schedules.booking_memory_keys(rt.redis)) if names else 0
         rt.redis.set(schedules.CONFIG_KEY, fingerprint)
         if changed or names:
             log.warning("scheduled sends follow the new config: %d plan(s) made, moved or dropped", changed)

@@ -339,7 +339,7 @@ def test_a_config_change_plans_for_bookings_already_known(
     fire_due(new, until=start.timestamp() - offset + 1)
     assert len(destination.requests) == 1
     removed = make_bridge(http_config(destination.url))
-    assert replan_all(removed.runtime) == 0
+    assert replan_all(removed.runtime) == 0  # it was sent: nothing pending to drop
 
 
 def test_a_real_worker_fires_the_plan_from_its_scheduler(
@@ -444,3 +444,20 @@ def test_a_worker_taking_on_a_reloaded_config_replans(
     worker.switch_config()
     assert [p.event for p in schedules.pending(bridge.redis)] == [event_key("evt_c1")]
     assert bridge.runtime.config.mapping("recordatorio") is not None
+
+
+def test_a_removed_mapping_drops_its_pending_plans(
+    make_bridge: Callable[[str], Bridge], destination: CapturingServer
+) -> None:
+    from bridge.jobs import replan_all
+
+    start, offset = soon_booking(lead=600)
+    bridge = make_bridge(reminder_config(destination.url, offset))
+    bridge.post(created_for(start))
+    bridge.drain()
+    assert replan_all(bridge.runtime) == 0  # the plans were made with this config
+    removed = make_bridge(http_config(destination.url))
+    assert replan_all(removed.runtime) == 1
+    state = removed.record("evt_c1").actions["recordatorio/send"]
+    assert state.status == Status.CANCELLED and "mapping 'recordatorio' was removed from the config" in state.detail
+    assert schedules.pending(removed.redis) == []
