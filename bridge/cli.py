@@ -633,10 +633,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def _show_scheduled(config: BridgeConfig, mapping: Any, envelope: dict[str, Any], context: dict[str, Any]) -> None:
     """When a scheduled mapping would send (judged now, on memory as it is)."""
     from bridge.schedules import decide_for, when_text
-    from bridge.state import event_time
+    from bridge.state import event_moment
 
     zone = ZoneInfo(config.model.timezone)
-    created = datetime.fromtimestamp(event_time(envelope), UTC)
+    created = event_moment(envelope)
     decision = decide_for(mapping, context.get("booking"), created, envelope["type"], zone, time.time())
     source = mapping.schedule.source if mapping.schedule else ""
     print(f"\n- {mapping.name} (scheduled: {source})")

@@ -13,9 +13,9 @@ import logging
 import random
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
@@ -29,7 +29,7 @@ from bridge import metrics, redis_health, schedules
 from bridge import runtime as runtime_module
 from bridge.queue import JOB_TIMEOUT, PROCESS_EVENT, RUN_ACTION, enqueue
 from bridge.runtime import Runtime
-from bridge.state import EntityBusy, RedisConnectorStore, event_time, memory_fields, subject_of
+from bridge.state import EntityBusy, RedisConnectorStore, event_moment, memory_fields, subject_of
 from bridge.store import EVENT_ACTION, ActionState, EventRecord, Status, key_part, load_record, record_key, text
 from connectors.base import KINDS, ActionRequest, Entity, MissingDataError, PermanentError, Subject, TransientError
 from mappings.config import ActionSpec, MappingSpec
@@ -133,7 +133,7 @@ def plan_sends(rt: Runtime, work: EntityWork) -> list[tuple[str, str]]:
     kind, entity_id = subject.primary
     ids = [schedules.plan_id(m.name, subject.tenant, kind, entity_id) for m in mappings]
     existing = schedules.read_plans(rt.redis, ids)
-    now, created = time.time(), datetime.fromtimestamp(event_time(record.envelope), UTC)
+    now, created = time.time(), event_moment(record.envelope)
     booking = work.context.get("booking")
     todo: list[tuple[MappingSpec, str, str, Decision]] = []
     for mapping, plan_ref in zip(mappings, ids, strict=True):
@@ -147,17 +147,31 @@ def plan_sends(rt: Runtime, work: EntityWork) -> list[tuple[str, str]]:
         if not matches and old is not None and decision.due == old.due and decision.start == old.start:
             continue  # nothing this event says changes that plan
         todo.append((mapping, plan_ref, owner, decision))
-    fired = _fired_by(rt, [(p, o, d) for _, p, o, d in todo])
-    outcomes = []
-    for (mapping, plan_ref, owner, decision), fired_by in zip(todo, fired, strict=True):
-        why = f" (event {record.id})" if owner != record.key else ""
-        old = existing.get(plan_ref)
-        status = rt.planner.apply(work.writes, mapping, plan_ref, owner, decision, old, fired_by, why)
-        metrics.record_plan(work.writes, status)
-        outcomes.append((mapping.name, status))
+    outcomes = _apply_plans(
+        rt, work, todo, existing, lambda owner: f" (event {record.id})" if owner != record.key else ""
+    )
     start = next((d.start for _, _, _, d in todo if d.start), None)
     if start:  # a later config change can still attach a send to this event until the appointment
         work.writes.expireat(record_key(record.key), int(start + rt.store.retention), gt=True)
+    return outcomes
+
+
+def _apply_plans(
+    rt: Runtime,
+    work: EntityWork,
+    todo: list[tuple[MappingSpec, str, str, Decision]],
+    existing: dict[str, schedules.Plan],
+    why: Callable[[str], str],
+) -> list[tuple[str, str]]:
+    """Make each (mapping, plan, owner, decision) so, on `work.writes`; (mapping, status) of each.
+    `why(owner)`: what to add to a reason."""
+    fired = _fired_by(rt, [(p, o, d) for _, p, o, d in todo])
+    outcomes = []
+    for (mapping, plan_ref, owner, decision), fired_by in zip(todo, fired, strict=True):
+        old = existing.get(plan_ref)
+        status = rt.planner.apply(work.writes, mapping, plan_ref, owner, decision, old, fired_by, why(owner))
+        metrics.record_plan(work.writes, status)
+        outcomes.append((mapping.name, status))
     return outcomes
 
 
@@ -207,13 +221,9 @@ def _fire(rt: Runtime, work: EntityWork, plan: str, mapping: MappingSpec | None)
         return "not due: it was planned again for later"
     record, planner = work.record, rt.planner
     if mapping is None or mapping.schedule is None:
-        for action_id, state in record.actions.items():
-            if state.plan and state.plan.get("id") == plan and state.status == Status.SCHEDULED:
-                state.status, state.detail = Status.CANCELLED, "its mapping is no longer scheduled in the config"
-                rt.store.save_action(record.key, action_id, state, pipe=work.writes)
-        planner.drop(work.writes, None, found, Status.CANCELLED, "")
+        _drop_removed(rt, work.writes, found, record)
         return Status.CANCELLED
-    created = datetime.fromtimestamp(event_time(record.envelope), UTC)
+    created = event_moment(record.envelope)
     decision = schedules.decide_for(mapping, work.context.get("booking"), created, record.type, planner.zone, now)
     if decision.due != found.due or decision.start != found.start:
         # Memory says something the plan does not (a late event, a config not applied yet).
@@ -263,7 +273,7 @@ def replan_all(rt: Runtime) -> int | None:
         pipe = rt.redis.pipeline(transaction=True)
         removed = [p for p in schedules.pending(rt.redis) if schedules.mapping_of(p.id) not in names]
         for found in removed:
-            _drop_removed(rt, pipe, found)
+            _drop_removed(rt, pipe, found, rt.store.load(found.event))
         pipe.execute()
         changed = len(removed)
         changed += sum(_replan_booking(rt, key) for key in schedules.booking_memory_keys(rt.redis)) if names else 0
@@ -276,8 +286,8 @@ def replan_all(rt: Runtime) -> int | None:
             rt.redis.delete(schedules.REPLAN_LOCK)
 
 
-def _drop_removed(rt: Runtime, pipe: Pipeline, found: schedules.Plan) -> None:
-    record = rt.store.load(found.event)
+def _drop_removed(rt: Runtime, pipe: Pipeline, found: schedules.Plan, record: EventRecord | None) -> None:
+    """Drop the plan of a mapping no longer scheduled in the config, saying so on its actions."""
     for action_id, state in (record.actions if record else {}).items():
         if state.plan and state.plan.get("id") == found.id and state.status == Status.SCHEDULED:
             state.status, state.next_attempt_at = Status.CANCELLED, None
@@ -314,21 +324,14 @@ def _replan_booking(rt: Runtime, memory_key: str) -> int:
             owner = records.get(old.event) if old else max(owners, key=lambda r: r.received_at, default=None)
             if owner is None:
                 continue
-            created = datetime.fromtimestamp(event_time(owner.envelope), UTC)
+            created = event_moment(owner.envelope)
             decision = schedules.decide_for(mapping, booking, created, owner.type, rt.planner.zone, now)
             if old is None and not decision.sends:
                 continue  # a new mapping says nothing about bookings it would not send for
             if old is not None and decision.due == old.due and decision.start == old.start:
                 continue
             todo.append((mapping, plan, owner.key, decision))
-        fired = _fired_by(rt, [(p, o, d) for _, p, o, d in todo])
-        for (mapping, plan, owner_key, decision), fired_by in zip(todo, fired, strict=True):
-            why = " (the config changed)"
-            status = rt.planner.apply(
-                work.writes, mapping, plan, owner_key, decision, existing.get(plan), fired_by, why
-            )
-            metrics.record_plan(work.writes, status)
-            changed += 1
+        changed = len(_apply_plans(rt, work, todo, existing, lambda owner: " (the config changed)"))
     return changed
 
 
@@ -339,21 +342,21 @@ def _plan_no_longer_holds(rt: Runtime, work: EntityWork, spec: ActionSpec, state
     mapping = rt.config.mapping(spec.mapping)
     if mapping is None or mapping.schedule is None:
         return False
-    created = datetime.fromtimestamp(event_time(work.record.envelope), UTC)
+    created = event_moment(work.record.envelope)
     due = float(plan.get("due") or 0)
     decision = schedules.decide_for(
         mapping, work.context.get("booking"), created, work.record.type, rt.planner.zone, due
     )
-    reason = ""
     if not decision.sends:
-        reason = decision.reason
+        status, reason = (Status.MISSED if decision.status == Status.MISSED else Status.CANCELLED), decision.reason
     elif decision.start != plan.get("start"):
-        reason = f"the booking was moved (now {schedules.when_text(decision.start or 0, rt.planner.zone)})"
+        when = schedules.when_text(decision.start or 0, rt.planner.zone)
+        status, reason = Status.CANCELLED, f"the booking was moved (now {when})"
     elif decision.start is not None and due < decision.start <= time.time():
-        reason = "the appointment has begun; a reminder is never sent after that"
-    if not reason:
+        status, reason = Status.MISSED, "the appointment has begun; a reminder is never sent after that"
+    else:
         return False
-    state.status = Status.CANCELLED if decision.status != Status.MISSED and "begun" not in reason else Status.MISSED
+    state.status = status
     state.detail, state.next_attempt_at = f"not sent: {reason}", None
     rt.store.save_action(work.record.key, spec.id, state, pipe=work.writes)
     metrics.record_plan(work.writes, state.status)

@@ -13,7 +13,6 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -167,10 +166,10 @@ SECTIONS: list[Section] = [
 def scheduled_outcomes(config: BridgeConfig, envelope: dict[str, Any], context: dict[str, Any]) -> dict[str, Outcome]:
     """mapping name -> when `config`'s scheduled mapping would send for the event's booking (judged now)."""
     from bridge.schedules import decide_for, when_text
-    from bridge.state import event_time
+    from bridge.state import event_moment
 
     zone = ZoneInfo(config.model.timezone)
-    created = datetime.fromtimestamp(event_time(envelope), UTC)
+    created = event_moment(envelope)
     found = {}
     for mapping in config.mappings_for(envelope["type"], envelope["tenant_id"]):
         if mapping.schedule is None:

@@ -84,6 +84,11 @@ def event_time(envelope: dict[str, Any]) -> float:
     return moment.timestamp()
 
 
+def event_moment(envelope: dict[str, Any]) -> datetime:
+    """The envelope's `created` as an aware moment (UTC)."""
+    return datetime.fromtimestamp(event_time(envelope), UTC)
+
+
 def entity_parts(envelope: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """The (kind, object) pairs an event carries, each with an `id`."""
     data = envelope.get("data") or {}
