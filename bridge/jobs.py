@@ -242,7 +242,7 @@ def _fire(rt: Runtime, work: EntityWork, plan: str, mapping: MappingSpec | None)
         state = record.actions.get(spec.id) or ActionState(connector=spec.connector)
         if state.status not in (Status.SCHEDULED, Status.PENDING, Status.SENDING):
             continue
-        state.plan = state.plan or {"id": plan, "due": found.due, "start": found.start, "note": found.note}
+        state.plan = state.plan or found.as_state()
         if reason:
             state.status, state.detail = Status.SKIPPED, f"at its time, {reason}"
             rt.store.save_action(record.key, spec.id, state, pipe=work.writes)
@@ -293,6 +293,7 @@ def _drop_removed(rt: Runtime, pipe: Pipeline, found: schedules.Plan, record: Ev
             state.status, state.next_attempt_at = Status.CANCELLED, None
             state.detail = f"not sent: mapping {schedules.mapping_of(found.id)!r} was removed from the config"
             rt.store.save_action(found.event, action_id, state, pipe=pipe)
+            pipe.zadd(schedules.PAST, {f"{found.event} {action_id}": found.due})
     rt.planner.drop(pipe, None, found, Status.CANCELLED, "")
     metrics.record_plan(pipe, Status.CANCELLED)
 

@@ -80,6 +80,10 @@ class Plan:
         event, due, start, note = text(raw).split("|", 3)
         return cls(plan, event, float(due), float(start) if start else None, note)
 
+    def as_state(self) -> dict[str, Any]:
+        """What an action's state keeps of its plan (ActionState.plan)."""
+        return {"id": self.id, "due": self.due, "start": self.start, "note": self.note}
+
     def fired_key(self) -> str:
         return f"{FIRED_PREFIX}{self.id}:{int(self.start if self.start is not None else self.due)}"
 
@@ -153,13 +157,12 @@ class Planner:
         return Status.SCHEDULED
 
     def drop(self, writes: Pipeline, mapping: MappingSpec | None, plan: Plan, status: str, reason: str) -> None:
-        """Remove a plan that will not fire, saying why on its event's actions."""
+        """Remove a plan that will not fire, saying why on its event's actions (those of `mapping`;
+        without it, the caller does)."""
         writes.hdel(PLAN_DATA, plan.id)
         writes.zrem(PLANS, plan.id)
         if mapping is not None:
             self._mark(writes, mapping, plan.event, status, reason, plan, time.time())
-        else:
-            writes.zadd(PAST, {f"{plan.event} {plan.id}": plan.due})
 
     def forget(self, writes: Pipeline, plan: Plan, action_ids: list[str]) -> None:
         """The plan fired: it leaves the pending set and joins the past ones."""
@@ -181,7 +184,7 @@ class Planner:
         for spec in mapping.actions:
             state = ActionState(connector=spec.connector, status=status, detail=detail)
             if plan is not None:
-                state.plan = {"id": plan.id, "due": plan.due, "start": plan.start, "note": plan.note}
+                state.plan = plan.as_state()
                 state.next_attempt_at = plan.due if status == Status.SCHEDULED else None
             state.history.append({"at": now, "attempt": 0, "outcome": status, "error": "", "detail": detail})
             self.store.save_action(owner, spec.id, state, pipe=writes)
