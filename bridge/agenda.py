@@ -19,7 +19,7 @@ Cost per booking: see docs/performance.md ("Agenda index").
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -202,6 +202,15 @@ def booked_on(redis: Redis, day: date) -> dict[str, list[str]]:
         if busy or redis.zcount(salon_key(tenant), start, f"({start + 86400}"):
             result[tenant] = busy
     return result
+
+
+def upcoming_memory_keys(redis: Redis, zone: ZoneInfo, now: datetime | None = None) -> Iterator[str]:
+    """The memory keys of every tenant's bookings that start from now on (an hour early: a wall
+    time repeated on a DST night), soonest first per tenant: what a config change can re-plan."""
+    since = wall_score(now or datetime.now(UTC), zone) - 3600
+    for tenant in tenants(redis):
+        for booking_id in redis.zrangebyscore(salon_key(tenant), since, "+inf"):
+            yield memory_key(tenant, text(booking_id))
 
 
 def revision(redis: Redis, tenant: str) -> tuple[int, float | None]:

@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
-from bridge import metrics, redis_health, schedules
+from bridge import agenda, metrics, redis_health, schedules
 from bridge import runtime as runtime_module
 from bridge.queue import JOB_TIMEOUT, PROCESS_EVENT, RUN_ACTION, enqueue
 from bridge.runtime import Runtime
@@ -276,7 +276,9 @@ def replan_all(rt: Runtime) -> int | None:
             _drop_removed(rt, pipe, found, rt.store.load(found.event))
         pipe.execute()
         changed = len(removed)
-        changed += sum(_replan_booking(rt, key) for key in schedules.booking_memory_keys(rt.redis)) if names else 0
+        if names:
+            ahead = agenda.upcoming_memory_keys(rt.redis, rt.planner.zone)
+            changed += sum(_replan_booking(rt, key) for key in ahead)
         rt.redis.set(schedules.CONFIG_KEY, fingerprint)
         if changed or names:
             log.warning("scheduled sends follow the new config: %d plan(s) made, moved or dropped", changed)

@@ -22,7 +22,6 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from fnmatch import fnmatchcase
@@ -242,11 +241,6 @@ def fingerprint(config: BridgeConfig) -> str:
         if m.schedule is not None
     ]
     return hashlib.sha256(json.dumps([config.model.timezone, parts], default=str).encode()).hexdigest()[:16]
-
-
-def booking_memory_keys(redis: Redis) -> Iterator[str]:
-    for key in redis.scan_iter(match=f"{PREFIX}mem:*:booking:*", count=1000):
-        yield text(key)
 
 
 def pending(redis: Redis) -> list[Plan]:
