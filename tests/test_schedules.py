@@ -18,6 +18,7 @@ from mappings.schedule import Schedule, decide, parse_at, parse_quiet_hours
 from tests.conftest import http_config
 from tests.fakes.http_server import CapturingServer
 from tests.harness import Bridge, sample
+from tests.redis_server import RedisServer
 
 MADRID = ZoneInfo("Europe/Madrid")
 
@@ -461,3 +462,82 @@ def test_a_removed_mapping_drops_its_pending_plans(
     state = removed.record("evt_c1").actions["recordatorio/send"]
     assert state.status == Status.CANCELLED and "mapping 'recordatorio' was removed from the config" in state.detail
     assert schedules.pending(removed.redis) == []
+
+
+@pytest.mark.slow
+def test_a_worker_killed_while_sending_a_reminder_gives_one_send(
+    make_bridge: Callable[[str], Bridge],
+    destination: CapturingServer,
+    redis_url: str,
+    write_config: Callable[[str, str], Path],
+) -> None:
+    """Killed mid-call: the reminder is the same action tried again (same Idempotency-Key, counted as
+    a possible duplicate), never a second fire of the plan."""
+    import os
+    import signal
+
+    from rq.registry import StartedJobRegistry
+    from rq.scheduler import RQScheduler
+
+    from bridge.jobs import POSSIBLE_DUPLICATES_KEY
+    from tests.test_jobs import _worker_process
+
+    start, offset = soon_booking(lead=6)
+    text = reminder_config(destination.url, offset)
+    bridge = make_bridge(text)
+    destination.respond_with(200, delay=30)  # the destination hangs while we kill the worker
+    bridge.post(created_for(start))
+    bridge.post(created_for(start))  # the platform's duplicate
+    worker = _worker_process(write_config(text, "worker.yaml"), redis_url)
+    try:
+        assert destination.received.wait(30), "the worker never sent the reminder"
+        os.killpg(worker.pid, signal.SIGKILL)  # the worker and its scheduler, as a crash would
+        worker.communicate(timeout=10)
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.communicate()
+    assert bridge.record("evt_c1").actions["recordatorio/send"].status == Status.SENDING
+    # What minutes of waiting would do: RQ finds the abandoned job, the locks expire, and the
+    # plan (snoozed while its job was queued) is looked at again.
+    StartedJobRegistry(queue=bridge.runtime.queue).cleanup(timestamp=int(time.time()) + 3600)
+    bridge.redis.delete(RQScheduler.get_locking_key(bridge.runtime.queue.name), *bridge.redis.keys("sb:lock:*"))
+    schedules.wake_due_plans(bridge.redis, now=time.time() + schedules.SNOOZE + 1)
+    bridge.drain(timeout=30)
+    schedules.wake_due_plans(bridge.redis, now=time.time() + schedules.SNOOZE * 2)
+    bridge.drain(timeout=30)
+
+    assert len(destination.requests) == 2
+    assert len({r.headers["Idempotency-Key"] for r in destination.requests}) == 1
+    state = bridge.record("evt_c1").actions["recordatorio/send"]
+    assert (state.status, state.attempts) == (Status.DONE, 2)
+    assert bridge.redis.get(POSSIBLE_DUPLICATES_KEY) == b"1"
+    assert schedules.pending(bridge.redis) == []
+
+
+@pytest.mark.slow
+def test_pending_reminders_survive_a_redis_restart_with_aof(
+    private_redis: Callable[..., RedisServer], write_config: Callable[[str], Path], destination: CapturingServer
+) -> None:
+    server = private_redis(appendonly="yes", appendfsync="always")
+    start, offset = soon_booking(lead=5)
+    bridge = Bridge(write_config(reminder_config(destination.url, offset)), server.url)
+    try:
+        bridge.post(created_for(start))
+        bridge.drain()
+        assert [p.id for p in schedules.pending(bridge.redis)] == ["recordatorio:uuid-tenant:b:777"]
+        server.kill()  # a crash: only what the AOF holds comes back
+        server.start()
+        assert [p.id for p in schedules.pending(bridge.redis)] == ["recordatorio:uuid-tenant:b:777"]
+        fire_due(bridge, until=start.timestamp() - offset + 1)
+        server.kill()  # again, after the send: the fired mark comes back with it
+        server.start()
+        bridge.post(moved_to(start, event_id="evt_same_time"))  # news for the booking, same time
+        bridge.drain()
+        schedules.wake_due_plans(bridge.redis, now=time.time() + schedules.SNOOZE + 1)
+        bridge.drain()
+        again = bridge.record("evt_same_time").actions["recordatorio/send"]
+    finally:
+        bridge.close()
+    assert [r.json()["code"] for r in destination.requests] == ["ABC123XY"]
+    assert again.status != Status.SCHEDULED and "already" in again.detail, again
