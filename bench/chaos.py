@@ -46,9 +46,12 @@ from bench.chaos_events import FUTURE_TYPE, TENANT, Event, build_stream  # noqa:
 from bench.chaos_fakes import SECRET, Destinations  # noqa: E402
 from bench.chaos_procs import Child, PrivateRedis, bridge_command, free_port, redis_binary  # noqa: E402
 from bench.chaos_redis import FullSpell, ReadyzWatch, log_lines, redis_arguments, refusal_verdict  # noqa: E402
+from bench.chaos_reminders import MAPPING as REMINDER_MAPPING  # noqa: E402
+from bench.chaos_reminders import Reminders, check_reminders  # noqa: E402
 from bench.chaos_send import Sender  # noqa: E402
 from bridge.jobs import POSSIBLE_DUPLICATES_KEY  # noqa: E402
 from bridge.queue import QUEUE_NAME  # noqa: E402
+from bridge.schedules import PLANS  # noqa: E402
 from bridge.state import EntityMemory  # noqa: E402
 from bridge.store import event_key, record_key  # noqa: E402
 
@@ -110,6 +113,7 @@ class ChaosRun:
         self.readyz: ReadyzWatch | None = None
         self.spell = FullSpell()
         self.restarted_at = 0.0  # when Redis answered again after its crash
+        self.reminders = Reminders(args.reminders, args.seed)
 
     # --- set-up --------------------------------------------------------------------------------
 
@@ -122,7 +126,7 @@ class ChaosRun:
         self.redis.start()
         self.probe = self.redis.client()
         config = self.workdir / "config.yaml"
-        text = self.destinations.config_text(self.redis.url, RETRY_SCHEDULE)
+        text = self.destinations.config_text(self.redis.url, RETRY_SCHEDULE) + REMINDER_MAPPING
         if args.no_aof:  # what is lost with Redis never comes: do not wait 15 min for it
             text = text.replace("  jitter: 0.1\n", "  jitter: 0.1\n  wait_for_missing_data: 60s\n", 1)
         config.write_text(text, encoding="utf-8")
@@ -200,8 +204,11 @@ class ChaosRun:
             return self._refused()
         self.timings["set-up"] = time.time() - started
         assert self.destinations is not None and self.probe is not None and self.redis is not None
-        self.sender = Sender(f"http://127.0.0.1:{self.port}/webhooks", SECRET, stream.posts, args.rate)
-        send_seconds = len(stream.posts) / args.rate
+        # The reminders' appointments are a few minutes from now: laid in once set-up is over.
+        posts = self.reminders.merge(stream.posts, args.rate, starts_at=time.time() + 0.2)
+        self._events_by_id.update((e.id, e) for e in self.reminders.events)
+        self.sender = Sender(f"http://127.0.0.1:{self.port}/webhooks", SECRET, posts, args.rate)
+        send_seconds = len(posts) / args.rate
         self.sender.start()
         t0 = time.monotonic()
         next_kill = t0 + args.kill_every * self.rng.uniform(0.5, 1.5)
@@ -227,7 +234,7 @@ class ChaosRun:
                 next_report = now + 15
             time.sleep(0.2)
         self.timings["sending"] = self.sender.ended_at - self.sender.started_at
-        print(f"chaos: all {len(stream.posts)} posts answered; waiting for the queues to drain", flush=True)
+        print(f"chaos: all {len(posts)} posts answered; waiting for the queues to drain", flush=True)
         drain_started = time.time()
         self._drain(stream.events)
         self.timings["drain after the last post"] = time.time() - drain_started
@@ -300,7 +307,7 @@ class ChaosRun:
             event_id = job_id.removeprefix("e-").split("-")[0]
             event = self._events_by_id.get(event_id)
             if event is not None and event.entity is not None:
-                lock_key = f"sb:lock:{TENANT}:{event.entity[0]}:{event.entity[1]}"
+                lock_key = f"sb:lock:{event.envelope['tenant_id']}:{event.entity[0]}:{event.entity[1]}"
         held = scheduler_group is not None and scheduler_group == child.pid
         self.kills.append(Kill(at, child.name, rq_name, job_id, event, held, lock_key))
         self._restarts.append((time.monotonic() + WORKER_RESTART_DELAY, child))
@@ -413,6 +420,7 @@ class ChaosRun:
             "running or abandoned": started,
             "scheduled": probe.zcard(f"rq:scheduled:{QUEUE_NAME}"),
             "failed jobs": probe.zcard(f"rq:failed:{QUEUE_NAME}"),
+            "reminders not yet fired": probe.zcard(PLANS),
         }
 
     def _unfinished(self, events: list[Event]) -> int:
@@ -451,6 +459,7 @@ class ChaosRun:
                 time.sleep(2)
                 continue
             moving = queues["queued"] + queues["intermediate"] + queues["running or abandoned"] + queues["scheduled"]
+            moving += queues["reminders not yet fired"]
             state = (moving, unfinished, tuple(queues.values()))
             if state != last:
                 last, last_change = state, time.monotonic()
@@ -491,6 +500,7 @@ class ChaosRun:
         if self.drain_outcome != "drained" and not expected_losses:
             findings.problem(f"the queues did not drain: {self.drain_outcome}")
         self._redis_scenario_checks(findings, records)
+        self._reminder_checks(findings)
         failed = self._failed_jobs()
         for line in failed:
             findings.problem(f"FAILED JOB (RQ gave up on it): {line}")
@@ -561,6 +571,17 @@ class ChaosRun:
             fig["kills"] = [{k: v for k, v in kill.__dict__.items() if k != "event"} for kill in self.kills]
             Path(self.args.report).write_text(json.dumps(fig, indent=2, default=str, ensure_ascii=False) + "\n")
         return 0 if not findings.problems else 1
+
+    def _reminder_checks(self, findings: Any) -> None:
+        assert self.sender is not None and self.destinations is not None and self.probe is not None
+        events = self.reminders.events
+        acked = {e.id: d.acked_at if (d := self.sender.deliveries.get(e.id)) else None for e in events}
+        lost = {e for e, ago in self.crash.missing_after.items() if ago <= 1.0}
+        result = check_reminders(
+            self.reminders, self.destinations.http.hits, load_records(self.probe, events), acked, lost
+        )
+        findings.figures.update(result.figures)
+        findings.problems.extend(result.problems)
 
     def _redis_scenario_checks(self, findings: Any, records: dict[str, dict[str, Any] | None]) -> None:
         """What the Redis scenarios must show (bench/chaos_redis.py): figures, and problems if not."""
@@ -764,6 +785,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=0.05,
         help="mean seconds the HTTP, Slack and Google fakes take to answer (0.05)",
+    )
+    parser.add_argument(
+        "--reminders", type=int, default=60, help="bookings of a second salon with a reminder due mid-run (60)"
     )
     parser.add_argument("--duplicates", type=float, default=0.10, help="share of events delivered twice (0.10)")
     parser.add_argument("--shuffle-seconds", type=float, default=3.0, help="how far deliveries overtake (3 s)")

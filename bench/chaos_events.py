@@ -83,6 +83,7 @@ class Post:
     event: Event
     duplicate: bool
     key: float
+    not_before: float = 0.0  # seconds after the run starts: posted no earlier (else at its place in line)
 
 
 @dataclass

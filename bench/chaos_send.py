@@ -74,7 +74,7 @@ class Sender:
         start = time.monotonic()
         futures = []
         for index, post in enumerate(self.posts):
-            delay = start + index / self.rate - time.monotonic()
+            delay = start + max(index / self.rate, post.not_before) - time.monotonic()
             if delay > 0 and self._stop.wait(delay):
                 break
             futures.append(self._pool.submit(self._deliver, post))

