@@ -12,7 +12,6 @@ booking no longer had, never two sends for one time, none missing, never early.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import random
 import statistics
@@ -183,7 +182,7 @@ def check_reminders(
     sends: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)  # (booking, start) -> key -> first at
     for hit in hits:
         if hit.status < 300 and hit.idempotency_key.endswith("/" + ACTION):
-            body = json.loads(hit.body)
+            body = hit.body
             sends[(str(body["booking"]), body["start"])].setdefault(hit.idempotency_key, hit.at)
     lateness: list[float] = []
     outcome: defaultdict[str, int] = defaultdict(int)

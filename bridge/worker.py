@@ -20,7 +20,9 @@ from bridge import jobs, redis_health, reload, runtime, schedules
 from bridge.runtime import Runtime
 from mappings.config import BridgeConfig
 
-HEARTBEAT_EVERY = 10.0  # seconds; the worker key lives worker_ttl + 60 s (135 s here)
+HEARTBEAT_EVERY = 10.0  # seconds; the worker key lives worker_ttl + 60 s (85 s here)
+SCHEDULER_LEASE = 10  # seconds the scheduler's lock outlives its last renewal (every second)
+SCHEDULER_LOOK_EVERY = 5.0  # seconds between a worker's looks for a scheduler to take over
 REDIS_LOG_EVERY = 60.0  # while Redis is unreachable or full, a worker says so once a minute
 MAX_BACKOFF = 30.0  # seconds between tries while Redis is in trouble
 
@@ -68,7 +70,28 @@ def _what_is_wrong(exc: RedisError) -> str:
 
 class PlanScheduler(RQScheduler):
     """RQ's scheduler (one per queue, under RQ's lock, in a process beside a worker), which also
-    queues the scheduled sends whose time has come (bridge.schedules), every second."""
+    queues the scheduled sends whose time has come (bridge.schedules), every second.
+
+    RQ leases its lock for 61 s, renewed every second: when the worker running the scheduler is
+    killed, nothing is queued on time until the lease runs out and another worker looks (a chaos
+    run saw 64-100 s). Here the lease is SCHEDULER_LEASE, and workers look every
+    SCHEDULER_LOOK_EVERY (BridgeWorker.heartbeat)."""
+
+    def acquire_locks(self, auto_start: bool = False) -> set[str]:
+        acquired: set[str] = super().acquire_locks(auto_start)
+        self._shorten_leases()
+        return acquired
+
+    def heartbeat(self) -> None:
+        super().heartbeat()
+        self._shorten_leases()
+
+    def _shorten_leases(self) -> None:
+        if self._acquired_locks:
+            with self.connection.pipeline(transaction=False) as pipe:
+                for name in self._acquired_locks:
+                    pipe.expire(self.get_locking_key(name), SCHEDULER_LEASE)
+                pipe.execute()
 
     def enqueue_scheduled_jobs(self) -> None:
         super().enqueue_scheduled_jobs()
@@ -94,6 +117,7 @@ class BridgeWorker(SimpleWorker):
 
     log_result_lifespan = False  # "result is kept for 600 seconds" after every job says nothing to an owner
     _last_bare_heartbeat = 0.0
+    _last_scheduler_look = 0.0
     _born = False
     _trouble: RedisTrouble | None = None
     config_source: reload.ConfigSource | None = None  # set by run_worker: a changed config is taken on between jobs
@@ -178,6 +202,19 @@ class BridgeWorker(SimpleWorker):
         self.switch_config()  # between two jobs: the one just dequeued runs entirely on the new config
         return found
 
+    def _take_over_scheduler(self) -> None:
+        """Start the scheduler here if its lock is free (RQ itself looks only at maintenance)."""
+        scheduler = self.scheduler
+        if scheduler is None or time.monotonic() - self._last_scheduler_look < SCHEDULER_LOOK_EVERY:
+            return
+        self._last_scheduler_look = time.monotonic()
+        if scheduler._process is not None and scheduler._process.is_alive():
+            return
+        try:
+            scheduler.acquire_locks(auto_start=True)
+        except RedisError:
+            pass  # Redis is away: the next look tries again
+
     def switch_config(self) -> None:
         """The one place a worker takes on a changed config (bridge.reload), never during a job."""
         if self.config_source is None:
@@ -217,6 +254,7 @@ class BridgeWorker(SimpleWorker):
         if pipeline is not None or timeout is not None:
             super().heartbeat(timeout, pipeline=pipeline)
             return
+        self._take_over_scheduler()  # the bare heartbeat comes before every wait for a job
         if time.monotonic() - self._last_bare_heartbeat < HEARTBEAT_EVERY:
             return
         try:
@@ -316,9 +354,9 @@ def run_worker(
             serializer=JSONSerializer,
             name=name,
             maintenance_interval=60,
-            # An idle worker wakes every worker_ttl - 15 s for maintenance (re-queueing a killed
-            # worker's job, restarting the retry scheduler): RQ's 420 s default is too slow.
-            worker_ttl=75,
+            # An idle worker wakes every worker_ttl - 15 s (to re-queue a killed worker's job, take
+            # over the scheduler): RQ's 420 s default is far too slow for scheduled sends.
+            worker_ttl=25,
         )
         if source is not None:
             worker.config_source = source

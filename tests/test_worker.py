@@ -144,3 +144,47 @@ def test_a_heartbeat_writes_the_whole_registration_again_when_only_part_came_bac
         assert {b"birth", b"queues", b"pid", b"state"} <= set(redis.hkeys(worker.key))
         assert 0 < redis.ttl(worker.key) <= 135
     assert "its registration was gone from Redis" in caplog.text
+
+
+def test_another_worker_takes_over_the_scheduler_soon_after_its_worker_is_killed(
+    private_redis: StartRedis, write_config: Callable[[str], Path], destination: CapturingServer
+) -> None:
+    """RQ leases the scheduler's lock for 61 s and looks for a free one only at maintenance: a
+    killed worker's scheduled sends waited 64-100 s. The lease is 10 s here and workers look every 5 s."""
+    import signal
+
+    from rq.scheduler import RQScheduler
+
+    from bridge.worker import SCHEDULER_LEASE
+    from tests.test_jobs import _worker_process
+
+    server = private_redis()
+    config = write_config(http_config(destination.url))
+    workers = [_worker_process(config, server.url) for _ in range(2)]
+    lock = RQScheduler.get_locking_key(QUEUE_NAME)
+    try:
+        with server.client() as client:
+
+            def holder() -> str | None:
+                name = client.get(lock)
+                return name.decode() if name else None
+
+            def group_of(scheduler: str | None) -> int | None:
+                """The worker (process group) whose forked scheduler process this is, once it runs."""
+                pid = client.hget(f"rq:scheduler:{scheduler}", "pid")
+                return os.getpgid(int(pid)) if pid else None
+
+            _wait_for(lambda: group_of(holder()) is not None)
+            first = holder()
+            assert 0 < client.ttl(lock) <= SCHEDULER_LEASE
+            killed = next(w for w in workers if w.pid == group_of(first))
+            os.killpg(killed.pid, signal.SIGKILL)  # the worker and its scheduler, as a crash would
+            killed.wait()
+            _wait_for(lambda: holder() not in (None, first), timeout=SCHEDULER_LEASE + 20)
+            survivor = next(w for w in workers if w is not killed)
+            _wait_for(lambda: group_of(holder()) == survivor.pid)
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                os.killpg(worker.pid, signal.SIGKILL)
+            worker.communicate()
