@@ -110,11 +110,12 @@ def replan_seconds(rt: Runtime, first: int, count: int, start: datetime) -> list
     return times
 
 
-def burst(rt: Runtime, config_path: Path, count: int, due: float, spread: float, workers: int) -> list[float]:
-    """`count` plans due from `due` over `spread` seconds (0: all in the same second), fired by
-    `workers` real workers; the lateness (actual - planned) of each send."""
+def burst(
+    rt: Runtime, config_path: Path, count: int, start: datetime, due: float, spread: float, workers: int
+) -> list[float]:
+    """`count` bookings at `start` whose plans are due from `due` over `spread` seconds (0: all in
+    the same second), fired by `workers` real workers; the lateness (actual - planned) of each send."""
     first = 2_000_000 + int(due) % 100_000 * 10  # distinct bookings and events per burst
-    start = datetime.fromtimestamp(due, ZONE) + timedelta(minutes=10)
     for n in range(count):
         created = datetime.fromtimestamp(due + spread * n / count, ZONE) - timedelta(seconds=SPREAD_ANCHOR)
         process_event(booking_event(rt, first + n, start, created=created if spread else None))
@@ -171,15 +172,15 @@ def main() -> None:
         for label, spread, workers in BURSTS:
             # Planned ahead, as a day's reminders are: due 40 s from now.
             due = float(int(time.time()) + 40)
+            start = (datetime.fromtimestamp(due, ZONE) + timedelta(minutes=11)).replace(second=0)
             if spread:
                 text = config_text(args.redis_url, -SPREAD_ANCHOR, "event.created")
             else:
-                start = (datetime.fromtimestamp(due, ZONE) + timedelta(minutes=11)).replace(second=0)
                 text = config_text(args.redis_url, int(start.timestamp() - due))
             config_path.write_text(text, encoding="utf-8")
             rt = Runtime.from_config(load_config(config_path), args.redis_url, dry_run=True)
             runtime.install(rt)
-            lateness = burst(rt, config_path, args.burst, due, spread, workers)
+            lateness = burst(rt, config_path, args.burst, start, due, spread, workers)
             bursts.append((label.format(n=args.burst), workers, spread, lateness))
             bench.reset()
         runtime.install(None)
