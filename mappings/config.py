@@ -599,7 +599,9 @@ def _load_action(
     broken: set[str],
     base_dir: Path,
     problems: _Problems,
+    action_id: str | None = None,
 ) -> ActionSpec | None:
+    """One action of a mapping (`action_id`: given for a fallback, else `<mapping>/<name or position>`)."""
     known = ", ".join(sorted(set(connectors) | broken)) or "none configured"
     connector_name = raw.get("connector")
     if not isinstance(connector_name, str):
@@ -622,6 +624,11 @@ def _load_action(
     if not isinstance(label, str) or not _NAME.match(label):
         problems.add((*where, "name"), f"use letters, digits, '-', '_' or '.', got {label!r}")
         return None
+    action_id = action_id or f"{mapping_name}/{label}"
+    fallback = None
+    if "fallback" in raw:  # checked even when this action's own fields are not right
+        args = (engine, connectors, broken, base_dir, problems)
+        fallback = _load_fallback(action_id, mapping_name, raw["fallback"], (*where, "fallback"), *args)
     fields_raw = {k: v for k, v in raw.items() if k not in _ACTION_KEYS}
     try:
         fields = fields_model.model_validate(fields_raw)
@@ -652,13 +659,8 @@ def _load_action(
             problems.add((*where, name), str(exc))
             continue
         compiled[name] = value
-    action = ActionSpec(
-        f"{mapping_name}/{label}", mapping_name, connector_name, action_name, fields, compiled, engine.render_timeout
-    )
-    if "fallback" in raw:
-        args = (engine, connectors, broken, base_dir, problems)
-        action.fallback = _load_fallback(action.id, mapping_name, raw["fallback"], (*where, "fallback"), *args)
-    return action
+    timeout = engine.render_timeout
+    return ActionSpec(action_id, mapping_name, connector_name, action_name, fields, compiled, timeout, fallback)
 
 
 def _load_fallback(
@@ -684,11 +686,9 @@ def _load_fallback(
         return None
     if raw.get("connector") in broken:
         return None  # that connector's own problems are reported
-    spec = _load_action(mapping_name, 0, raw, where, engine, connectors, broken, base_dir, problems)
-    prefix = first_id
-    for each in spec.chain() if spec is not None else ():
-        each.id = prefix = prefix + "/fallback"
-    return spec
+    return _load_action(
+        mapping_name, 0, raw, where, engine, connectors, broken, base_dir, problems, first_id + "/fallback"
+    )
 
 
 SHIPPED_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
