@@ -257,6 +257,10 @@ def test_failed_after_sending_is_a_dead_letter_counted_in_metrics_and_its_fallba
 
     assert main(["dead-letters", "--config", messaging.config.path]) == 0
     assert "cannot receive WhatsApp messages" in capsys.readouterr().out
+    assert main(["events", "--config", messaging.config.path, "--status", "failed after sending"]) == 0
+    shown = capsys.readouterr().out
+    assert "aviso/wa: failed after sending, 1 attempt(s)" in shown and "; delivery: sent 2025-12-02 " in shown
+    assert shown.index("aviso/wa:") < shown.index("aviso/wa/fallback: done")
 
 
 def test_twilio_undelivered_turns_the_sms_fallback_failed_and_runs_the_last_fallback(
