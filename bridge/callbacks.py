@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 import time
 from urllib.parse import parse_qsl
@@ -80,12 +81,11 @@ def whatsapp_sender(config: BridgeConfig, body: bytes, signature: str | None) ->
     return None
 
 
-def twilio_sender(config: BridgeConfig, params: dict[str, str], signature: str | None) -> str | None:
+def twilio_sender(config: BridgeConfig, params: dict[str, str], signature: str | None, query: str) -> str | None:
     """The sms connector whose auth_token signed the request (the SDK's RequestValidator, over the
-    URL Twilio was given: public_url + /webhooks/twilio), else None."""
+    URL Twilio was given: public_url + /webhooks/twilio, and its query string), else None."""
     if not signature:
         return None
-    query = request.query_string.decode("latin-1")
     for name, settings in twilio_connectors(config).items():
         if not settings.public_url:
             continue
@@ -123,7 +123,8 @@ def register_callbacks(app: Flask, config: BridgeConfig, redis: Redis) -> None:
         if args.get("hub.mode") != "subscribe" or not matched:
             log.warning("whatsapp subscription check refused: wrong hub.mode or hub.verify_token")
             return jsonify({"error": "hub.verify_token does not match the whatsapp connector's verify_token"}), 403
-        return Response(args.get("hub.challenge", "")[:200], mimetype="text/plain")
+        challenge = args.get("hub.challenge", "")[:200]
+        return Response(challenge, mimetype="text/plain", headers={"X-Content-Type-Options": "nosniff"})
 
     @app.post("/webhooks/whatsapp")
     def whatsapp_callback():
@@ -136,6 +137,10 @@ def register_callbacks(app: Flask, config: BridgeConfig, redis: Redis) -> None:
             what = "missing" if not signature else "does not match the body (check the connector's app_secret)"
             log.warning("whatsapp callback refused: %s %s", WHATSAPP_SIGNATURE, what)
             return jsonify({"error": f"{WHATSAPP_SIGNATURE} {what}"}), 401
+        try:
+            json.loads(body)
+        except ValueError as exc:
+            return jsonify({"error": f"body is not valid JSON: {exc}"}), 400
         refused = accept("whatsapp", connector, body, body)  # Meta redelivers the same body
         return unavailable(refused[0]) if refused else (jsonify({"received": True}), 200)
 
@@ -145,11 +150,11 @@ def register_callbacks(app: Flask, config: BridgeConfig, redis: Redis) -> None:
         signature = request.headers.get(TWILIO_SIGNATURE)
         if not twilio_connectors(config):
             return jsonify({"error": "no sms connector is configured"}), 404
-        try:
-            params = dict(parse_qsl(body.decode(), keep_blank_values=True, strict_parsing=False))
+        try:  # Twilio signs the URL and the form's values: they are read first, stored only if it matches
+            params = dict(parse_qsl(body.decode(), keep_blank_values=True))
         except UnicodeDecodeError:
             params = {}
-        connector = twilio_sender(config, params, signature)
+        connector = twilio_sender(config, params, signature, request.query_string.decode("latin-1"))
         if connector is None:
             what = "missing" if not signature else "does not match (check auth_token and public_url)"
             log.warning("twilio callback refused: %s %s", TWILIO_SIGNATURE, what)

@@ -738,11 +738,13 @@ def process_callback(key: str) -> str:
             outcomes.append(f"{report.message_id}={_record_delivery(rt, *sender, report)}")
         except EntityBusy:
             busy = True
-    # A send may not be recorded yet (Meta and Twilio answer within milliseconds). Running the whole
-    # callback again is harmless: what was recorded already is not recorded twice.
-    if busy or (waiting and time.time() - callback.received_at < deliveries.UNKNOWN_WAIT):
-        enqueue(rt.queue, PROCESS_CALLBACK, key, job_id=f"{key}-{uuid.uuid4().hex[:8]}", delay=BUSY_DELAY)
-        outcomes.append(f"again in {BUSY_DELAY} s (busy, or messages not recorded yet: {len(waiting)})")
+    # A send may not be recorded yet (Meta and Twilio answer within milliseconds): looked for again
+    # after 2, 2, 4, 8... s. Running the whole callback again is harmless: nothing is recorded twice.
+    age = time.time() - callback.received_at
+    if busy or (waiting and age < deliveries.UNKNOWN_WAIT):
+        delay = BUSY_DELAY if busy else max(BUSY_DELAY, round(age))
+        enqueue(rt.queue, PROCESS_CALLBACK, key, job_id=f"{key}-{uuid.uuid4().hex[:8]}", delay=delay)
+        outcomes.append(f"again in {delay} s (busy, or messages not recorded yet: {len(waiting)})")
     elif waiting:
         log.warning("%s callback: status for messages no action sent (or forgotten): %s", callback.source, waiting)
         outcomes += [f"{message_id}=unknown" for message_id in waiting]

@@ -18,12 +18,15 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from rq.job import Job
 from rq.registry import StartedJobRegistry
 from rq.scheduler import RQScheduler
+from rq.serializers import JSONSerializer
 from twilio.request_validator import RequestValidator
 
 from bridge import schedules
 from bridge.deliveries import CALLBACK_PREFIX
+from bridge.jobs import POSSIBLE_DUPLICATES_KEY
 from bridge.store import GAVE_UP, Status
 from tests.conftest import SECRET
 from tests.fakes.graph_server import GraphServer, hub_signature, message_callback, status_callback
@@ -283,6 +286,24 @@ def test_twilio_undelivered_turns_the_sms_fallback_failed_and_runs_the_last_fall
     assert all(actions[a].status in GAVE_UP for a in ("aviso/wa", "aviso/wa/fallback"))
 
 
+def test_a_status_that_comes_before_its_send_is_recorded_is_recorded_when_it_is(
+    messaging: Bridge, graph: GraphServer
+) -> None:
+    post_whatsapp(messaging, status_callback("wamid.early", "sent"))  # queued first: the worker sees it first
+    graph.accept("wamid.early")
+    event_id = send_booking(messaging)  # and the callback's second look, 2 s later
+    [key] = [k.decode().removeprefix(CALLBACK_PREFIX) for k in messaging.redis.keys(CALLBACK_PREFIX + "*")]
+    first_look = Job.fetch(key, connection=messaging.redis, serializer=JSONSerializer).return_value()
+    assert first_look == "again in 2 s (busy, or messages not recorded yet: 1)"
+    assert [d["status"] for d in messaging.record(event_id).actions["aviso/wa"].delivery] == ["sent"]
+
+
+def test_a_whatsapp_callback_that_is_signed_but_not_json_is_400_and_not_stored(messaging: Bridge) -> None:
+    answer = post_whatsapp(messaging, b"{not json")
+    assert answer.status_code == 400 and "not valid JSON" in answer.json["error"]
+    assert messaging.keys_written() == []
+
+
 def test_a_status_for_a_message_no_action_sent_is_logged_not_retried_for_ever(messaging: Bridge, caplog) -> None:  # noqa: ANN001
     post_whatsapp(messaging, status_callback("wamid.nobody", "delivered"))
     [key] = messaging.redis.keys(CALLBACK_PREFIX + "*")
@@ -364,40 +385,47 @@ def _worker_process(config: Path, redis_url: str) -> subprocess.Popen[bytes]:
 
 
 @pytest.mark.slow
-def test_a_worker_killed_as_the_first_action_dies_leaves_exactly_one_fallback(
-    make_bridge,
-    graph,
-    twilio,
-    destination,
-    redis_url,
-    write_config,  # noqa: ANN001
-) -> None:
+@pytest.mark.parametrize("killed_in", ["the-first-action", "its-fallback"])
+def test_a_killed_worker_leaves_exactly_one_fallback(
+    make_bridge, graph, twilio, destination, redis_url, write_config, killed_in  # noqa: ANN001
+) -> None:  # fmt: skip
     text = config_text(graph.url, twilio.url, destination.url, redis_url=redis_url)
     bridge = make_bridge(text)
-    error = json.dumps({"error": {"message": "Message undeliverable", "code": 131026}})
-    graph.respond_with(400, error, delay=30)  # Meta's refusal, while we kill the worker
-    graph.respond_with(400, error)
-    twilio.accept("SMonce")
+    refusal = json.dumps({"error": {"message": "Message undeliverable", "code": 131026}})
+    accepted = json.dumps({"sid": "SMonce", "status": "queued", "to": PHONE, "from": "+34600000000", "body": ""})
+    # The call that hangs while the worker is killed: Meta's refusal, or Twilio's acceptance.
+    hanging = graph if killed_in == "the-first-action" else twilio
+    graph.respond_with(400, refusal, delay=30 if hanging is graph else 0)
+    graph.respond_with(400, refusal)
+    twilio.respond_with(201, accepted, delay=30 if hanging is twilio else 0)
+    twilio.respond_with(201, accepted)
     event = sample("booking.created")
     bridge.post(event)
     worker = _worker_process(write_config(text, "worker.yaml"), redis_url)
     try:
-        assert graph.received.wait(30), "the worker never called the fake Graph API"
+        assert hanging.received.wait(30), "the worker never made the call"
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait(10)
     finally:
         if worker.poll() is None:
             os.killpg(worker.pid, signal.SIGKILL)
             worker.wait()
-    assert bridge.record(event["id"]).actions["aviso/wa"].status == Status.SENDING
-    assert "aviso/wa/fallback" not in bridge.record(event["id"]).actions
+    actions = bridge.record(event["id"]).actions
+    if hanging is graph:
+        assert actions["aviso/wa"].status == Status.SENDING and "aviso/wa/fallback" not in actions
+    else:
+        assert (actions["aviso/wa"].status, actions["aviso/wa/fallback"].status) == (Status.DEAD, Status.SENDING)
     # As in test_jobs: let RQ's maintenance and the locks' expiry happen now instead of in minutes.
     StartedJobRegistry(queue=bridge.runtime.queue).cleanup(timestamp=int(time.time()) + 3600)
     bridge.redis.delete(RQScheduler.get_locking_key(bridge.runtime.queue.name), *bridge.redis.keys("sb:lock:*"))
     bridge.drain(timeout=30)
     actions = bridge.record(event["id"]).actions
-    assert actions["aviso/wa"].status == Status.DEAD and len(graph.requests) == 2
-    assert actions["aviso/wa/fallback"].status == Status.DONE and len(twilio.requests) == 1
+    assert sorted(actions) == ["aviso/wa", "aviso/wa/fallback"]
+    assert (actions["aviso/wa"].status, actions["aviso/wa/fallback"].status) == (Status.DEAD, Status.DONE)
+    # The interrupted call runs again (it may have reached the destination: counted as a possible
+    # duplicate); nothing else does.
+    assert (len(graph.requests), len(twilio.requests)) == ((2, 1) if hanging is graph else (1, 2))
+    assert bridge.redis.get(POSSIBLE_DUPLICATES_KEY) == b"1"
 
 
 def test_a_scheduled_reminder_falls_back_at_its_time(
