@@ -13,6 +13,7 @@ import hmac
 import json
 import logging
 import time
+from typing import Any
 from urllib.parse import parse_qsl
 
 import msgpack
@@ -98,18 +99,16 @@ def twilio_sender(config: BridgeConfig, params: dict[str, str], signature: str |
 def register_callbacks(app: Flask, config: BridgeConfig, redis: Redis) -> None:
     store = CallbackStore(config, redis, work_queue(redis))
 
-    def accept(source: str, connector: str, body: bytes, dedupe_id: bytes) -> tuple[str, int] | None:
-        """Store the callback; None when stored (or a duplicate), else the 503 to answer."""
+    def stored_then(answer: Any, source: str, connector: str, body: bytes, dedupe_id: bytes) -> Any:
+        """`answer`, once the callback is stored (or known already); 503 when Redis cannot take it."""
         try:
             new = store.store(source, connector, body, dedupe_id)
         except RedisError as exc:
             log.warning("%s callback: cannot store it (%s): answered 503", source, type(exc).__name__)
-            return f"cannot store the callback right now ({type(exc).__name__}); retry later", 503
+            message = f"cannot store the callback right now ({type(exc).__name__}); retry later"
+            return jsonify({"error": message}), 503, {"Retry-After": str(RETRY_AFTER_SECONDS)}
         log.info("%s callback connector=%s outcome=%s", source, connector, "accepted" if new else "duplicate")
-        return None
-
-    def unavailable(message: str) -> tuple[Response, int, dict[str, str]]:
-        return jsonify({"error": message}), 503, {"Retry-After": str(RETRY_AFTER_SECONDS)}
+        return answer
 
     @app.get("/webhooks/whatsapp")
     def whatsapp_subscription():
@@ -141,8 +140,8 @@ def register_callbacks(app: Flask, config: BridgeConfig, redis: Redis) -> None:
             json.loads(body)
         except ValueError as exc:
             return jsonify({"error": f"body is not valid JSON: {exc}"}), 400
-        refused = accept("whatsapp", connector, body, body)  # Meta redelivers the same body
-        return unavailable(refused[0]) if refused else (jsonify({"received": True}), 200)
+        # Meta redelivers the same body.
+        return stored_then((jsonify({"received": True}), 200), "whatsapp", connector, body, body)
 
     @app.post(TWILIO_PATH)
     def twilio_callback():
@@ -161,5 +160,4 @@ def register_callbacks(app: Flask, config: BridgeConfig, redis: Redis) -> None:
             return jsonify({"error": f"{TWILIO_SIGNATURE} {what}"}), 403
         sid, status = params.get("MessageSid", ""), params.get("MessageStatus") or params.get("SmsStatus", "")
         dedupe_id = f"{sid}:{status}".encode() if sid and status else body  # stable across redeliveries
-        refused = accept("twilio", connector, body, dedupe_id)
-        return unavailable(refused[0]) if refused else Response(EMPTY_TWIML, mimetype="text/xml")
+        return stored_then(Response(EMPTY_TWIML, mimetype="text/xml"), "twilio", connector, body, dedupe_id)
