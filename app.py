@@ -1,4 +1,5 @@
-"""The Flask application: the webhook endpoint, health checks, /metrics and the admin, nothing else."""
+"""The Flask application: the webhook endpoint, the messaging callbacks, health checks, /metrics and
+the admin, nothing else."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from werkzeug.wsgi import get_input_stream
 
 from bridge import metrics
 from bridge.admin import register_admin
+from bridge.callbacks import register_callbacks
 from bridge.feeds import register_feeds
 from bridge.ingest import SIGNATURE_HEADER, Ingestor, Outcome
 from bridge.queue import connect, resolve_redis_url, work_queue
@@ -124,6 +126,7 @@ def create_app(config: BridgeConfig | str | None = None, redis: Redis | None = N
 
     register_admin(app, config, redis)
     register_feeds(app, config, redis)
+    register_callbacks(app, config, redis)
     fast_path = WebhookFastPath(app.wsgi_app, answer_webhook, config.webhook.max_body_bytes)
     app.wsgi_app = fast_path  # type: ignore[method-assign]
     app.extensions["salon_bridge"]["webhook"] = fast_path.respond

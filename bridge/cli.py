@@ -873,6 +873,8 @@ def describe_state(state: ActionState, clock: Clock) -> str:
         text += f", last error: {state.last_error}"
     elif state.detail:
         text += f" ({state.detail[:200]})"
+    if state.delivery:  # what WhatsApp or Twilio said after accepting it (bridge/deliveries.py)
+        text += "; delivery: " + ", ".join(f"{d['status']} {clock.show(d['at'])}" for d in state.delivery)
     return text
 
 

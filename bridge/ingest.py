@@ -129,7 +129,7 @@ def replace_lone_surrogates(value: Any, path: str, replaced: list[str]) -> Any:
 # arrays of strings (raw strings, binary-safe: Redis's cmsgpack does not read the newer bin type).
 # One argument instead of ~75: redis-py packs each argument in Python, and that
 # was a quarter of a webhook's CPU.
-_STORE_IF_NEW = """
+STORE_IF_NEW = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return 0
 end
@@ -146,7 +146,7 @@ class Ingestor:
         self.config = config
         self.redis = redis
         self.queue = queue
-        self._store_if_new = redis.register_script(_STORE_IF_NEW)
+        self._store_if_new = redis.register_script(STORE_IF_NEW)
 
     def handle(self, body: bytes, signature: str | None) -> Outcome:
         webhook = self.config.webhook

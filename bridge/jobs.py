@@ -25,9 +25,9 @@ from redis.exceptions import RedisError
 from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
-from bridge import agenda, metrics, redis_health, schedules
+from bridge import agenda, deliveries, metrics, redis_health, schedules
 from bridge import runtime as runtime_module
-from bridge.queue import JOB_TIMEOUT, PROCESS_EVENT, RUN_ACTION, enqueue
+from bridge.queue import JOB_TIMEOUT, PROCESS_CALLBACK, PROCESS_EVENT, RUN_ACTION, enqueue
 from bridge.runtime import Runtime
 from bridge.state import EntityBusy, RedisConnectorStore, event_moment, memory_fields, subject_of
 from bridge.store import (
@@ -41,7 +41,16 @@ from bridge.store import (
     record_key,
     text,
 )
-from connectors.base import KINDS, ActionRequest, Entity, MissingDataError, PermanentError, Subject, TransientError
+from connectors.base import (
+    KINDS,
+    ActionRequest,
+    Entity,
+    MissingDataError,
+    PermanentError,
+    SkipSend,
+    Subject,
+    TransientError,
+)
 from mappings.config import ActionSpec, MappingSpec
 from mappings.routing import plan, render_action, skip_reason, template_context
 from mappings.schedule import Decision, booking_times
@@ -574,6 +583,8 @@ def attempt(rt: Runtime, work: EntityWork, spec: ActionSpec, state: ActionState)
                 failure.error,
             )
         error = _after_failure(rt, work, spec, state, failure)
+        if state.status == Status.DEAD:
+            start_fallback(rt, work, spec.id, state)
     duration = time.monotonic() - started
     if state.status != Status.RETRYING:
         state.next_attempt_at = None
@@ -628,10 +639,18 @@ def _run(rt: Runtime, work: EntityWork, spec: ActionSpec, state: ActionState) ->
         **work.entities(),
         timezone=rt.config.model.timezone,
         data=MappingProxyType(record.envelope["data"]),
+        opt_outs=deliveries.OptOuts(rt.redis, rt.config.model.timezone),
     )
     with work.held_during_send():
-        result = connector.send(request)
+        try:
+            result = connector.send(request)
+        except SkipSend as skip:  # on purpose (an opted-out customer): not an error, not retried
+            state.status, state.detail, state.last_error, state.forced = Status.SKIPPED, skip.reason, "", False
+            return
     state.status, state.detail, state.last_error, state.forced = Status.DONE, result.detail, "", False
+    if result.message_id:  # its status callbacks find this action by it
+        deliveries.index_on(work.writes, result.message_id, record.key, spec.id, rt.store.retention)
+        state.delivery = []
     if target:
         rt.ordering.mark_synced_on(work.writes, target, work.version)
 
@@ -694,3 +713,86 @@ def log_attempt(record: EventRecord, spec: ActionSpec, state: ActionState, durat
         duration * 1000,
         f" error={error!r}" if error else "",
     )
+
+
+def start_fallback(rt: Runtime, work: EntityWork, action_id: str, state: ActionState) -> None:
+    """Queue the `fallback:` of an action that gave up (on `work.writes`, with its verdict), once:
+    the fallback's own entry in the ledger says it was started (by a duplicate callback, a replay)."""
+    spec = rt.config.action(action_id)
+    if spec is None or spec.fallback is None or spec.fallback.id in work.record.actions:
+        return
+    fallback = ActionState(connector=spec.fallback.connector, plan=state.plan)
+    fallback.detail = f"fallback of {action_id}, which ended {state.status}"
+    work.record.actions[spec.fallback.id] = fallback
+    rt.store.save_action(work.record.key, spec.fallback.id, fallback, pipe=work.writes)
+    job_id = retry_job_id(work.record.key, spec.fallback.id, 0)
+    # Delayed by 0 (runs within a second): RQ's immediate enqueue on a pipeline wants it still empty.
+    enqueue(rt.queue, RUN_ACTION, work.record.key, spec.fallback.id, job_id=job_id, delay=0, pipeline=work.writes)
+    log.info("event %s: %s ended %s; its fallback is queued", work.record.id, action_id, state.status)
+
+
+def process_callback(key: str) -> str:
+    """A WhatsApp or Twilio callback (stored by bridge/callbacks.py): opt-outs and opt-ins, then each
+    delivery status on the action that sent that message."""
+    rt = runtime_module.current()
+    callback = deliveries.load_callback(rt.redis, key)
+    if callback is None:
+        return "expired"
+    statuses, messages = deliveries.read(callback)
+    outcomes = [heard for message in messages if (heard := _hear(rt, callback, message))]
+    waiting, busy = [], False
+    for report in statuses:
+        sender = deliveries.sender_of(rt.redis, report.message_id)
+        if sender is None:
+            waiting.append(report.message_id)
+            continue
+        try:
+            outcomes.append(f"{report.message_id}={_record_delivery(rt, *sender, report)}")
+        except EntityBusy:
+            busy = True
+    # A send may not be recorded yet (Meta and Twilio answer within milliseconds): looked for again
+    # after 2, 2, 4, 8... s. Running the whole callback again is harmless: nothing is recorded twice.
+    age = time.time() - callback.received_at
+    if busy or (waiting and age < deliveries.UNKNOWN_WAIT):
+        delay = BUSY_DELAY if busy else max(BUSY_DELAY, round(age))
+        enqueue(rt.queue, PROCESS_CALLBACK, key, job_id=f"{key}-{uuid.uuid4().hex[:8]}", delay=delay)
+        outcomes.append(f"again in {delay} s (busy, or messages not recorded yet: {len(waiting)})")
+    elif waiting:
+        log.warning("%s callback: status for messages no action sent (or forgotten): %s", callback.source, waiting)
+        outcomes += [f"{message_id}=unknown" for message_id in waiting]
+    return ", ".join(outcomes) or "nothing to record"
+
+
+def _hear(rt: Runtime, callback: deliveries.Callback, message: deliveries.Incoming) -> str | None:
+    """Opt the customer out (or back in) when their message is one of the connector's words."""
+    spec = rt.config.connectors.get(callback.connector)
+    settings = spec.settings if spec is not None else None
+    out_words, in_words = getattr(settings, "opt_out_words", None), getattr(settings, "opt_in_words", None)
+    if out_words is None or in_words is None:
+        return None
+    heard = deliveries.OptOuts(rt.redis, rt.config.model.timezone).hear(message, out_words, in_words)
+    if heard:
+        log.warning("%s callback: a customer %s (they wrote %r)", callback.source, heard, message.text[:40])
+    return heard
+
+
+def _record_delivery(rt: Runtime, key: str, action_id: str, report: deliveries.StatusReport) -> str:
+    """Record one status on its action, under the entity's lock; a failure after an accepted send is
+    that action's outcome (dead-lettered, counted, and its fallback started)."""
+    record = rt.store.load(key)
+    if record is None or record.data_lost:
+        return "its event is gone"
+    with EntityWork(rt, record, remember=False) as work:  # raises EntityBusy
+        state = work.record.actions.get(action_id)
+        if state is None or not deliveries.record_status(state, report):
+            return "already recorded"
+        if report.status in deliveries.FAILED and state.status == Status.DONE:
+            state.status, state.last_error = Status.FAILED_AFTER_SENDING, report.error
+            state.history.append(
+                {"at": report.at, "attempt": state.attempts, "outcome": state.status, "error": report.error}
+            )
+            metrics.record_action(work.writes, state.connector, state.status, None)
+            log.warning("action event=%s action=%s %s: %s", record.id, action_id, state.status, report.error)
+            start_fallback(rt, work, action_id, state)
+        rt.store.save_action(key, action_id, state, pipe=work.writes)
+    return report.status

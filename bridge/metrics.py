@@ -34,7 +34,7 @@ from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from bridge import redis_health
 from bridge.logs import mask
-from bridge.store import DEAD_INDEX, EVENTS_INDEX, PREFIX, Status, text
+from bridge.store import DEAD_INDEX, EVENTS_INDEX, GAVE_UP, PREFIX, Status, text
 
 ACTIONS_KEY = PREFIX + "metrics:actions"  # hash "<connector>|<outcome>" -> count
 ACTION_SECONDS_KEY = PREFIX + "metrics:action_seconds"  # hash "<connector>|<bucket index>" / "<connector>|sum"
@@ -207,13 +207,16 @@ class RedisCollector(Collector):
         dead = CounterMetricFamily(
             "salon_bridge_dead_letters", "Actions that gave up (dead letters)", labels=["connector"]
         )
+        gave_up: dict[str, int] = {}  # dead, and failed after sending (a status callback's verdict)
         for field, count in sorted(actions.items()):
             connector, outcome = field.decode().rsplit("|", 1)
             by_outcome.add_metric([connector, outcome], int(count))
             if outcome == Status.RETRYING:
                 retries.add_metric([connector], int(count))
-            if outcome == Status.DEAD:
-                dead.add_metric([connector], int(count))
+            if outcome in GAVE_UP:
+                gave_up[connector] = gave_up.get(connector, 0) + int(count)
+        for connector, count in gave_up.items():
+            dead.add_metric([connector], count)
         yield from (by_outcome, retries, dead)
         yield _action_histogram(seconds)
 

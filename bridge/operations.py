@@ -15,7 +15,7 @@ from mappings.templates import EntityView
 
 # Dead actions, and unfinished ones whose job RQ gave up on (they stay pending or sending); the
 # entity lock and the ledger make a replay of one that is in fact still queued harmless.
-REPLAYABLE = {Status.DEAD, Status.PENDING, Status.SENDING}
+REPLAYABLE = {Status.DEAD, Status.FAILED_AFTER_SENDING, Status.PENDING, Status.SENDING}
 # With force, also what already ran; a skipped action only when its `when:` is true now.
 REPLAYABLE_WITH_FORCE = REPLAYABLE | {Status.DONE, Status.DRY_RUN, Status.SKIPPED, Status.STALE}
 # A record with action states but no body: Redis lost it (evicted it, or restarted empty) while a
@@ -67,7 +67,7 @@ def replay(rt: Runtime, event_id: str, action: str | None = None, force: bool = 
     pipe.multi()  # explicit: RQ's enqueue on a pipeline expects one already in MULTI
     for action_id, state in chosen:
         state.history.append({"at": None, "attempt": state.attempts, "outcome": f"replay of {state.status}"})
-        state.forced = force and state.status != Status.DEAD
+        state.forced = force and state.status not in (Status.DEAD, Status.FAILED_AFTER_SENDING)
         state.status, state.attempts, state.last_error, state.next_attempt_at = Status.PENDING, 0, "", None
         rt.store.save_action(record.key, action_id, state, pipe=pipe)
         job_id = _replay_job_id(record, action_id, len(state.history))

@@ -31,6 +31,7 @@ FAILURE_TTL = 30 * 86400
 # Jobs by dotted path: the web process enqueues them without importing the worker tier.
 PROCESS_EVENT = "bridge.jobs.process_event"
 RUN_ACTION = "bridge.jobs.run_action"
+PROCESS_CALLBACK = "bridge.jobs.process_callback"  # a WhatsApp or Twilio callback (bridge/callbacks.py)
 # Records the outcome of a job RQ gives up on (crashed or killed on its last try), so no event is
 # left without one.
 _GAVE_UP = Callback("bridge.jobs.job_gave_up")

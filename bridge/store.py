@@ -4,7 +4,7 @@ Keys (all under `sb:`):
   sb:seen:<key>    dedupe mark of an accepted event id (expires after webhook.dedupe_window)
   sb:event:<key>   hash: the raw body and envelope fields, plus one `a:<action id>` JSON field per action
   sb:events        sorted set of event keys by time received (for listing)
-  sb:dead          sorted set of "<key> <action id>" by the time the action gave up
+  sb:dead          sorted set of "<key> <action id>" by the time the action gave up (dead or failed after sending)
 """
 
 from __future__ import annotations
@@ -40,6 +40,12 @@ class Status(StrEnum):
     SCHEDULED = "scheduled"  # a scheduled mapping's action, waiting for its time (bridge/schedules.py)
     CANCELLED = "cancelled"  # a scheduled send that will not go out: the booking was cancelled, moved, ...
     MISSED = "missed"  # a scheduled send whose time passed beyond its grace (or the appointment began)
+    # Accepted by WhatsApp or Twilio, then reported undeliverable by its status callback (bridge/deliveries.py).
+    FAILED_AFTER_SENDING = "failed after sending"
+
+
+# The statuses of an action that gave up: kept in the dead letters for a replay (and a fallback runs).
+GAVE_UP = frozenset({Status.DEAD, Status.FAILED_AFTER_SENDING})
 
 
 # The entry under which an event that could not be processed at all is recorded, as an action
@@ -103,6 +109,9 @@ class ActionState:
     history: list[dict[str, Any]] = field(default_factory=list)
     forced: bool = False  # queued again by `replay --force`
     plan: dict[str, Any] | None = None  # a scheduled send's plan: id, due, start (epoch seconds), note
+    # What the destination's status callbacks said of a sent message: {"status", "at", "error"},
+    # in the order sent, delivered, read, failed/undelivered (bridge/deliveries.py).
+    delivery: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(vars(self), ensure_ascii=False, default=str)  # asdict() would deep-copy first
@@ -163,7 +172,7 @@ class EventStore:
         own_pipe = pipe is None
         pipe = self.redis.pipeline(transaction=True) if pipe is None else pipe
         pipe.hset(record_key(key), "a:" + action_id, state.to_json())
-        if state.status == Status.DEAD:
+        if state.status in GAVE_UP:
             pipe.zadd(DEAD_INDEX, {member: state.updated_at})
             pipe.expire(record_key(key), self.dead_retention)
         else:

@@ -64,6 +64,15 @@ class PermanentError(ConnectorError):
     """Trying again will not help: the reason says what a person must change."""
 
 
+class SkipSend(Exception):
+    """Nothing is sent, on purpose (the customer opted out): the action is recorded as `skipped`
+    with `reason`, never retried and never dead."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
 class MissingDataError(Exception):
     """The action needs data that only an earlier event carries, and it has not arrived (yet): the
     action is retried for `retry.wait_for_missing_data`, then dead with this reason."""
@@ -123,6 +132,10 @@ class ActionFields(BaseModel):
     escaping: ClassVar[dict[str, str]] = {}
     syncs_state: ClassVar[bool] = False
 
+    def load_warnings(self) -> list[tuple[str, str]]:
+        """What check-config should warn about in these fields, as (field, message); none by default."""
+        return []
+
 
 class ConnectorStore(Protocol):
     """Small durable memory a connector keeps between actions (a Slack thread's ts, the calendar
@@ -135,6 +148,21 @@ class ConnectorStore(Protocol):
     def set_if_absent(self, key: str, value: str, ttl: float | None = None) -> bool: ...
 
     def delete(self, key: str) -> None: ...
+
+
+class OptOuts(Protocol):
+    """The phones whose owners asked for no more messages (they wrote BAJA or STOP)."""
+
+    def opted_out_on(self, phone: str) -> str | None:
+        """The date an E.164 phone opted out (as people read it), or None when it may be sent to."""
+        ...
+
+
+def refuse_opted_out(request: ActionRequest, phone: str) -> None:
+    """Raise SkipSend when the customer at `phone` (E.164) opted out: nothing may be sent to them."""
+    since = request.opt_outs.opted_out_on(phone) if request.opt_outs is not None else None
+    if since is not None:
+        raise SkipSend(f"skipped: opted out on {since}")
 
 
 @dataclass(frozen=True)
@@ -159,14 +187,17 @@ class ActionRequest:
     customer: Entity | None = None
     timezone: str = "UTC"  # the salon's: booking dates and times are wall-clock times in it
     data: Mapping[str, Any] = field(default_factory=dict)  # the event's own `data`, as it came
+    opt_outs: OptOuts | None = None  # for the messaging connectors: who must not be sent to
 
 
 @dataclass
 class SendResult:
-    """What the destination answered, kept in the event log."""
+    """What the destination answered, kept in the event log. `message_id`: the id the
+    destination's delivery callbacks will name (a WhatsApp wamid, a Twilio SID), if it sends any."""
 
     detail: str = ""
     data: dict[str, Any] = field(default_factory=dict)
+    message_id: str = ""
 
 
 class Connector(ABC):

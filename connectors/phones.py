@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import string
+import unicodedata
 from typing import Annotated
 
 import phonenumbers
@@ -34,3 +36,22 @@ def normalise_phone(raw: str, region: str) -> str:
 
 # A settings field holding a country code (`default_region: ES`), checked at load.
 Region = Annotated[str, AfterValidator(check_region)]
+
+
+# What a customer writes to stop (or restart) messages, compared by `keyword`.
+OPT_OUT_WORDS = ["BAJA", "STOP", "CANCELAR SUSCRIPCION"]
+OPT_IN_WORDS = ["ALTA", "START"]
+_EDGES = string.whitespace + string.punctuation + "¡¿«»“”‘’…"
+
+
+def keyword(text: str) -> str:
+    """A message as a keyword: upper case, without accents, surrounding spaces and punctuation,
+    inner spaces single ("  ¡Baja! " and "cancelar   suscripción" read BAJA, CANCELAR SUSCRIPCION)."""
+    plain = "".join(ch for ch in unicodedata.normalize("NFKD", text) if not unicodedata.combining(ch))
+    return " ".join(plain.strip(_EDGES).upper().split())
+
+
+def e164_of(wa_id: str) -> str:
+    """A phone as WhatsApp and Twilio name a sender (`34612345678`, `+34612345678`), in E.164."""
+    digits = "".join(ch for ch in wa_id if ch.isdigit())
+    return "+" + digits if digits else ""

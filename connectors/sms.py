@@ -19,8 +19,10 @@ from connectors.base import (
     Settings,
     TransientError,
     excerpt,
+    is_template,
+    refuse_opted_out,
 )
-from connectors.phones import Region, normalise_phone
+from connectors.phones import OPT_IN_WORDS, OPT_OUT_WORDS, Region, normalise_phone
 
 # The GSM 03.38 alphabet: a message only in these characters is GSM-7 (160 per part, 153 when
 # split); any other character makes the whole message UCS-2 (70 per part, 67 when split).
@@ -60,6 +62,9 @@ class SmsSettings(Settings):
     base_url: str | None = None  # tests point the SDK at a local fake
     default_region: Region = "ES"
     timeout: float = Field(default=10.0, gt=0, le=120)
+    # Inbound SMS reach /webhooks/twilio when the number's "A message comes in" URL points there.
+    opt_out_words: list[str] = OPT_OUT_WORDS
+    opt_in_words: list[str] = OPT_IN_WORDS
 
     @model_validator(mode="after")
     def _one_sender(self) -> SmsSettings:
@@ -75,6 +80,14 @@ class SmsSend(ActionFields):
 
     to: str
     body: str
+
+    def load_warnings(self) -> list[tuple[str, str]]:
+        if is_template(self.body):
+            return []  # its length is only known per event
+        encoding, parts = segments(self.body)
+        if parts > SEGMENT_WARNING:
+            return [("body", f"the SMS takes {parts} parts ({encoding}); each part is billed")]
+        return []
 
 
 class SmsConnector(Connector):
@@ -96,6 +109,7 @@ class SmsConnector(Connector):
     def send(self, request: ActionRequest) -> SendResult:
         s = self.settings
         to = normalise_phone(str(request.fields.get("to") or ""), s.default_region)
+        refuse_opted_out(request, to)
         body = str(request.fields.get("body") or "")
         if not body.strip():
             raise PermanentError("the message is empty")
@@ -116,18 +130,8 @@ class SmsConnector(Connector):
         return SendResult(
             detail=f"Twilio accepted the SMS to {to}: {message.sid} ({parts} part(s), {encoding})",
             data={"sid": message.sid, "to": to},
+            message_id=str(message.sid),
         )
-
-    def offline_check(self, actions: Any = None) -> list[str]:
-        problems = []
-        for action_id, fields in (actions or {}).items():
-            body = getattr(fields, "body", "")
-            if not isinstance(body, str) or "{{" in body or "{%" in body:
-                continue  # a template: its length is only known per event
-            encoding, parts = segments(body)
-            if parts > SEGMENT_WARNING:
-                problems.append(f"{action_id}: the SMS takes {parts} parts ({encoding}); each part is billed")
-        return problems
 
     def online_check(self, actions: Any = None) -> list[str]:
         try:

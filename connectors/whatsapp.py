@@ -24,8 +24,9 @@ from connectors.base import (
     TransientError,
     excerpt,
     is_template,
+    refuse_opted_out,
 )
-from connectors.phones import Region, normalise_phone
+from connectors.phones import OPT_IN_WORDS, OPT_OUT_WORDS, Region, normalise_phone
 
 # Meta error codes -> what the owner can do about it. Rate and pair limits are transient.
 RATE_LIMIT_CODES = {130429, 131056, 80007, 4, 17, 32, 613}
@@ -41,8 +42,8 @@ class WhatsAppSettings(Settings):
     base_url: str = "https://graph.facebook.com"
     default_region: Region = "ES"
     timeout: float = Field(default=10.0, gt=0, le=120)
-    opt_out_words: list[str] = ["BAJA", "STOP", "CANCELAR SUSCRIPCION"]
-    opt_in_words: list[str] = ["ALTA", "START"]
+    opt_out_words: list[str] = OPT_OUT_WORDS
+    opt_in_words: list[str] = OPT_IN_WORDS
 
     @field_validator("base_url")
     @classmethod
@@ -148,6 +149,7 @@ class WhatsAppConnector(Connector):
         if not isinstance(parameters, list):
             raise PermanentError("parameters must be a list of values, one per {{n}} in the template")
         to = normalise_phone(str(fields.get("to") or ""), self.settings.default_region)
+        refuse_opted_out(request, to)
         template = str(fields["template"])
         body = template_body(to, template, str(fields.get("language") or "es"), [str(p) for p in parameters])
         timeout = self.settings.timeout
@@ -168,7 +170,9 @@ class WhatsAppConnector(Connector):
             wamid = str(messages[0].get("id") or "")
             if wamid:
                 return SendResult(
-                    detail=f"WhatsApp accepted {template!r} for {to}: {wamid}", data={"wamid": wamid, "to": to}
+                    detail=f"WhatsApp accepted {template!r} for {to}: {wamid}",
+                    data={"wamid": wamid, "to": to},
+                    message_id=wamid,
                 )
         if 200 <= response.status_code < 300:
             raise PermanentError(f"WhatsApp answered without a message id: {excerpt(response.content)}")

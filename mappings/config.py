@@ -8,7 +8,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -267,6 +267,15 @@ class ActionSpec:
     fields: ActionFields
     compiled: dict[str, Any]  # field -> value, with template strings compiled
     render_timeout: float = DEFAULT_RENDER_TIMEOUT  # seconds for all of the action's templates
+    # Runs once if this action ends dead or failed after sending; its id is `<id>/fallback`.
+    fallback: ActionSpec | None = None
+
+    def chain(self) -> Iterator[ActionSpec]:
+        """This action, then its fallback, the fallback's fallback..."""
+        spec: ActionSpec | None = self
+        while spec is not None:
+            yield spec
+            spec = spec.fallback
 
 
 @dataclass
@@ -323,10 +332,12 @@ class BridgeConfig:
         return next((m for m in self.mappings if m.name == name), None)
 
     def action(self, action_id: str) -> ActionSpec | None:
+        """A configured action by id, a fallback (`<action id>/fallback`) too."""
         for mapping in self.mappings:
             for action in mapping.actions:
-                if action.id == action_id:
-                    return action
+                for spec in action.chain():
+                    if spec.id == action_id:
+                        return spec
         return None
 
 
@@ -574,7 +585,8 @@ class _ActionLoader:
         return actions
 
 
-_ACTION_KEYS = ("connector", "action", "name")
+_ACTION_KEYS = ("connector", "action", "name", "fallback")
+FALLBACK_DEPTH = 5  # WhatsApp -> SMS -> e-mail needs two; a longer chain is more likely a mistake
 
 
 def _load_action(
@@ -587,7 +599,9 @@ def _load_action(
     broken: set[str],
     base_dir: Path,
     problems: _Problems,
+    action_id: str | None = None,
 ) -> ActionSpec | None:
+    """One action of a mapping (`action_id`: given for a fallback, else `<mapping>/<name or position>`)."""
     known = ", ".join(sorted(set(connectors) | broken)) or "none configured"
     connector_name = raw.get("connector")
     if not isinstance(connector_name, str):
@@ -610,16 +624,23 @@ def _load_action(
     if not isinstance(label, str) or not _NAME.match(label):
         problems.add((*where, "name"), f"use letters, digits, '-', '_' or '.', got {label!r}")
         return None
+    action_id = action_id or f"{mapping_name}/{label}"
+    fallback = None
+    if "fallback" in raw:  # checked even when this action's own fields are not right
+        args = (engine, connectors, broken, base_dir, problems)
+        fallback = _load_fallback(action_id, mapping_name, raw["fallback"], (*where, "fallback"), *args)
     fields_raw = {k: v for k, v in raw.items() if k not in _ACTION_KEYS}
     try:
         fields = fields_model.model_validate(fields_raw)
     except ValidationError as exc:
         problems.add_validation_error(exc, where)
         return None
+    for name, message in fields.load_warnings():
+        problems.warnings.append(((*where, name), message))
     compiled: dict[str, Any] = {}
     for name in type(fields).model_fields:
         value = getattr(fields, name)
-        field_label = f"mappings[{where[1]}].actions[{position}].{name}"
+        field_label = f"{_format_path(where)}.{name}"
         escaping = fields_model.escaping.get(name, "none")
         source_path = None
         try:
@@ -638,8 +659,35 @@ def _load_action(
             problems.add((*where, name), str(exc))
             continue
         compiled[name] = value
-    return ActionSpec(
-        f"{mapping_name}/{label}", mapping_name, connector_name, action_name, fields, compiled, engine.render_timeout
+    timeout = engine.render_timeout
+    return ActionSpec(action_id, mapping_name, connector_name, action_name, fields, compiled, timeout, fallback)
+
+
+def _load_fallback(
+    first_id: str,
+    mapping_name: str,
+    raw: Any,
+    where: Path_,
+    engine: TemplateEngine,
+    connectors: dict[str, ConnectorSpec],
+    broken: set[str],
+    base_dir: Path,
+    problems: _Problems,
+) -> ActionSpec | None:
+    """`fallback:` of an action: an action of the same shape, named `<first action id>/fallback`."""
+    if not isinstance(raw, dict):
+        problems.add(where, f"a fallback is an action (connector: and its fields), got {type(raw).__name__}")
+        return None
+    if "name" in raw:
+        problems.add((*where, "name"), f"a fallback has no name of its own: it is {first_id + '/fallback'!r}")
+        return None
+    if sum(1 for part in where if part == "fallback") > FALLBACK_DEPTH:
+        problems.add(where, f"more than {FALLBACK_DEPTH} fallbacks in a row")
+        return None
+    if raw.get("connector") in broken:
+        return None  # that connector's own problems are reported
+    return _load_action(
+        mapping_name, 0, raw, where, engine, connectors, broken, base_dir, problems, first_id + "/fallback"
     )
 
 

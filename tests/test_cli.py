@@ -685,3 +685,24 @@ def test_check_config_warns_about_an_on_typo_and_strict_makes_it_an_error(capsys
     assert code == 1
     assert "warning: " in out and "did you mean 'payment.failed'?" in out  # shown with the errors
     assert "unknown connector 'crn'" in err
+
+
+def test_check_config_warns_about_a_long_fixed_sms_and_strict_makes_it_an_error(capsys, write_config) -> None:  # noqa: ANN001
+    long_body = "Hola, te recordamos tu cita de mañana. " * 12
+    text = http_config(
+        "http://127.0.0.1:9",
+        mappings=f"""
+  - name: aviso
+    on: ["booking.created"]
+    actions:
+      - connector: sms
+        to: "{{{{ booking.cliente.telefono }}}}"
+        body: "{long_body}"
+""",
+        connector_extra='  sms:\n    type: sms\n    account_sid: AC1\n    auth_token: tok\n    from: "+34600000000"',
+    )
+    config = str(write_config(text))
+    code, out, _ = run(capsys, "check-config", config)
+    assert code == 0 and "mappings[0].actions[0].body: the SMS takes 4 parts (GSM-7); each part is billed" in out
+    code, _, err = run(capsys, "check-config", config, "--strict")
+    assert code == 1 and "the SMS takes 4 parts (GSM-7); each part is billed (an error with --strict)" in err

@@ -349,3 +349,74 @@ def test_a_template_error_points_at_the_template_line(tmp_path) -> None:  # noqa
         load_config(path)
     expected = text.splitlines().index("          {{ broken }") + 1
     assert caught.value.problems[0].startswith(f"{path}:{expected}: mappings[0].actions[0].body: template does not")
+
+
+MESSAGING = """\
+version: 1
+webhook:
+  secrets: ["s3cret"]
+connectors:
+  crm:
+    type: http
+    url: "https://crm.example.com/hook"
+  sms:
+    type: sms
+    account_sid: AC1
+    auth_token: tok
+    from: "+34600000000"
+mappings:
+  - name: m
+    on: ["booking.*"]
+    actions:
+      - connector: crm
+        body: {id: "{{ event.id }}"}
+        fallback:
+          connector: sms
+          to: "{{ booking.cliente.telefono }}"
+          body: "{{ booking.codigo }}"
+          fallback:
+            connector: crm
+            body: {last: true}
+"""
+
+
+def test_a_fallback_is_an_action_named_after_the_one_it_stands_in_for() -> None:
+    config = load_config_text(MESSAGING, "config.yaml", {})
+    [first] = config.mappings[0].actions
+    assert [(a.id, a.connector) for a in first.chain()] == [
+        ("m/0", "crm"), ("m/0/fallback", "sms"), ("m/0/fallback/fallback", "crm")
+    ]  # fmt: skip
+    assert config.action("m/0/fallback/fallback") is first.fallback.fallback  # type: ignore[union-attr]
+    assert config.action("m/0/fallback").fields.body == "{{ booking.codigo }}"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ("          connector: sms\n", "          connector: smz\n",
+         "config.yaml:20: mappings[0].actions[0].fallback.connector: unknown connector 'smz'"),
+        ("          body: \"{{ booking.codigo }}\"\n", "          body: \"{{ booking.codigo \"\n",
+         "config.yaml:22: mappings[0].actions[0].fallback.body: "),
+        ("            body: {last: true}\n", "            body: {last: true}\n            name: last\n",
+         "config.yaml:26: mappings[0].actions[0].fallback.fallback.name: a fallback has no name of its own: "
+         "it is 'm/0/fallback/fallback'"),
+        ("        fallback:\n          connector: sms\n",
+         "        fallback: sms\n        other:\n          connector: sms\n",
+         "config.yaml:19: mappings[0].actions[0].fallback: a fallback is an action (connector: and its fields), "
+         "got str"),
+    ],
+    ids=["unknown-connector", "bad-template", "named", "not-an-action"],
+)  # fmt: skip
+def test_a_bad_fallback_is_reported_with_file_line_and_key(old: str, new: str, expected: str) -> None:
+    assert old in MESSAGING
+    found = problems(MESSAGING.replace(old, new, 1))
+    assert any(p.startswith(expected) for p in found), found
+
+
+def test_a_fixed_sms_body_over_three_parts_is_a_warning_not_an_error() -> None:
+    long_body = "Hola, te recordamos tu cita de mañana. " * 12
+    text = MESSAGING.replace('body: "{{ booking.codigo }}"', f'body: "{long_body}"', 1)
+    config = load_config_text(text, "config.yaml", {})
+    assert config.warnings == [
+        "config.yaml:22: mappings[0].actions[0].fallback.body: the SMS takes 4 parts (GSM-7); each part is billed"
+    ]

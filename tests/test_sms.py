@@ -99,10 +99,12 @@ def test_segments(text: str, encoding: str, parts: int) -> None:
     assert segments(text) == (encoding, parts)
 
 
-def test_a_long_body_is_warned_at_check(twilio: TwilioServer) -> None:
-    sms = connector(twilio)
-    [warning] = sms.offline_check({"m/0": SmsSend(to="x", body="ó" * 300), "m/1": SmsSend(to="x", body="corto")})
-    assert warning.startswith("m/0: the SMS takes 5 parts (UCS-2)")
+def test_a_long_fixed_body_is_warned_about_a_template_is_not() -> None:
+    assert SmsSend(to="x", body="ó" * 300).load_warnings() == [
+        ("body", "the SMS takes 5 parts (UCS-2); each part is billed")
+    ]
+    assert SmsSend(to="x", body="corto").load_warnings() == []
+    assert SmsSend(to="x", body="{{ booking.notas }}" + "ó" * 300).load_warnings() == []
 
 
 def test_bad_settings_are_refused() -> None:

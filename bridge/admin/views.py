@@ -55,6 +55,7 @@ BADGES: dict[str, tuple[str, str]] = {
     Status.SCHEDULED: ("scheduled", "wait"),
     Status.CANCELLED: ("cancelled", "muted"),
     Status.MISSED: ("missed", "warn"),
+    Status.FAILED_AFTER_SENDING: ("failed after sending", "bad"),
 }
 PUBLIC_STATIC = {"admin.css"}  # the login page's stylesheet
 SECURITY_HEADERS = {

@@ -40,20 +40,36 @@ def signed_post(url: str, payload: dict[str, Any], app_secret: str | None) -> re
     body = json.dumps(payload).encode()
     headers = {"Content-Type": "application/json"}
     if app_secret is not None:
-        headers["X-Hub-Signature-256"] = "sha256=" + hmac.new(app_secret.encode(), body, hashlib.sha256).hexdigest()
+        headers["X-Hub-Signature-256"] = hub_signature(body, app_secret)
     return requests.post(url, data=body, headers=headers, timeout=5)
 
 
-def status_callback(wamid: str, status: str, errors: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    entry: dict[str, Any] = {"id": wamid, "status": status, "timestamp": "1764680000", "recipient_id": "34612345678"}
+def hub_signature(body: bytes, app_secret: str) -> str:
+    """X-Hub-Signature-256 as Meta computes it: HMAC-SHA256 of the raw body with the app secret."""
+    return "sha256=" + hmac.new(app_secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def status_callback(
+    wamid: str, status: str, errors: list[dict[str, Any]] | None = None, timestamp: str = "1764680000"
+) -> dict[str, Any]:
+    entry: dict[str, Any] = {"id": wamid, "status": status, "timestamp": timestamp, "recipient_id": "34612345678"}
     if errors:
         entry["errors"] = errors
+    return _notification({"statuses": [entry]})
+
+
+def message_callback(wa_id: str, text: str, timestamp: str = "1764680000") -> dict[str, Any]:
+    """A customer's text message, as Meta notifies it."""
+    message: dict[str, Any] = {"from": wa_id, "id": f"wamid.in{timestamp}", "timestamp": timestamp, "type": "text"}
+    message["text"] = {"body": text}
+    contacts = [{"profile": {"name": "Ana"}, "wa_id": wa_id}]
+    return _notification({"contacts": contacts, "messages": [message]})
+
+
+def _notification(value: dict[str, Any]) -> dict[str, Any]:
     return {
         "object": "whatsapp_business_account",
         "entry": [
-            {
-                "id": "WABA",
-                "changes": [{"field": "messages", "value": {"messaging_product": "whatsapp", "statuses": [entry]}}],
-            }
+            {"id": "WABA", "changes": [{"field": "messages", "value": {"messaging_product": "whatsapp", **value}}]}
         ],
     }
