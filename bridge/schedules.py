@@ -7,6 +7,9 @@ Keys (under `sb:`):
   sb:plans:past   sorted set: "<event key> <action id>" of plans that ended (sent, cancelled,
                   missed) by their planned time, for `scheduled`; trimmed with the event log
   sb:fired:<plan id>:<start>   the event key whose plan went out for that booking start
+
+A daily mapping (the morning digest) has one plan, `<mapping>:~daily`, in the same sets, woken the
+same way; bridge.digest fires it and moves it to the next day.
   sb:plans:config the fingerprint of the scheduled mappings the plans were made with
 
 A plan id is `<mapping>:<tenant>:<b|o|c>:<id>` of the event's entity, its booking (parts escaped
@@ -47,6 +50,8 @@ CONFIG_KEY = PREFIX + "plans:config"
 REPLAN_LOCK = PREFIX + "plans:replanning"
 ENDING_EVENTS = frozenset({"booking.cancelled", "booking.no_show", "booking.completed"})
 FIRE_PLAN = "bridge.jobs.fire_plan"
+FIRE_DIGEST = "bridge.digest.fire_digest"  # a daily mapping's plan (id ends with DIGEST_SUFFIX)
+DIGEST_SUFFIX = ":~daily"
 SNOOZE = 300  # seconds before a plan whose job was queued is looked at again (the job was lost)
 WAKE_BATCH = 500  # plans queued per scheduler tick at most
 # The stored event a plan belongs to is kept until the send is over (retries included).
@@ -56,6 +61,15 @@ KEEP_AFTER_SEND = 2 * 86400
 def plan_id(mapping: str, tenant: str, kind: str, entity_id: str) -> str:
     """`<mapping>:<tenant>:<b|o|c>:<id>`: kept twice per pending plan, so the kind is one letter."""
     return f"{mapping}:{key_part(tenant)}:{kind[0]}:{key_part(entity_id)}"
+
+
+def digest_plan_id(mapping: str) -> str:
+    """The one plan of a daily mapping (bridge/digest.py): `<mapping>:~daily`."""
+    return f"{mapping}{DIGEST_SUFFIX}"
+
+
+def is_digest_plan(plan: str) -> bool:
+    return plan.endswith(DIGEST_SUFFIX)
 
 
 def mapping_of(plan: str) -> str:
@@ -226,7 +240,8 @@ def wake_due_plans(redis: Redis, now: float | None = None) -> int:
     for member, score in pairs:
         plan = text(member)
         digest = hashlib.sha1(plan.encode()).hexdigest()[:20]
-        enqueue(queue, FIRE_PLAN, plan, job_id=f"plan-{digest}-{int(float(score) * 1000)}", pipeline=pipe)
+        job = FIRE_DIGEST if is_digest_plan(plan) else FIRE_PLAN
+        enqueue(queue, job, plan, job_id=f"plan-{digest}-{int(float(score) * 1000)}", pipeline=pipe)
     pipe.execute()
     return len(pairs)
 
