@@ -7,9 +7,12 @@ import time
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as clock
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+
+from bridge.queue import enqueue
 
 from bridge import digest, schedules
 from bridge.store import Status
@@ -217,3 +220,164 @@ def test_a_digest_per_professional_fires_once_with_the_day_in_time_order(
     )
     bridge.drain()
     assert len(destination.requests) == 3
+
+
+def test_a_salon_digest_shows_each_booking_in_its_newest_state(
+    make_bridge: Callable[[str], Bridge], destination: CapturingServer
+) -> None:
+    daily, moment = soon(lead=4)
+    day = moment.date()
+    bridge = make_bridge(digest_config(destination.url, daily, for_each=", for_each: salon"))
+    moved = sample("booking.updated", id="evt_move", created="2026-01-02T10:00:00Z")
+    moved["data"]["booking"].update(id=1, codigo="B1", fecha=day.isoformat(), hora_inicio="16:00")
+    cancelled = sample("booking.cancelled", id="evt_cancel", created="2026-01-02T11:00:00Z")
+    cancelled["data"]["booking"].update(id=2, codigo="B2")
+    elsewhere = sample("booking.updated", id="evt_away", created="2026-01-02T12:00:00Z")
+    elsewhere["data"]["booking"].update(id=3, codigo="B3", fecha=(day + timedelta(days=2)).isoformat())
+    for event in (
+        booked("evt_1", 1, day, "09:00", 5, "B1"),
+        booked("evt_2", 2, day, "10:00", 7, "B2"),
+        booked("evt_3", 3, day, "11:00", 5, "B3"),
+        moved,  # B1 to 16:00
+        cancelled,  # B2 stays, cancelled
+        elsewhere,  # B3 to another day
+    ):
+        assert bridge.post(event).status_code == 202
+    bridge.drain()
+    digest.plan_digests(bridge.runtime)
+    fire_due(bridge, until=moment.timestamp() + 1)
+    (only,) = destination.requests
+    body = only.json()
+    assert body["pro"] == "None" and body["to"] == "salon"
+    assert (body["codes"], body["times"], body["states"]) == ("B2,B1", "10:00,16:00", "cancelada,confirmada")
+    record = bridge.record(digest.digest_id("agenda-del-dia", TENANT, None, day))
+    assert [b["codigo"] for b in record.envelope["data"]["agenda"]] == ["B2", "B1"]  # what it was built from
+
+
+def test_when_skips_an_empty_day_and_says_why(
+    make_bridge: Callable[[str], Bridge], destination: CapturingServer
+) -> None:
+    daily, moment = soon(lead=4)
+    day = moment.date()
+    bridge = make_bridge(digest_config(destination.url, daily, when='when: "agenda | length > 0"'))
+    bridge.post(booked("evt_1", 1, day, "09:00", 5, "B1"))
+    bridge.drain()
+    digest.plan_digests(bridge.runtime)
+    fire_due(bridge, until=moment.timestamp() + 1)
+    assert list(sent(destination)) == ["5"]
+    empty = bridge.record(digest.digest_id("agenda-del-dia", TENANT, "9", day)).actions["agenda-del-dia/send"]
+    assert empty.status == Status.SKIPPED
+    assert empty.detail == "at its time, condition of mapping 'agenda-del-dia' is false: agenda | length > 0"
+
+
+def test_no_staff_entry_makes_that_action_dead_naming_the_professional(
+    make_bridge: Callable[[str], Bridge], destination: CapturingServer
+) -> None:
+    daily, moment = soon(lead=4)
+    day = moment.date()
+    text = digest_config(destination.url, daily).replace("staff.email if staff is defined else 'salon'", "staff.email")
+    bridge = make_bridge(text)
+    bridge.post(booked("evt_1", 1, day, "09:00", 5, "B1"))
+    bridge.post(booked("evt_2", 2, day, "10:00", 12, "B2"))
+    bridge.drain()
+    digest.plan_digests(bridge.runtime)
+    fire_due(bridge, until=moment.timestamp() + 1)
+    assert set(sent(destination)) == {"5", "9"}
+    state = bridge.record(digest.digest_id("agenda-del-dia", TENANT, "12", day)).actions["agenda-del-dia/send"]
+    assert state.status == Status.DEAD and state.attempts == 1
+    assert "no `staff:` entry for professional 12: add its email to config.yaml" in state.last_error
+    assert bridge.runtime.store.dead_letters()[0][1] == "agenda-del-dia/send"
+
+
+def test_missed_beyond_grace_after_downtime(make_bridge: Callable[[str], Bridge], destination: CapturingServer) -> None:
+    daily, moment = soon(lead=4)
+    day = moment.date()
+    bridge = make_bridge(digest_config(destination.url, daily.replace('"', "") + '", grace: "1s'))
+    bridge.post(booked("evt_1", 1, day, "09:00", 5, "B1"))
+    bridge.drain()
+    digest.plan_digests(bridge.runtime)  # the workers started before the time...
+    time.sleep(max(0.0, moment.timestamp() + 2.5 - time.time()))  # ...and were down past it and its grace
+    assert digest.plan_digests(bridge.runtime) == 0  # a restart keeps the overdue plan: it is judged
+    bridge.drain()
+    assert destination.requests == []
+    state = bridge.record(digest.digest_id("agenda-del-dia", TENANT, "5", day)).actions["agenda-del-dia/send"]
+    assert state.status == Status.MISSED
+    assert "more than the grace of 1 s" in state.detail and state.detail.startswith("not sent: the daily send at")
+    (plan,) = digest.digest_plans(bridge.runtime).values()
+    assert plan.start == (moment + timedelta(days=1)).timestamp()
+
+
+def test_a_restart_within_grace_still_sends_it(
+    make_bridge: Callable[[str], Bridge], destination: CapturingServer
+) -> None:
+    daily, moment = soon(lead=4)
+    bridge = make_bridge(digest_config(destination.url, daily))
+    bridge.post(booked("evt_1", 1, moment.date(), "09:00", 5, "B1"))
+    bridge.drain()
+    digest.plan_digests(bridge.runtime)
+    time.sleep(max(0.0, moment.timestamp() + 1.5 - time.time()))  # down at its time, back within grace
+    restarted = make_bridge(digest_config(destination.url, daily))
+    assert digest.plan_digests(restarted.runtime) == 0
+    restarted.drain()
+    assert set(sent(destination)) == {"5", "9"}
+    assert destination.requests[0].received_at > moment.timestamp() + 1  # sent late, within grace
+
+
+def test_a_config_change_moves_the_plan_and_a_removed_mapping_drops_it(
+    make_bridge: Callable[[str], Bridge], destination: CapturingServer
+) -> None:
+    from bridge.jobs import replan_all
+
+    first = make_bridge(digest_config(destination.url, "08:00"))
+    digest.plan_digests(first.runtime)
+    (plan,) = digest.digest_plans(first.runtime).values()
+    assert datetime.fromtimestamp(plan.due, MADRID).strftime("%H:%M:%S") == "08:00:00"
+    later = make_bridge(digest_config(destination.url, "09:15"))
+    assert replan_all(later.runtime) == 0  # the reminders' re-planning leaves the digest's plan alone
+    assert [p.id for p in digest.digest_plans(later.runtime).values()] == ["agenda-del-dia:~daily"]
+    assert digest.plan_digests(later.runtime) == 1
+    (plan,) = digest.digest_plans(later.runtime).values()
+    assert datetime.fromtimestamp(plan.due, MADRID).strftime("%H:%M:%S") == "09:15:00"
+    removed = make_bridge(http_config(destination.url))
+    assert digest.plan_digests(removed.runtime) == 1
+    assert digest.digest_plans(removed.runtime) == {} and schedules.pending(removed.redis) == []
+
+
+def test_two_real_workers_and_a_duplicated_wake_send_each_digest_once(
+    make_bridge: Callable[[str], Bridge],
+    destination: CapturingServer,
+    redis_url: str,
+    write_config: Callable[[str, str], Path],
+    tmp_path: Path,
+) -> None:
+    """`salon-bridge worker` plans the digest at start; with two of them and a second fire job
+    queued for the same second, each professional still gets one message."""
+    from tests.test_worker import WorkerProcess
+
+    daily, moment = soon(lead=8)
+    text = digest_config(destination.url, daily)
+    bridge = make_bridge(text)
+    for event in (
+        booked("evt_1", 1, moment.date(), "09:00", 5, "B1"),
+        booked("evt_2", 2, moment.date(), "10:00", 7, "B2"),
+    ):
+        bridge.post(event)
+    bridge.drain()
+    for _ in range(6):
+        destination.respond_with(200, delay=0.5)  # slow answers: the two jobs overlap
+    config = write_config(text, "worker.yaml")
+    workers = [WorkerProcess(config, redis_url, tmp_path / f"worker-{n}.log") for n in range(2)]
+    try:
+        deadline = time.monotonic() + 20
+        while not digest.digest_plans(bridge.runtime) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        (plan,) = digest.digest_plans(bridge.runtime).values()
+        assert plan.due == moment.timestamp(), workers[0].output()
+        enqueue(bridge.runtime.queue, schedules.FIRE_DIGEST, plan.id, delay=plan.due - time.time())
+        while len(destination.requests) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(2)  # time enough for a duplicate to arrive
+    finally:
+        for worker in workers:
+            worker.stop()
+    assert sorted(r.json()["pro"] for r in destination.requests) == ["5", "7", "9"], workers[0].output()
