@@ -12,9 +12,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from bridge.queue import enqueue
-
 from bridge import digest, schedules
+from bridge.queue import enqueue
 from bridge.store import Status
 from mappings.config import ConfigError, load_config_text
 from mappings.schedule import Daily, daily_missed_reason, next_occurrence, occurrence, parse_quiet_hours
