@@ -11,6 +11,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+import yaml
 
 from bridge import digest, schedules
 from bridge.queue import enqueue
@@ -19,7 +20,9 @@ from mappings.config import ConfigError, load_config_text
 from mappings.schedule import Daily, daily_missed_reason, next_occurrence, occurrence, parse_quiet_hours
 from tests.conftest import http_config
 from tests.fakes.http_server import CapturingServer
-from tests.harness import Bridge, sample
+from tests.fakes.slack_server import DEFAULT_TOKEN, FakeSlack
+from tests.fakes.smtp_server import SmtpServer
+from tests.harness import SECRET, Bridge, sample
 
 MADRID = ZoneInfo("Europe/Madrid")
 TENANT = "uuid-tenant"
@@ -162,7 +165,7 @@ def soon(lead: float) -> tuple[str, datetime]:
 def booked(event_id: str, booking_id: int, day: date, hora: str, professional: int, code: str, **extra: object) -> dict:
     event = sample("booking.created", id=event_id)
     event["data"]["booking"].update(
-        id=booking_id, codigo=code, fecha=day.isoformat(), hora_inicio=hora, hora_fin=None, **extra
+        {"hora_fin": None, **extra}, id=booking_id, codigo=code, fecha=day.isoformat(), hora_inicio=hora
     )
     event["data"]["booking"]["profesional"] = {"id": professional, "nombre": f"P{professional}"}
     return event
@@ -380,3 +383,102 @@ def test_two_real_workers_and_a_duplicated_wake_send_each_digest_once(
         for worker in workers:
             worker.stop()
     assert sorted(r.json()["pro"] for r in destination.requests) == ["5", "7", "9"], workers[0].output()
+
+
+# ---- the shipped digests (config.example.yaml, templates/emails/agenda_diaria.*) -----------------
+
+REPO = Path(__file__).resolve().parent.parent
+HOSTILE = "Ana <b>&</b> <!channel>"
+
+
+def shipped_mapping(name: str, daily: str) -> str:
+    """One mapping of config.example.yaml as shipped, switched on and set to `daily`."""
+    example = yaml.safe_load((REPO / "config.example.yaml").read_text(encoding="utf-8"))
+    mapping = next(m for m in example["mappings"] if m["name"] == name)
+    mapping["schedule"]["daily"] = daily
+    if mapping.get("when"):
+        mapping["when"] = mapping["when"].removeprefix("false and ")
+    return yaml.safe_dump([mapping], allow_unicode=True, sort_keys=False)
+
+
+def shipped_day(bridge: Bridge, day: date) -> None:
+    cancelled = sample("booking.cancelled", id="evt_cancel", created="2026-01-02T11:00:00Z")
+    cancelled["data"]["booking"].update(id=2, codigo="B2")
+    for event in (
+        booked("evt_1", 1, day, "12:00", 5, "B1", hora_fin="12:30"),
+        booked("evt_2", 2, day, "10:00", 5, "B2"),
+        cancelled,
+        booked("evt_3", 3, day, "11:00", 7, "B3"),
+    ):
+        if "cliente" in event["data"]["booking"]:
+            event["data"]["booking"]["cliente"]["nombre"] = HOSTILE
+        assert bridge.post(event).status_code == 202
+    bridge.drain()
+
+
+def test_the_shipped_email_digest(make_bridge: Callable[[str], Bridge]) -> None:
+    smtp = SmtpServer("plain").start()
+    try:
+        daily, moment = soon(lead=4)
+        day = moment.date()
+        text = f"""
+version: 1
+timezone: Europe/Madrid
+webhook:
+  secrets: ["{SECRET}"]
+{STAFF}
+connectors:
+  mailer: {{type: email, host: "{smtp.host}", port: {smtp.port}, security: none, from: "reservas@salon.example"}}
+mappings:
+{shipped_mapping("agenda-del-dia", daily)}"""
+        bridge = make_bridge(text)
+        shipped_day(bridge, day)
+        digest.plan_digests(bridge.runtime)
+        fire_due(bridge, until=moment.timestamp() + 1)
+    finally:
+        smtp.stop()
+    (message,) = [m.message() for m in smtp.messages]  # 7 has no staff entry (dead), 9 has no bookings (skipped)
+    assert message["To"] == "carlos@salon.example"
+    assert message["Subject"] == "Tu agenda de hoy: 2 citas"
+    plain = message.get_body(("plain",)).get_content().replace("\r\n", "\n")
+    html = message.get_body(("html",)).get_content()
+    longdate = bridge.config.engine.compile("{{ d | longdate }}", "t").render({"d": day.isoformat()})
+    assert f"Hola Carlos García:\n\nTu agenda del {longdate}: 2 citas." in plain
+    assert plain.index("10:00 [CANCELADA]") < plain.index("12:00–12:30 · " + HOSTILE)
+    assert "Ana &lt;b&gt;&amp;&lt;/b&gt;" in html and "<b>&</b>" not in html
+    assert "<strong>Cancelada</strong>" in html
+    seven = bridge.record(digest.digest_id("agenda-del-dia", TENANT, "7", day)).actions["agenda-del-dia/staff"]
+    assert seven.status == Status.DEAD and "no `staff:` entry for professional 7" in seven.last_error
+    nine = bridge.record(digest.digest_id("agenda-del-dia", TENANT, "9", day)).actions["agenda-del-dia/staff"]
+    assert nine.status == Status.SKIPPED
+
+
+def test_the_shipped_slack_digest(make_bridge: Callable[[str], Bridge]) -> None:
+    slack = FakeSlack().start()
+    slack.add_channel("recepcion")
+    try:
+        daily, moment = soon(lead=4)
+        text = f"""
+version: 1
+timezone: Europe/Madrid
+webhook:
+  secrets: ["{SECRET}"]
+connectors:
+  staff: {{type: slack, token: "{DEFAULT_TOKEN}", base_url: "{slack.api_url}", timeout: 2}}
+mappings:
+{shipped_mapping("agenda-del-salon-slack", daily)}"""
+        bridge = make_bridge(text)
+        shipped_day(bridge, moment.date())
+        digest.plan_digests(bridge.runtime)
+        fire_due(bridge, until=moment.timestamp() + 1)
+    finally:
+        slack.stop()
+    (message,) = slack.messages
+    lines = message.text.splitlines()
+    assert lines[0].startswith(":calendar: *Agenda del ") and lines[0].endswith("*: 3 citas")
+    escaped = "Ana &lt;b&gt;&amp;&lt;/b&gt; &lt;!channel&gt;"
+    assert lines[1:] == [
+        f"• ~*10:00* · {escaped} · Corte Clásico · con P5~ (cancelada)",
+        f"• *11:00* · {escaped} · Corte Clásico · con P7",
+        f"• *12:00*–12:30 · {escaped} · Corte Clásico · con P5",
+    ]
