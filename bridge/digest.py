@@ -170,6 +170,26 @@ def digest_id(mapping: str, tenant: str, professional: str | None, day: date) ->
     return f"daily:{mapping}:{tenant}:{professional if professional is not None else '(salon)'}:{day.isoformat()}"
 
 
+def digest_envelope(
+    mapping: MappingSpec, moment: float, day: date, tenant: str, professional: str | None, bookings: list[EntityView]
+) -> dict[str, Any]:
+    """The record's body: the day's bookings as they are now (`moment`: the run's time)."""
+    assert mapping.daily is not None
+    return {
+        "id": digest_id(mapping.name, tenant, professional, day),
+        "type": DIGEST_TYPE,
+        "tenant_id": tenant,
+        "created": datetime.fromtimestamp(moment, UTC).isoformat().replace("+00:00", "Z"),
+        "data": {
+            "mapping": mapping.name,
+            "for_each": mapping.daily.for_each,
+            "professional": professional,
+            "date": day.isoformat(),
+            "agenda": bookings,
+        },
+    }
+
+
 def stored_digest(
     rt: Runtime,
     mapping: MappingSpec,
@@ -184,21 +204,8 @@ def stored_digest(
     record = rt.store.load(key)
     if record is not None and not record.data_lost:
         return record
-    assert mapping.daily is not None
-    envelope = {
-        "id": digest_id(mapping.name, tenant, professional, day),
-        "type": DIGEST_TYPE,
-        "tenant_id": tenant,
-        "created": datetime.fromtimestamp(plan.start or plan.due, UTC).isoformat().replace("+00:00", "Z"),
-        "data": {
-            "mapping": mapping.name,
-            "for_each": mapping.daily.for_each,
-            "professional": professional,
-            "date": day.isoformat(),
-            "agenda": bookings,
-        },
-    }
-    body = json.dumps(envelope, ensure_ascii=False)
+    moment = plan.start if plan.start is not None else plan.due
+    body = json.dumps(digest_envelope(mapping, moment, day, tenant, professional, bookings), ensure_ascii=False)
     now = time.time()
     pipe = rt.redis.pipeline(transaction=True)
     pipe.hset(record_key(key), mapping={"body": body, "received_at": now})

@@ -38,6 +38,7 @@ from redis.client import Pipeline
 from bridge.queue import enqueue, work_queue
 from bridge.store import PREFIX, ActionState, EventStore, Status, key_part, record_key, text
 from mappings.config import BridgeConfig, MappingSpec
+from mappings.routing import DIGEST_TYPE
 from mappings.schedule import Decision, decide
 
 log = logging.getLogger("salon_bridge.schedules")
@@ -293,9 +294,10 @@ class ScheduledSend:
     action: str
     status: str  # pending | sent | cancelled | missed | skipped | dead
     detail: str
-    code: str  # the booking's code (or id)
+    code: str  # the booking's code (or id); for a daily digest, whose and which day
     customer: str
     sent_at: float | None = None
+    kind: str = "booking"  # or "digest" (bridge.digest)
 
     @property
     def mapping(self) -> str:
@@ -334,6 +336,12 @@ def listing(
         subject = subject_of(record.envelope)
         shown = SHOWN_STATUS.get(Status(state.status), state.status) if state.status in set(Status) else state.status
         sent_at = next((h["at"] for h in reversed(state.history) if h.get("planned_for")), None)
+        code = subject.code or (subject.primary[1] if subject.primary else "")
+        digest = record.type == DIGEST_TYPE
+        if digest:
+            data = record.envelope.get("data") or {}
+            whose = f"professional {data['professional']}" if data.get("professional") is not None else "salon"
+            code = f"{data.get('date', '')} {whose}"
         sends.append(
             ScheduledSend(
                 float(state.plan["due"] or 0),
@@ -341,9 +349,10 @@ def listing(
                 action,
                 shown,
                 state.last_error or state.detail,
-                subject.code or (subject.primary[1] if subject.primary else ""),
+                code,
                 subject.customer_name,
                 sent_at,
+                "digest" if digest else "booking",
             )
         )
     if booking:

@@ -23,6 +23,7 @@ from tests.fakes.http_server import CapturingServer
 from tests.fakes.slack_server import DEFAULT_TOKEN, FakeSlack
 from tests.fakes.smtp_server import SmtpServer
 from tests.harness import SECRET, Bridge, sample
+from tests.test_cli import with_redis
 
 MADRID = ZoneInfo("Europe/Madrid")
 TENANT = "uuid-tenant"
@@ -482,3 +483,42 @@ mappings:
         f"• *11:00* · {escaped} · Corte Clásico · con P7",
         f"• *12:00*–12:30 · {escaped} · Corte Clásico · con P5",
     ]
+
+
+def test_scheduled_and_simulate_show_the_next_run_and_past_digests(
+    make_bridge: Callable[[str], Bridge],
+    destination: CapturingServer,
+    redis_url: str,
+    write_config: Callable[[str, str], Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from bridge.cli import main
+
+    daily, moment = soon(lead=4)
+    text = with_redis(digest_config(destination.url, daily, when='when: "agenda | length > 0"'), redis_url)
+    bridge = make_bridge(text)
+    config = str(write_config(text, "cli.yaml"))
+    bridge.post(booked("evt_1", 1, moment.date(), "09:00", 5, "B1"))
+    bridge.drain()
+
+    assert main(["simulate", "agenda-del-dia", "--config", config]) == 0
+    out = capsys.readouterr().out
+    assert "agenda-del-dia (daily " + daily + ", for each professional)" in out
+    assert "not planned yet (a worker plans it when it starts)" in out
+    assert "professional 5 (tenant uuid-tenant), 1 booking(s)" in out and '"codes": "B1"' in out
+    assert "professional 9 (tenant uuid-tenant), 0 booking(s)" in out
+    assert "skipped: condition of mapping 'agenda-del-dia' is false: agenda | length > 0" in out
+
+    digest.plan_digests(bridge.runtime)
+    assert main(["scheduled", "--config", config]) == 0
+    out = capsys.readouterr().out
+    assert f"{moment:%Y-%m-%d %H:%M:%S}  next  agenda-del-dia (daily {daily}, for each professional)" in out
+
+    fire_due(bridge, until=moment.timestamp() + 1)
+    assert main(["scheduled", "--config", config]) == 0
+    out = capsys.readouterr().out
+    day = moment.date().isoformat()
+    assert f"sent       digest {day} professional 5  agenda-del-dia/send" in out
+    assert f"skipped    digest {day} professional 9  agenda-del-dia/send" in out
+    tomorrow = moment + timedelta(days=1)
+    assert f"{tomorrow:%Y-%m-%d %H:%M:%S}  next  agenda-del-dia" in out
