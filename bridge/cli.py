@@ -617,7 +617,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(result.to_json())
         return 0
-    if result.events == 0:
+    if result.events == 0 and not result.daily:
         print(f"no stored events in the period: nothing to compare (try a longer --since than {args.since:g} s)")
         return 0
     print(f"{result.events} stored event(s) run through {rt.config.path} (in force) and {args.new}; nothing sent\n")

@@ -7,10 +7,10 @@ Keys (under `sb:`):
   sb:plans:past   sorted set: "<event key> <action id>" of plans that ended (sent, cancelled,
                   missed) by their planned time, for `scheduled`; trimmed with the event log
   sb:fired:<plan id>:<start>   the event key whose plan went out for that booking start
+  sb:plans:config the fingerprint of the scheduled mappings the plans were made with
 
 A daily mapping (the morning digest) has one plan, `<mapping>:~daily`, in the same sets, woken the
 same way; bridge.digest fires it and moves it to the next day.
-  sb:plans:config the fingerprint of the scheduled mappings the plans were made with
 
 A plan id is `<mapping>:<tenant>:<b|o|c>:<id>` of the event's entity, its booking (parts escaped
 by `key_part`). Every change to a plan is made by a worker holding the booking's entity lock, so

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from bridge import digest, schedules
+from bridge.operations import replay
 from bridge.queue import enqueue
 from bridge.store import Status
 from mappings.config import ConfigError, load_config_text
@@ -291,6 +292,12 @@ def test_no_staff_entry_makes_that_action_dead_naming_the_professional(
     assert "no `staff:` entry for professional 12: add its email to config.yaml" in state.last_error
     assert bridge.runtime.store.dead_letters()[0][1] == "agenda-del-dia/send"
 
+    # The owner adds the entry and replays the event: the same bookings go to the new address.
+    fixed = make_bridge(text.replace("staff:\n", 'staff:\n  "12": {email: "nuevo@salon.example"}\n', 1))
+    replay(fixed.runtime, digest.digest_id("agenda-del-dia", TENANT, "12", day))
+    fixed.drain()
+    assert sent(destination)["12"]["to"] == "nuevo@salon.example" and sent(destination)["12"]["codes"] == "B2"
+
 
 def test_missed_beyond_grace_after_downtime(make_bridge: Callable[[str], Bridge], destination: CapturingServer) -> None:
     daily, moment = soon(lead=4)
@@ -522,3 +529,18 @@ def test_scheduled_and_simulate_show_the_next_run_and_past_digests(
     assert f"skipped    digest {day} professional 9  agenda-del-dia/send" in out
     tomorrow = moment + timedelta(days=1)
     assert f"{tomorrow:%Y-%m-%d %H:%M:%S}  next  agenda-del-dia" in out
+
+
+def test_preview_says_which_daily_runs_a_new_config_adds_moves_or_drops() -> None:
+    from bridge.preview import daily_changes
+
+    old = load_config_text(digest_config("http://127.0.0.1:9", "08:00"))
+    moved = load_config_text(digest_config("http://127.0.0.1:9", "09:15"))
+    none = load_config_text(http_config("http://127.0.0.1:9"))
+    now = datetime(2026, 7, 1, 8, 30, tzinfo=MADRID).timestamp()
+    assert daily_changes(old, old, now) == []
+    assert daily_changes(old, moved, now) == [
+        "agenda-del-dia: next run 01/07/2026 09:15 CEST (was 02/07/2026 08:00 CEST)"
+    ]
+    assert daily_changes(none, old, now) == ["agenda-del-dia: next run 02/07/2026 08:00 CEST (a new daily mapping)"]
+    assert daily_changes(old, none, now) == ["agenda-del-dia: no daily run any more (its plan is dropped)"]
