@@ -25,6 +25,7 @@ from tests.fakes.slack_server import DEFAULT_TOKEN, FakeSlack
 from tests.fakes.smtp_server import SmtpServer
 from tests.harness import SECRET, Bridge, sample
 from tests.test_cli import with_redis
+from tests.test_schedules import fire_due
 
 MADRID = ZoneInfo("Europe/Madrid")
 TENANT = "uuid-tenant"
@@ -173,13 +174,13 @@ def booked(event_id: str, booking_id: int, day: date, hora: str, professional: i
     return event
 
 
-def fire_due(bridge: Bridge, until: float) -> None:
-    while True:
-        bridge.drain()
-        if time.time() > until:
-            bridge.drain()
-            return
-        time.sleep(0.2)
+def run_day(bridge: Bridge, moment: datetime, *events: dict) -> None:
+    """Deliver the events, start the workers (they plan the digest), and let its time come."""
+    for event in events:
+        assert bridge.post(event).status_code == 202
+    bridge.drain()
+    digest.plan_digests(bridge.runtime)
+    fire_due(bridge, until=moment.timestamp() + 1)
 
 
 def sent(destination: CapturingServer) -> dict[str, dict]:
@@ -192,17 +193,14 @@ def test_a_digest_per_professional_fires_once_with_the_day_in_time_order(
     daily, moment = soon(lead=4)
     day = moment.date()
     bridge = make_bridge(digest_config(destination.url, daily))
-    for event in (
+    run_day(
+        bridge,
+        moment,
         booked("evt_1", 1, day, "12:00", 5, "B1"),
         booked("evt_2", 2, day, "09:30", 5, "B2"),
         booked("evt_3", 3, day, "10:00", 7, "B3"),
         booked("evt_4", 4, day + timedelta(days=1), "09:00", 5, "TOMORROW"),
-    ):
-        assert bridge.post(event).status_code == 202
-    bridge.drain()
-    assert digest.plan_digests(bridge.runtime) == 1
-    assert digest.plan_digests(bridge.runtime) == 0  # a second start keeps the plan
-    fire_due(bridge, until=moment.timestamp() + 1)
+    )
     by_pro = sent(destination)
     assert set(by_pro) == {"5", "7", "9"}  # booked that day, or listed in staff:
     assert by_pro["5"]["codes"] == "B2,B1" and by_pro["5"]["to"] == "carlos@salon.example"
@@ -215,6 +213,7 @@ def test_a_digest_per_professional_fires_once_with_the_day_in_time_order(
     assert all(r.received_at >= moment.timestamp() for r in destination.requests)  # never early
     (plan,) = digest.digest_plans(bridge.runtime).values()
     assert plan.start == (moment + timedelta(days=1)).timestamp()  # the next day's run
+    assert digest.plan_digests(bridge.runtime) == 0  # a worker starting again keeps that plan
 
     # A duplicated wake, a second start, a worker taking the plan again: nothing more is sent.
     schedules.wake_due_plans(bridge.redis, now=plan.due + 1)
@@ -238,18 +237,16 @@ def test_a_salon_digest_shows_each_booking_in_its_newest_state(
     cancelled["data"]["booking"].update(id=2, codigo="B2")
     elsewhere = sample("booking.updated", id="evt_away", created="2026-01-02T12:00:00Z")
     elsewhere["data"]["booking"].update(id=3, codigo="B3", fecha=(day + timedelta(days=2)).isoformat())
-    for event in (
+    run_day(
+        bridge,
+        moment,
         booked("evt_1", 1, day, "09:00", 5, "B1"),
         booked("evt_2", 2, day, "10:00", 7, "B2"),
         booked("evt_3", 3, day, "11:00", 5, "B3"),
         moved,  # B1 to 16:00
         cancelled,  # B2 stays, cancelled
         elsewhere,  # B3 to another day
-    ):
-        assert bridge.post(event).status_code == 202
-    bridge.drain()
-    digest.plan_digests(bridge.runtime)
-    fire_due(bridge, until=moment.timestamp() + 1)
+    )
     (only,) = destination.requests
     body = only.json()
     assert body["pro"] == "None" and body["to"] == "salon"
@@ -264,10 +261,7 @@ def test_when_skips_an_empty_day_and_says_why(
     daily, moment = soon(lead=4)
     day = moment.date()
     bridge = make_bridge(digest_config(destination.url, daily, when='when: "agenda | length > 0"'))
-    bridge.post(booked("evt_1", 1, day, "09:00", 5, "B1"))
-    bridge.drain()
-    digest.plan_digests(bridge.runtime)
-    fire_due(bridge, until=moment.timestamp() + 1)
+    run_day(bridge, moment, booked("evt_1", 1, day, "09:00", 5, "B1"))
     assert list(sent(destination)) == ["5"]
     empty = bridge.record(digest.digest_id("agenda-del-dia", TENANT, "9", day)).actions["agenda-del-dia/send"]
     assert empty.status == Status.SKIPPED
@@ -281,11 +275,7 @@ def test_no_staff_entry_makes_that_action_dead_naming_the_professional(
     day = moment.date()
     text = digest_config(destination.url, daily).replace("staff.email if staff is defined else 'salon'", "staff.email")
     bridge = make_bridge(text)
-    bridge.post(booked("evt_1", 1, day, "09:00", 5, "B1"))
-    bridge.post(booked("evt_2", 2, day, "10:00", 12, "B2"))
-    bridge.drain()
-    digest.plan_digests(bridge.runtime)
-    fire_due(bridge, until=moment.timestamp() + 1)
+    run_day(bridge, moment, booked("evt_1", 1, day, "09:00", 5, "B1"), booked("evt_2", 2, day, "10:00", 12, "B2"))
     assert set(sent(destination)) == {"5", "9"}
     state = bridge.record(digest.digest_id("agenda-del-dia", TENANT, "12", day)).actions["agenda-del-dia/send"]
     assert state.status == Status.DEAD and state.attempts == 1
@@ -409,19 +399,21 @@ def shipped_mapping(name: str, daily: str) -> str:
     return yaml.safe_dump([mapping], allow_unicode=True, sort_keys=False)
 
 
-def shipped_day(bridge: Bridge, day: date) -> None:
+def shipped_day(bridge: Bridge, moment: datetime) -> None:
+    """Three bookings of a hostile-named customer that day, one of them cancelled, and the digest's time."""
+    day = moment.date()
     cancelled = sample("booking.cancelled", id="evt_cancel", created="2026-01-02T11:00:00Z")
     cancelled["data"]["booking"].update(id=2, codigo="B2")
-    for event in (
+    events = (
         booked("evt_1", 1, day, "12:00", 5, "B1", hora_fin="12:30"),
         booked("evt_2", 2, day, "10:00", 5, "B2"),
         cancelled,
         booked("evt_3", 3, day, "11:00", 7, "B3"),
-    ):
+    )
+    for event in events:
         if "cliente" in event["data"]["booking"]:
             event["data"]["booking"]["cliente"]["nombre"] = HOSTILE
-        assert bridge.post(event).status_code == 202
-    bridge.drain()
+    run_day(bridge, moment, *events)
 
 
 def test_the_shipped_email_digest(make_bridge: Callable[[str], Bridge]) -> None:
@@ -440,9 +432,7 @@ connectors:
 mappings:
 {shipped_mapping("agenda-del-dia", daily)}"""
         bridge = make_bridge(text)
-        shipped_day(bridge, day)
-        digest.plan_digests(bridge.runtime)
-        fire_due(bridge, until=moment.timestamp() + 1)
+        shipped_day(bridge, moment)
     finally:
         smtp.stop()
     (message,) = [m.message() for m in smtp.messages]  # 7 has no staff entry (dead), 9 has no bookings (skipped)
@@ -476,9 +466,7 @@ connectors:
 mappings:
 {shipped_mapping("agenda-del-salon-slack", daily)}"""
         bridge = make_bridge(text)
-        shipped_day(bridge, moment.date())
-        digest.plan_digests(bridge.runtime)
-        fire_due(bridge, until=moment.timestamp() + 1)
+        shipped_day(bridge, moment)
     finally:
         slack.stop()
     (message,) = slack.messages
