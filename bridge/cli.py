@@ -460,7 +460,8 @@ def cmd_scheduled(args: argparse.Namespace) -> int:
             print(f"{clock.show(send.due)}  {send.status:<9}  {send.kind} {send.code}{who}  {send.action}{sent}")
             if send.detail:
                 print(f"    {send.detail[:300]}")
-        _show_daily(rt, clock)
+        if not (args.booking or args.status):
+            _show_daily(rt, clock)
     return 0
 
 
