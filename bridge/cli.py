@@ -208,11 +208,16 @@ def build_parser() -> argparse.ArgumentParser:
         "simulate",
         cmd_simulate,
         "Show the actions an event would trigger, rendered as a worker would: with what entity memory "
-        "knows when Redis answers (read only, never written), else with the event alone; sends nothing.",
-        "  salon-bridge simulate my-event.json\n  salon-bridge simulate booking.created   # a shipped sample",
+        "knows when Redis answers (read only, never written), else with the event alone; sends nothing. "
+        "Given a daily mapping's name: its next run, and each digest rendered with the agenda as it is now.",
+        "  salon-bridge simulate my-event.json\n  salon-bridge simulate booking.created   # a shipped sample\n"
+        "  salon-bridge simulate agenda-del-dia    # a daily mapping (the morning digest)",
     )
     _config_option(simulate)
-    simulate.add_argument("event", help="a JSON file with a platform event, or an event type for the shipped sample")
+    simulate.add_argument(
+        "event",
+        help="a JSON file with a platform event, an event type for the shipped sample, or a daily mapping's name",
+    )
 
     events = command(
         "events",
@@ -452,10 +457,29 @@ def cmd_scheduled(args: argparse.Namespace) -> int:
         for send in sends:
             who = f" · {send.customer}" if send.customer else ""
             sent = f", sent {clock.show(send.sent_at)}" if send.sent_at and send.status == "sent" else ""
-            print(f"{clock.show(send.due)}  {send.status:<9}  booking {send.code}{who}  {send.action}{sent}")
+            print(f"{clock.show(send.due)}  {send.status:<9}  {send.kind} {send.code}{who}  {send.action}{sent}")
             if send.detail:
                 print(f"    {send.detail[:300]}")
+        if not (args.booking or args.status):
+            _show_daily(rt, clock)
     return 0
+
+
+def _show_daily(rt: Runtime, clock: Clock) -> None:
+    """The next run of each daily mapping (the morning digest)."""
+    from bridge.digest import next_runs
+
+    runs = next_runs(rt)
+    if runs:
+        print("\ndaily:")
+    for mapping, plan in runs:
+        daily = mapping.daily
+        what = f"{mapping.name} (daily {daily.source}, for each {daily.for_each})" if daily else mapping.name
+        if plan is None:
+            print(f"  not planned yet  {what}: a worker plans it when it starts on this config")
+        else:
+            note = f"; {plan.note}" if plan.note else ""
+            print(f"  {clock.show(plan.due)}  next  {what}{note}")
 
 
 def cmd_feed_urls(args: argparse.Namespace) -> int:
@@ -594,7 +618,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(result.to_json())
         return 0
-    if result.events == 0:
+    if result.events == 0 and not result.daily:
         print(f"no stored events in the period: nothing to compare (try a longer --since than {args.since:g} s)")
         return 0
     print(f"{result.events} stored event(s) run through {rt.config.path} (in force) and {args.new}; nothing sent\n")
@@ -606,6 +630,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from bridge.operations import simulated_context
     from mappings.routing import plan
 
+    with _runtime(args, required=False) as rt:
+        daily = rt.config.mapping(args.event)
+        if daily is not None and daily.daily is not None:
+            return _simulate_daily(rt, daily)
     envelope = read_event(args.event)
     with _runtime(args, required=False) as rt:
         config = rt.config
@@ -627,6 +655,38 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         _show_planned(config, item, context)
     for mapping in scheduled:
         _show_scheduled(config, mapping, envelope, context)
+    return 0
+
+
+def _simulate_daily(rt: Runtime, mapping: Any) -> int:
+    """A daily mapping's next run: when, and what each digest would say with the agenda as it is now."""
+    from bridge import digest
+    from bridge.schedules import when_text
+    from mappings.routing import event_context, skip_reason
+    from mappings.schedule import next_occurrence
+
+    plans = {m.name: p for m, p in digest.next_runs(rt)} if rt.reachable else {}
+    plan = plans.get(mapping.name)
+    run = next_occurrence(mapping.daily, rt.planner.zone, time.time())
+    due, start = (plan.due, plan.start or plan.due) if plan is not None else (run.due, run.start)
+    day = datetime.fromtimestamp(start, rt.planner.zone).date()
+    planned = "planned" if plan is not None else "not planned yet (a worker plans it when it starts)"
+    print(f"{mapping.name} (daily {mapping.daily.source}, for each {mapping.daily.for_each})")
+    print(f"next run: {when_text(due, rt.planner.zone)}, {planned}")
+    if not rt.reachable:
+        print(f"the agenda is not read: Redis at {_redacted(resolve_redis_url(rt.config))} does not answer")
+        return 0
+    targets = digest.targets(rt, mapping, day)
+    if not targets:
+        print("  no digests: no booking received yet (tenants come from the agenda index)")
+    for tenant, professional, bookings in targets:
+        envelope = digest.digest_envelope(mapping, start, day, tenant, professional, bookings)
+        context = event_context(rt.config, envelope, {})
+        whose = f"professional {professional}" if professional is not None else "the salon"
+        print(f"\n{whose} (tenant {tenant}), {len(bookings)} booking(s) on {day} as the agenda has them now:")
+        reason = skip_reason(mapping, context)
+        for spec in mapping.actions:
+            _show_planned(rt.config, PlannedAction(spec, reason), context)
     return 0
 
 

@@ -52,7 +52,7 @@ from connectors.base import (
     TransientError,
 )
 from mappings.config import ActionSpec, MappingSpec
-from mappings.routing import plan, render_action, skip_reason, template_context
+from mappings.routing import event_context, plan, render_action, skip_reason
 from mappings.schedule import Decision, booking_times
 from mappings.templates import EntityView, RenderError
 
@@ -290,7 +290,8 @@ def replan_all(rt: Runtime) -> int | None:
     try:
         names = {m.name for m in rt.config.mappings if m.schedule is not None}
         pipe = rt.redis.pipeline(transaction=True)
-        removed = [p for p in schedules.pending(rt.redis) if schedules.mapping_of(p.id) not in names]
+        pending = [p for p in schedules.pending(rt.redis) if not schedules.is_digest_plan(p.id)]  # bridge.digest's
+        removed = [p for p in pending if schedules.mapping_of(p.id) not in names]
         for found in removed:
             _drop_removed(rt, pipe, found, rt.store.load(found.event))
         pipe.execute()
@@ -469,7 +470,7 @@ class EntityWork:
             self.record = load_record(self.record.key, raw_record, envelope)
         views, self.version = self.rt.memory.read(self.subject, dict(zip(keys, hashes, strict=True)))
         self.subject = subject_of(envelope, views)
-        self.context = template_context(self.rt.config.model.timezone, envelope, views)
+        self.context = event_context(self.rt.config, envelope, views)
         return answers[: -1 - len(keys)]
 
     def before_send(self) -> None:

@@ -18,10 +18,12 @@ from zoneinfo import ZoneInfo
 
 from bridge.operations import simulated_context
 from bridge.runtime import Runtime
+from bridge.schedules import when_text
 from bridge.state import subject_of
 from bridge.store import EventRecord
 from mappings.config import BridgeConfig
 from mappings.routing import plan, render_action
+from mappings.schedule import next_occurrence
 from mappings.templates import MissingDataError, RenderError
 
 
@@ -240,11 +242,13 @@ def stored_events(rt: Runtime, since: float, limit: int, now: float | None = Non
 class Preview:
     events: int
     sections: dict[str, list[Entry]]
+    daily: list[str] = field(default_factory=list)  # daily mappings whose next run changes (daily_changes)
 
     def to_json(self) -> str:
         body = {
             "events": self.events,
             "sections": {name: [asdict(e) for e in entries] for name, entries in self.sections.items()},
+            "daily": self.daily,
         }
         return json.dumps(body, ensure_ascii=False, indent=2, default=str)
 
@@ -252,7 +256,27 @@ class Preview:
 def preview(rt: Runtime, new: BridgeConfig, since: float, limit: int) -> Preview:
     records = stored_events(rt, since, limit)
     compared = compare(rt, new, records)
-    return Preview(len(records), {section.name: section.build(compared) for section in SECTIONS})
+    sections = {section.name: section.build(compared) for section in SECTIONS}
+    return Preview(len(records), sections, daily_changes(rt.config, new, time.time()))
+
+
+def daily_changes(old: BridgeConfig, new: BridgeConfig, now: float) -> list[str]:
+    """The daily mappings (bridge.digest) whose next run the new config adds, moves or drops."""
+    zones = ZoneInfo(old.model.timezone), ZoneInfo(new.model.timezone)
+    before = {m.name: m.daily for m in old.mappings if m.daily is not None}
+    after = {m.name: m.daily for m in new.mappings if m.daily is not None}
+    lines = []
+    for name in sorted(before.keys() | after.keys()):
+        was, will = before.get(name), after.get(name)
+        if was == will and zones[0] == zones[1]:
+            continue
+        if will is None:
+            lines.append(f"{name}: no daily run any more (its plan is dropped)")
+            continue
+        when = when_text(next_occurrence(will, zones[1], now).due, zones[1])
+        was_when = when_text(next_occurrence(was, zones[0], now).due, zones[0]) if was is not None else ""
+        lines.append(f"{name}: next run {when}" + (f" (was {was_when})" if was_when else " (a new daily mapping)"))
+    return lines
 
 
 def render_text(result: Preview, show_time: Callable[[float], str]) -> str:
@@ -278,7 +302,10 @@ def render_text(result: Preview, show_time: Callable[[float], str]) -> str:
                 for name, (old, new) in entry.changes.items():
                     lines.append(f"      {name}: {_shown(old)} → {_shown(new)}")
         lines.append("")
-    if not any(result.sections.values()):
+    if result.daily:
+        lines.append(f"Daily runs ({len(result.daily)}):")
+        lines.extend(f"  {line}" for line in result.daily)
+    if not any(result.sections.values()) and not result.daily:
         lines.append(f"no difference: the new config does the same with these {result.events} event(s)")
     return "\n".join(lines).rstrip()
 

@@ -9,6 +9,9 @@ Keys (under `sb:`):
   sb:fired:<plan id>:<start>   the event key whose plan went out for that booking start
   sb:plans:config the fingerprint of the scheduled mappings the plans were made with
 
+A daily mapping (the morning digest) has one plan, `<mapping>:~daily`, in the same sets, woken the
+same way; bridge.digest fires it and moves it to the next day.
+
 A plan id is `<mapping>:<tenant>:<b|o|c>:<id>` of the event's entity, its booking (parts escaped
 by `key_part`). Every change to a plan is made by a worker holding the booking's entity lock, so
 the plan data is the truth and the
@@ -34,6 +37,7 @@ from redis.client import Pipeline
 from bridge.queue import enqueue, work_queue
 from bridge.store import PREFIX, ActionState, EventStore, Status, keep_until, key_part, record_key, text
 from mappings.config import BridgeConfig, MappingSpec
+from mappings.routing import DIGEST_TYPE
 from mappings.schedule import Decision, decide
 
 log = logging.getLogger("salon_bridge.schedules")
@@ -46,6 +50,8 @@ CONFIG_KEY = PREFIX + "plans:config"
 REPLAN_LOCK = PREFIX + "plans:replanning"
 ENDING_EVENTS = frozenset({"booking.cancelled", "booking.no_show", "booking.completed"})
 FIRE_PLAN = "bridge.jobs.fire_plan"
+FIRE_DIGEST = "bridge.digest.fire_digest"  # a daily mapping's plan (id ends with DIGEST_SUFFIX)
+DIGEST_SUFFIX = ":~daily"
 SNOOZE = 300  # seconds before a plan whose job was queued is looked at again (the job was lost)
 WAKE_BATCH = 500  # plans queued per scheduler tick at most
 # The stored event a plan belongs to is kept until the send is over (retries included).
@@ -55,6 +61,15 @@ KEEP_AFTER_SEND = 2 * 86400
 def plan_id(mapping: str, tenant: str, kind: str, entity_id: str) -> str:
     """`<mapping>:<tenant>:<b|o|c>:<id>`: kept twice per pending plan, so the kind is one letter."""
     return f"{mapping}:{key_part(tenant)}:{kind[0]}:{key_part(entity_id)}"
+
+
+def digest_plan_id(mapping: str) -> str:
+    """The one plan of a daily mapping (bridge/digest.py): `<mapping>:~daily`."""
+    return f"{mapping}{DIGEST_SUFFIX}"
+
+
+def is_digest_plan(plan: str) -> bool:
+    return plan.endswith(DIGEST_SUFFIX)
 
 
 def mapping_of(plan: str) -> str:
@@ -225,7 +240,8 @@ def wake_due_plans(redis: Redis, now: float | None = None) -> int:
     for member, score in pairs:
         plan = text(member)
         digest = hashlib.sha1(plan.encode()).hexdigest()[:20]
-        enqueue(queue, FIRE_PLAN, plan, job_id=f"plan-{digest}-{int(float(score) * 1000)}", pipeline=pipe)
+        job = FIRE_DIGEST if is_digest_plan(plan) else FIRE_PLAN
+        enqueue(queue, job, plan, job_id=f"plan-{digest}-{int(float(score) * 1000)}", pipeline=pipe)
     pipe.execute()
     return len(pairs)
 
@@ -272,9 +288,10 @@ class ScheduledSend:
     action: str
     status: str  # pending | sent | cancelled | missed | skipped | dead
     detail: str
-    code: str  # the booking's code (or id)
+    code: str  # the booking's code (or id); for a daily digest, whose and which day
     customer: str
     sent_at: float | None = None
+    kind: str = "booking"  # or "digest" (bridge.digest)
 
     @property
     def mapping(self) -> str:
@@ -313,6 +330,12 @@ def listing(
         subject = subject_of(record.envelope)
         shown = SHOWN_STATUS.get(Status(state.status), state.status) if state.status in set(Status) else state.status
         sent_at = next((h["at"] for h in reversed(state.history) if h.get("planned_for")), None)
+        code = subject.code or (subject.primary[1] if subject.primary else "")
+        digest = record.type == DIGEST_TYPE
+        if digest:
+            data = record.envelope.get("data") or {}
+            whose = f"professional {data['professional']}" if data.get("professional") is not None else "salon"
+            code = f"{data.get('date', '')} {whose}"
         sends.append(
             ScheduledSend(
                 float(state.plan["due"] or 0),
@@ -320,9 +343,10 @@ def listing(
                 action,
                 shown,
                 state.last_error or state.detail,
-                subject.code or (subject.primary[1] if subject.primary else ""),
+                code,
                 subject.customer_name,
                 sent_at,
+                "digest" if digest else "booking",
             )
         )
     if booking:

@@ -16,7 +16,7 @@ from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 from rq.utils import now
 
-from bridge import jobs, redis_health, reload, runtime, schedules
+from bridge import digest, jobs, redis_health, reload, runtime, schedules
 from bridge.runtime import Runtime
 from mappings.config import BridgeConfig
 
@@ -320,9 +320,11 @@ class PerJobLinesAtDebug(logging.Filter):
 
 
 def _replan(rt: Runtime) -> None:
-    """Scheduled sends follow a changed config (bridge.jobs.replan_all); Redis away: the next start does it."""
+    """Scheduled sends follow a changed config (bridge.jobs.replan_all) and daily mappings have
+    their plans (bridge.digest); Redis away: the next start does it."""
     try:
         jobs.replan_all(rt)
+        digest.plan_digests(rt)
     except RedisError as exc:
         log.warning("worker: scheduled sends could not follow the config now (%s: %s)", type(exc).__name__, exc)
 

@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from connectors.base import ActionFields, Connector, ConnectorConfigError, Settings, connector_class
-from mappings.schedule import Schedule, parse_at, parse_quiet_hours
+from mappings.schedule import Daily, Schedule, parse_at, parse_daily, parse_quiet_hours
 from mappings.templates import (
     DEFAULT_RENDER_TIMEOUT,
     CompiledTemplate,
@@ -119,17 +119,40 @@ class TemplatesModel(_Strict):
 
 
 class ScheduleModel(_Strict):
-    """`schedule:` of a mapping: its actions run at a time computed from the booking (mappings/schedule.py)."""
+    """`schedule:` of a mapping: its actions run at a time computed from the booking (`at`), or
+    every day at a time of day (`daily`, with `for_each`: the morning digest); mappings/schedule.py."""
 
-    at: str
+    at: str | None = None
+    daily: str | None = None
+    for_each: Literal["professional", "salon"] | None = None
     quiet_hours: str | None = None
     grace: Duration = 15 * 60
 
     @field_validator("at")
     @classmethod
-    def _parses(cls, at: str) -> str:
-        parse_at(at, parse_duration)
+    def _parses(cls, at: str | None) -> str | None:
+        if at is not None:
+            parse_at(at, parse_duration)
         return at
+
+    @field_validator("daily")
+    @classmethod
+    def _time_of_day(cls, daily: str | None) -> str | None:
+        if daily is not None:
+            parse_daily(daily)
+        return daily
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ScheduleModel:
+        if (self.at is None) == (self.daily is None):
+            which = "both `at:` and `daily:`" if self.at else "neither `at:` nor `daily:`"
+            raise ValueError(
+                f"{which} given: use `at:` for a time from the booking (e.g. 'booking.start - 24h') "
+                "or `daily:` for a time of day (e.g. '08:00'), one of them"
+            )
+        if self.for_each is not None and self.daily is None:
+            raise ValueError("`for_each:` goes with `daily:` (a digest per professional or per salon)")
+        return self
 
     @field_validator("quiet_hours")
     @classmethod
@@ -138,15 +161,19 @@ class ScheduleModel(_Strict):
             parse_quiet_hours(quiet)
         return quiet
 
-    def parsed(self) -> Schedule:
-        anchor, offset = parse_at(self.at, parse_duration)
+    def parsed(self) -> Schedule | Daily:
         quiet = parse_quiet_hours(self.quiet_hours) if self.quiet_hours else None
+        if self.daily is not None:
+            source = self.daily.strip()
+            return Daily(source, parse_daily(source), self.for_each or "professional", self.grace, quiet)
+        assert self.at is not None
+        anchor, offset = parse_at(self.at, parse_duration)
         return Schedule(self.at.strip(), anchor, offset, self.grace, quiet)
 
 
 class MappingModel(_Strict):
     name: str
-    on: list[str] = Field(min_length=1)
+    on: list[str] | None = None  # required, but for a `daily:` schedule (checked in _load_mappings)
     when: str | None = None
     schedule: ScheduleModel | None = None
     tenant: list[str] | None = None
@@ -286,6 +313,7 @@ class MappingSpec:
     when: CompiledTemplate | None
     actions: list[ActionSpec]
     schedule: Schedule | None = None  # None: the actions run when the event arrives
+    daily: Daily | None = None  # runs by the clock instead of on events (bridge/digest.py); patterns empty
 
     def matches(self, event_type: str, tenant_id: str) -> bool:
         if self.tenants is not None and tenant_id not in self.tenants:
@@ -503,7 +531,7 @@ def _load_mappings(
         if mapping.name in seen_names:
             problems.add((*where, "name"), f"another mapping is already named {mapping.name!r}")
         seen_names.add(mapping.name)
-        _check_event_types(mapping.on, where, problems)
+        patterns = _check_on(mapping, where, problems)
         when = None
         if mapping.when is not None:
             try:
@@ -511,14 +539,34 @@ def _load_mappings(
             except TemplateCompileError as exc:
                 problems.add((*where, "when"), str(exc))
         actions = loader.load_all(mapping.name, mapping.actions, where)
-        schedule = mapping.schedule.parsed() if mapping.schedule else None
-        if schedule is not None and schedule.on_booking and not _reacts_to_bookings(mapping.on):
+        parsed = mapping.schedule.parsed() if mapping.schedule else None
+        schedule = parsed if isinstance(parsed, Schedule) else None
+        daily = parsed if isinstance(parsed, Daily) else None
+        if schedule is not None and schedule.on_booking and not _reacts_to_bookings(patterns):
             problems.add(
                 (*where, "schedule", "at"),
                 f"{schedule.anchor!r} needs a booking, but `on:` has no booking event (e.g. booking.created)",
             )
-        mappings.append(MappingSpec(mapping.name, mapping.on, mapping.tenant, when, actions, schedule))
+        mappings.append(MappingSpec(mapping.name, patterns, mapping.tenant, when, actions, schedule, daily))
     return mappings
+
+
+def _check_on(mapping: MappingModel, where: Path_, problems: _Problems) -> list[str]:
+    """The mapping's event patterns: none for a daily schedule (it runs by the clock), at least one otherwise."""
+    daily = mapping.schedule is not None and mapping.schedule.daily is not None
+    if daily:
+        if mapping.on is not None:
+            problems.add(
+                (*where, "on"),
+                "a mapping with `schedule: {daily: ...}` runs by the clock, not on events: remove `on:` "
+                "(or use `at:` for a send that follows each booking)",
+            )
+        return []
+    if not mapping.on:
+        problems.add((*where, "on"), "missing required key" if mapping.on is None else "list at least one event type")
+        return []
+    _check_event_types(mapping.on, where, problems)
+    return mapping.on
 
 
 def _check_what_can_be(raw: Any, where: Path_, loader: _ActionLoader) -> None:

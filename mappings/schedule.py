@@ -207,3 +207,72 @@ def _span(seconds: float) -> str:
     if seconds >= 60:
         return f"{seconds / 60:.0f} min"
     return f"{seconds:.0f} s"
+
+
+# ---- daily schedules (the morning digest, bridge/digest.py) --------------------------------------
+
+FOR_EACH = ("professional", "salon")
+_DAILY = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)(?::([0-5]\d))?$")
+
+
+@dataclass(frozen=True)
+class Daily:
+    """A mapping's `schedule: {daily: "08:00", for_each: professional}`, parsed: its actions run
+    every day at that wall-clock time in the salon's zone, once per professional (or per salon)."""
+
+    source: str  # the `daily:` text, for messages
+    at: clock_time
+    for_each: str = "professional"  # one of FOR_EACH
+    grace: float = 900.0
+    quiet: QuietHours | None = None
+
+
+def parse_daily(text: str) -> clock_time:
+    """`08:00` or `08:00:30` (seconds, for tests and odd needs) → a time; ValueError says what is wrong."""
+    match = _DAILY.match(text.strip())
+    if not match:
+        raise ValueError(f"expected a time of day like '08:00' (24-hour clock, salon time), got {text!r}")
+    hours, minutes, seconds = match.groups()
+    return clock_time(int(hours), int(minutes), int(seconds or 0))
+
+
+@dataclass(frozen=True)
+class Occurrence:
+    """One day's run of a daily schedule: the salon's `day`, the moment its time denotes (`start`,
+    what the run is for: exactly once per start) and when it goes out (`due`, after quiet hours)."""
+
+    day: date
+    start: float
+    due: float
+    note: str = ""
+
+
+def occurrence(daily: Daily, day: date, zone: ZoneInfo) -> Occurrence:
+    """That day's run. A time the clocks skip (02:30 on the spring change night) is the moment
+    after the gap (03:30); a time shown twice in autumn is its first occurrence, as booking times
+    are (connectors.base.wall_clock)."""
+    planned = wall_clock(day, daily.at, zone)
+    due, note = _outside_quiet_hours(planned, daily.quiet, None, zone)
+    return Occurrence(day, planned.timestamp(), float(math.ceil(due.timestamp())), note)
+
+
+def next_occurrence(daily: Daily, zone: ZoneInfo, now: float) -> Occurrence:
+    """The first run whose due time is not before `now`."""
+    day = datetime.fromtimestamp(now, zone).date() - timedelta(days=1)
+    while True:
+        found = occurrence(daily, day, zone)
+        if found.due >= now:
+            return found
+        day += timedelta(days=1)
+
+
+def daily_missed_reason(daily: Daily, due: float, now: float, zone: ZoneInfo) -> str | None:
+    """Why a run seen at `now` is missed (its due time passed beyond the grace), or None."""
+    late = now - due
+    if late <= daily.grace:
+        return None
+    when = datetime.fromtimestamp(due, zone)
+    return (
+        f"the daily send at {daily.source} was due {_span(late)} ago ({when:%d/%m %H:%M}), "
+        f"more than the grace of {_span(daily.grace)} (no worker was running then, or all were busy)"
+    )

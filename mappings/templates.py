@@ -89,6 +89,11 @@ class _Undefined(StrictUndefined):
         super().__init__(hint, obj, name, exc)
 
 
+def undefined(hint: str) -> Any:
+    """A value templates see as undefined (`is defined` is false) whose use fails with `hint`."""
+    return _Undefined(hint)
+
+
 class SlackRaw(str):
     """A value the template author deliberately inserts into Slack text without escaping."""
 
