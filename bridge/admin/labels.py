@@ -140,12 +140,15 @@ def _e(pattern: str, sentence: str) -> Explanation:
 
 # Known failures, most specific first. The sentences are translated when shown (see `explain`).
 EXPLANATIONS = (
+    _e(r"cliente\.email unknown", "The customer has no e-mail: %(what)s arrived without one."),
+    _e(r"cliente\.telefono unknown", "The customer has no phone number: %(what)s arrived without one."),
+    _e(r"cliente(\.\w+)? unknown", "%(what)s arrived without its customer."),
     _e(r"customer e-mail unknown \(\S+ not received\)", "The customer has no e-mail: %(what)s arrived without a customer."),
     _e(r"customer e-mail unknown", "The customer has no e-mail address on the platform."),
     _e(r"e-mail .* is not a valid address", "The customer's e-mail address is not valid: correct it on the platform."),
     _e(r"customer has no phone number", "The customer has no phone number on the platform."),
     _e(r"is not a (valid )?phone number", "The customer's phone number is not valid: correct it on the platform."),
-    _e(r"'\w+ object' has no attribute|is undefined", "A message template uses data this event does not carry."),
+    _e(r"'\w+ object' has no attribute|is undefined|unknown \(\S+ not received\)", "A message template uses data this event does not carry."),
     _e(r"channel_not_found|not_in_channel", "The Slack channel does not exist, or the app has not been invited to it."),
     _e(r"invalid_auth|token_revoked|account_inactive", "Slack no longer accepts the bridge's key."),
     _e(r"refused the username or password", "The mail server did not accept the user name or password."),

@@ -215,9 +215,11 @@ class ActionView:
     fallback: ActionView | None = None  # `<id>/fallback`, shown under this action
     replayable: bool = True  # False when the event's data was lost in Redis
 
+    scope: str = ""  # the event's key on a page that shows several events (ids stay unique)
+
     @property
     def anchor(self) -> str:
-        return "action-" + "".join(c if c.isalnum() else "-" for c in self.id)
+        return "action-" + "".join(c if c.isalnum() else "-" for c in self.scope + self.id)
 
     @property
     def can_replay(self) -> bool:
@@ -278,6 +280,14 @@ def action_view(rt: Runtime, record: EventRecord, action_id: str, state: ActionS
     view.delivery = _delivery(state)
     view.replayable = not record.data_lost
     return view
+
+
+def scoped(actions: list[ActionView], scope: str) -> list[ActionView]:
+    for action in actions:
+        action.scope = scope + "-"
+        if action.fallback is not None:
+            action.fallback.scope = scope + "-"
+    return actions
 
 
 def action_views(rt: Runtime, record: EventRecord, what: str = "") -> list[ActionView]:
@@ -503,7 +513,7 @@ def booking(tenant: str, booking_id: str) -> str | tuple[str, int]:
     envelope = {"tenant_id": tenant, "data": {"booking": {"id": booking_id}}}
     subject = subject_of(envelope, views)
     label = booking_label(subject)
-    timeline = [(record, _happened(record), action_views(rt, record, label)) for record in records]
+    timeline = [(record, _happened(record), scoped(action_views(rt, record, label), record.key)) for record in records]
     sends = [s for s in listing(rt.redis, rt.store, subject.code or booking_id) if s.event in {r.key for r in records}]
     calendar = next(
         (a.preview for _r, _t, actions in timeline for a in reversed(actions) if isinstance(a.preview, previews.CalendarPreview) and a.preview.link),
