@@ -28,8 +28,9 @@ TRANSLATIONS = Path(__file__).with_name("translations")
 LANGUAGE_KEY = "salon_bridge_admin_language"
 
 
-def install_babel(app: Flask, admin: AdminModel, timezone: str, translations: Path = TRANSLATIONS) -> None:
+def install_babel(app: Flask, admin: AdminModel, timezone: str) -> None:
     """Flask-Babel on the app, choosing the configured language or the browser's."""
+    translations = TRANSLATIONS
     app.config["BABEL_TRANSLATION_DIRECTORIES"] = str(translations)
     app.config["BABEL_DEFAULT_LOCALE"] = DEFAULT_LANGUAGE
     app.config["BABEL_DEFAULT_TIMEZONE"] = timezone
