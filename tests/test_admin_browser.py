@@ -107,8 +107,20 @@ def browser(browsers: Callable[[str], WebDriver]) -> WebDriver:
 AXE = Path(__file__).parent / "node_modules" / "axe-core" / "axe.min.js"
 # What each language calls the things the test looks for.
 WORDS = {
-    "es": {"login": "Entrar", "queued": "En cola para enviarse otra vez", "dead": "Fallido", "done": "Enviado", "text": "Versión de texto"},
-    "en": {"login": "Log in", "queued": "Queued to be sent again", "dead": "Failed", "done": "Sent", "text": "Text version"},
+    "es": {
+        "login": "Entrar",
+        "queued": "En cola para enviarse otra vez",
+        "dead": "Fallido",
+        "done": "Enviado",
+        "text": "Versión de texto",
+    },
+    "en": {
+        "login": "Log in",
+        "queued": "Queued to be sent again",
+        "dead": "Failed",
+        "done": "Sent",
+        "text": "Text version",
+    },
 }
 
 
@@ -149,7 +161,7 @@ def no_script_ran(driver: WebDriver) -> None:
 
 
 @pytest.fixture
-def salon_admin(salon: Callable[..., Bridge], request: pytest.FixtureRequest) -> Bridge:
+def salon_admin(salon: Callable[..., Bridge], request: pytest.FixtureRequest) -> Bridge:  # noqa: F811
     language = request.param
     return salon(language="es" if language == "es" else None)  # English: from the browser's Accept-Language
 
@@ -222,10 +234,10 @@ def test_an_owner_finds_a_booking_sees_what_was_sent_and_sends_a_failed_call_aga
     wait.until(conditions.presence_of_element_located((By.ID, "booking-label")))
     assert browser.find_element(By.ID, "booking-label").text.endswith("BRW42Z · Lucía Fernández")
     assert accessibility_problems(browser) == []
-    slack = browser.find_element(By.CSS_SELECTOR, ".preview.slack")
-    assert slack.find_element(By.CSS_SELECTOR, ".slack-text strong").text == "Nueva reserva"
-    assert "<!channel>" in slack.text and "<script>window.__xss=1</script>" in slack.text
-    assert not slack.find_elements(By.CSS_SELECTOR, "img, script, .mention")
+    message = browser.find_element(By.CSS_SELECTOR, ".preview.slack")
+    assert message.find_element(By.CSS_SELECTOR, ".slack-text strong").text == "Nueva reserva"
+    assert "<!channel>" in message.text and "<script>window.__xss=1</script>" in message.text
+    assert not message.find_elements(By.CSS_SELECTOR, "img, script, .mention")
     mail = browser.find_element(By.CSS_SELECTOR, ".preview.email")
     assert "Tu reserva BRW42Z" in mail.text
     frame = mail.find_element(By.CSS_SELECTOR, "iframe.mail-body")
@@ -247,7 +259,9 @@ def test_an_owner_finds_a_booking_sees_what_was_sent_and_sends_a_failed_call_aga
     destination.respond_with(200, "ok")
     click(browser, browser.find_element(By.CSS_SELECTOR, "#action-crm-notify form.replay button"))
     wait.until(conditions.url_contains("#action-crm-notify"))
-    result = wait.until(conditions.visibility_of_element_located((By.CSS_SELECTOR, "#action-crm-notify .replay-result")))
+    result = wait.until(
+        conditions.visibility_of_element_located((By.CSS_SELECTOR, "#action-crm-notify .replay-result"))
+    )
     assert words["queued"] in result.text and in_view(browser, "#action-crm-notify .replay-result")
     bridge.drain()  # a worker runs it; the open page follows by itself
     wait.until(

@@ -52,7 +52,12 @@ def texts(messages: Iterable[Message]) -> dict[object, object]:
     ],
 )
 def test_the_language(
-    make_bridge: Callable[[str], Bridge], destination: CapturingServer, fields: dict[str, str], accept: str | None, lang: str, text: str
+    make_bridge: Callable[[str], Bridge],
+    destination: CapturingServer,
+    fields: dict[str, str],
+    accept: str | None,
+    lang: str,
+    text: str,
 ) -> None:
     bridge = make_bridge(spanish_config(destination.url, **fields))
     headers = {"Accept-Language": accept} if accept else {}
@@ -79,7 +84,9 @@ def test_every_text_of_the_admin_is_in_the_spanish_catalog_and_compiled() -> Non
         catalog = read_po(source)
     entries = {(m.id[0] if isinstance(m.id, tuple) else m.id): m for m in catalog if m.id}
     assert sorted(extracted - set(entries)) == [], "run `make messages` and translate the new texts"
-    untranslated = [key for key, m in entries.items() if not (all(m.string) if isinstance(m.string, tuple) else m.string)]
+    untranslated = [
+        key for key, m in entries.items() if not (all(m.string) if isinstance(m.string, tuple) else m.string)
+    ]
     assert untranslated == [] and not any(m.fuzzy for m in entries.values())
     with CATALOG.with_suffix(".mo").open("rb") as compiled:
         mo = read_mo(compiled)
@@ -101,7 +108,9 @@ def test_a_missing_translation_shows_the_english_text(
     assert "Usuario" in page and "Contraseña" not in page and "Password" in page
 
 
-def test_times_money_and_unknown_types_in_each_language(make_bridge: Callable[[str], Bridge], destination: CapturingServer) -> None:
+def test_times_money_and_unknown_types_in_each_language(
+    make_bridge: Callable[[str], Bridge], destination: CapturingServer
+) -> None:
     bridge = make_bridge(spanish_config(destination.url))
     moment = 1706175000.0  # 2024-01-25 09:30 UTC, 10:30 in Madrid
     for accept, expected in (

@@ -23,7 +23,7 @@ from tests.fakes.http_server import CapturingServer
 from tests.fakes.slack_server import DEFAULT_TOKEN, FakeSlack
 from tests.fakes.smtp_server import SmtpServer
 from tests.harness import Bridge, sample
-from tests.test_admin import PASSWORD_HASH, csrf_of, login
+from tests.test_admin import PASSWORD_HASH, login
 from tests.test_google_calendar import CARLOS, HEADER, google, key_file, private_key  # noqa: F401 - fixtures
 
 TENANT = "uuid-tenant"
@@ -31,6 +31,13 @@ TENANT = "uuid-tenant"
 HOSTILE = (
     '<script>window.__xss=1</script> <img src=x onerror="window.__xss=2"> '
     "<javascript:alert(1)|pulsa> <!channel> <@U123> <http://x|y> *negrita*"
+)
+
+SLACK_TEXT = "*Nueva reserva* de {{ booking.cliente.nombre }} · <https://salon.example/r/{{ booking.codigo }}|ver>"
+# Its own styles, and a remote image the frame's CSP must not load.
+EMAIL_HTML = (
+    "<p style='color: #333'>Hola <b>{{ booking.cliente.nombre }}</b></p><p>{{ booking.notas }}</p>"
+    "<img src='https://tracker.example/p.gif'>"
 )
 
 
@@ -74,7 +81,7 @@ mappings:
         name: post
         channel: "#recepcion"
         thread_key: "booking-{{{{ booking.id }}}}"
-        text: "*Nueva reserva* de {{{{ booking.cliente.nombre }}}} · <https://salon.example/r/{{{{ booking.codigo }}}}|ver>"
+        text: "{SLACK_TEXT}"
         blocks:
           - type: section
             text: {{type: mrkdwn, text: "_Notas:_ {{{{ booking.notas }}}}"}}
@@ -86,7 +93,7 @@ mappings:
         to: "{{{{ booking.cliente.email }}}}"
         subject: "Tu reserva {{{{ booking.codigo }}}}"
         text: "Hola {{{{ booking.cliente.nombre }}}}, te esperamos. Notas: {{{{ booking.notas }}}}"
-        html: "<p style='color: #333'>Hola <b>{{{{ booking.cliente.nombre }}}}</b></p><p>{{{{ booking.notas }}}}</p><img src='https://tracker.example/p.gif'>"
+        html: "{EMAIL_HTML}"
   - name: agenda
     on: ["booking.created", "booking.updated", "booking.cancelled"]
     actions:
@@ -135,7 +142,9 @@ def salon(
     return make
 
 
-def booking(code: str = "ABC123XY", name: str = "Juan Pérez", notes: str = "Primera visita", **extra: Any) -> dict[str, Any]:
+def booking(
+    code: str = "ABC123XY", name: str = "Juan Pérez", notes: str = "Primera visita", **extra: Any
+) -> dict[str, Any]:
     event = sample("booking.created")
     event["data"]["booking"].update(codigo=code, notas=notes, **extra)
     event["data"]["booking"]["cliente"]["nombre"] = name
@@ -162,12 +171,30 @@ def panel(html: str, action_id: str) -> str:
 @pytest.mark.parametrize(
     ("text", "html"),
     [
-        pytest.param("*bold* _it_ ~gone~ `x<y`", "<strong>bold</strong> <em>it</em> <s>gone</s> <code>x&lt;y</code>", id="styles"),
-        pytest.param("<https://salon.example/a?b=1&amp;c=2|ver>", '<a href="https://salon.example/a?b=1&amp;c=2" rel="noopener noreferrer nofollow" target="_blank">ver</a>', id="link"),
+        pytest.param(
+            "*bold* _it_ ~gone~ `x<y`", "<strong>bold</strong> <em>it</em> <s>gone</s> <code>x&lt;y</code>", id="styles"
+        ),
+        pytest.param(
+            "<https://salon.example/a?b=1&amp;c=2|ver>",
+            '<a href="https://salon.example/a?b=1&amp;c=2" rel="noopener noreferrer nofollow" target="_blank">ver</a>',
+            id="link",
+        ),
         pytest.param("<javascript:alert(1)|pulsa>", "&lt;javascript:alert(1)|pulsa&gt;", id="javascript-link-is-text"),
-        pytest.param("<!channel> <!here> <@U123> <#C9|caja>", '<span class="mention">@channel</span> <span class="mention">@here</span> <span class="mention">@U123</span> <span class="mention">#caja</span>', id="mentions"),
-        pytest.param("&lt;script&gt;alert(1)&lt;/script&gt;", "&lt;script&gt;alert(1)&lt;/script&gt;", id="escaped-data-stays-text"),
-        pytest.param('<https://x.example/"onmouseover="a|b>', '<a href="https://x.example/&#34;onmouseover=&#34;a" rel="noopener noreferrer nofollow" target="_blank">b</a>', id="quote-in-url"),
+        pytest.param(
+            "<!channel> <!here> <@U123> <#C9|caja>",
+            '<span class="mention">@channel</span> <span class="mention">@here</span> <span class="mention">@U123</span> <span class="mention">#caja</span>',  # noqa: E501
+            id="mentions",
+        ),
+        pytest.param(
+            "&lt;script&gt;alert(1)&lt;/script&gt;",
+            "&lt;script&gt;alert(1)&lt;/script&gt;",
+            id="escaped-data-stays-text",
+        ),
+        pytest.param(
+            '<https://x.example/"onmouseover="a|b>',
+            '<a href="https://x.example/&#34;onmouseover=&#34;a" rel="noopener noreferrer nofollow" target="_blank">b</a>',  # noqa: E501
+            id="quote-in-url",
+        ),
         pytest.param("a\nb", "a<br>\nb", id="newline"),
     ],
 )
@@ -178,9 +205,17 @@ def test_mrkdwn_is_drawn_safely(text: str, html: str) -> None:
 @pytest.mark.parametrize(
     ("url", "shown"),
     [
-        pytest.param("https://crm.example/hooks?api_key=k-1&site=salon", "https://crm.example/hooks?api_key=%E2%80%A2%E2%80%A2%E2%80%A2&site=salon", id="query"),
+        pytest.param(
+            "https://crm.example/hooks?api_key=k-1&site=salon",
+            "https://crm.example/hooks?api_key=%E2%80%A2%E2%80%A2%E2%80%A2&site=salon",
+            id="query",
+        ),
         pytest.param("https://user:pw@crm.example/x", "https://•••@crm.example/x", id="password"),
-        pytest.param("https://hooks.slack.com/services/T000/B000/XyZ0123456789abcdefGHIJ", "https://hooks.slack.com/services/T000/B000/•••", id="path-token"),
+        pytest.param(
+            "https://hooks.slack.com/services/T000/B000/XyZ0123456789abcdefGHIJ",
+            "https://hooks.slack.com/services/T000/B000/•••",
+            id="path-token",
+        ),
     ],
 )
 def test_urls_are_shown_without_their_secrets(url: str, shown: str) -> None:
@@ -191,7 +226,10 @@ def test_urls_are_shown_without_their_secrets(url: str, shown: str) -> None:
 
 
 def test_each_action_shows_what_its_recipient_saw(
-    salon: Callable[..., Bridge], slack: FakeSlack, smtp: SmtpServer, google: FakeGoogle  # noqa: F811
+    salon: Callable[..., Bridge],
+    slack: FakeSlack,
+    smtp: SmtpServer,
+    google: FakeGoogle,  # noqa: F811
 ) -> None:
     bridge = salon()
     event = booking(notes=HOSTILE)
@@ -207,13 +245,18 @@ def test_each_action_shows_what_its_recipient_saw(
     message = panel(html, "recepcion/post")
     assert "Slack message" in message and "#recepcion" in message and "in the thread booking-12345" in message
     assert "<strong>Nueva reserva</strong> de Juan Pérez" in message
-    assert '<a href="https://salon.example/r/ABC123XY" rel="noopener noreferrer nofollow" target="_blank">ver</a>' in message
+    assert (
+        '<a href="https://salon.example/r/ABC123XY" rel="noopener noreferrer nofollow" target="_blank">ver</a>'
+        in message
+    )
     # The notes came from the event: Slack got them escaped, the preview shows them as text.
     assert "&lt;!channel&gt;" in message and "&lt;script&gt;window.__xss=1&lt;/script&gt;" in message
     assert '<span class="mention">' not in message
 
     mail = panel(html, "confirmacion/confirm")
-    assert "Salón Lucía &lt;hola@salon.example&gt;" in mail and "juan@email.com" in mail and "Tu reserva ABC123XY" in mail
+    assert (
+        "Salón Lucía &lt;hola@salon.example&gt;" in mail and "juan@email.com" in mail and "Tu reserva ABC123XY" in mail
+    )
     frame = re.search(r'<iframe class="mail-body" sandbox="" [^>]*src="([^"]+)"', mail)
     assert frame, "the HTML body is in a sandboxed frame without scripts"
     assert 'class="mail-text">Hola Juan Pérez, te esperamos.' in mail  # the text version
@@ -280,14 +323,17 @@ def test_the_booking_page_has_its_whole_timeline(salon: Callable[..., Bridge]) -
     assert page.status_code == 200
     html = page.text
     assert '<h1 class="entity" id="booking-label">Booking ABC123XY · Juan Pérez</h1>' in html
-    order = [html.index(t) for t in ("Booking created</a>", "Booking changed</a>", "Payment refunded</a>", "Customer did not show up</a>")]
+    order = [
+        html.index(t)
+        for t in ("Booking created</a>", "Booking changed</a>", "Payment refunded</a>", "Customer did not show up</a>")
+    ]
     assert order == sorted(order), "oldest first"
     assert "Corte Clásico (€25.00)" in html and "Carlos García" in html
     assert 'class="calendar-link" href="https://www.google.com/calendar/event?eid=' in html
     assert html.count("<h3>Google Calendar</h3>") == 2 and "Slack message" in html  # created and moved
     assert f'id="action-{event_key(created["id"])}-recepcion-post"'.replace("_", "-") in html
     assert client.get(f"/admin/bookings/{TENANT}/99999").status_code == 404
-    assert client.get(f"/admin/bookings/other-tenant/12345").status_code == 404
+    assert client.get("/admin/bookings/other-tenant/12345").status_code == 404
 
 
 def test_a_fallback_is_shown_under_its_first_action(salon: Callable[..., Bridge]) -> None:
@@ -301,7 +347,10 @@ def test_a_fallback_is_shown_under_its_first_action(salon: Callable[..., Bridge]
     fallback.status, fallback.last_error = Status.DEAD, "HTTP 400: template not approved"
     bridge.runtime.store.save_action(record.key, "confirmacion/confirm/fallback", fallback)
     html = signed_in(bridge).get(f"/admin/events/{record.key}").text
-    first, nested = html.index('id="action-confirmacion-confirm"'), html.index('id="action-confirmacion-confirm-fallback"')
+    first, nested = (
+        html.index('id="action-confirmacion-confirm"'),
+        html.index('id="action-confirmacion-confirm-fallback"'),
+    )
     assert first < nested < html.index('id="action-crm-notify"') and html.count('<article class="panel action') == 5
     assert "Instead: E-mail" in html[nested:] and "The destination refused it." in html[nested:]
 
@@ -327,4 +376,7 @@ def test_delivery_and_failed_after_sending_are_shown_when_present(salon: Callabl
         label, tone = view.label, view.tone
     assert (label, tone) == ("Fallido tras el envío", "bad")
     assert '<li data-status="sent">Enviado · 25 ene 2024, 10:30 CET</li>' in html
-    assert '<li data-status="undelivered">No entregado · 25 ene 2024, 10:31 CET · <span class="error">&lt;b&gt;mailbox full&lt;/b&gt;</span></li>' in html
+    assert (
+        '<li data-status="undelivered">No entregado · 25 ene 2024, 10:31 CET · <span class="error">&lt;b&gt;mailbox full&lt;/b&gt;</span></li>'  # noqa: E501
+        in html
+    )

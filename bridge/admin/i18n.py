@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, current_app, request
 from babel.dates import format_timedelta
+from flask import Flask, current_app, request
 from flask_babel import Babel, format_currency, format_datetime, get_locale
 
 from mappings.config import AdminModel
@@ -36,7 +36,9 @@ def install_babel(app: Flask, admin: AdminModel, timezone: str) -> None:
     app.config["BABEL_DEFAULT_TIMEZONE"] = timezone
     app.extensions[LANGUAGE_KEY] = admin.language
     Babel(app, locale_selector=select_language)
-    missing = [lang for lang in LANGUAGES if lang != "en" and not (translations / lang / "LC_MESSAGES/messages.mo").exists()]
+    missing = [
+        lang for lang in LANGUAGES if lang != "en" and not (translations / lang / "LC_MESSAGES/messages.mo").exists()
+    ]
     if missing:
         log.warning(
             "admin: no compiled catalog for %s in %s: pages show English. Run `make install` (pybabel compile).",
@@ -77,14 +79,16 @@ def relative(timestamp: float | None) -> str:
     """ "in 3 minutes", "hace 2 horas"."""
     if not timestamp:
         return ""
-    return format_timedelta(timestamp - time.time(), add_direction=True, threshold=1.1, locale=get_locale())
+    return format_timedelta(
+        timedelta(seconds=timestamp - time.time()), add_direction=True, threshold=1.1, locale=get_locale()
+    )
 
 
 def span(seconds: float | None) -> str:
     """A length of time, roughly: "40 s", "3 min"."""
     if seconds is None:
         return "–"
-    return format_timedelta(seconds, format="narrow", threshold=1.1, locale=get_locale())
+    return format_timedelta(timedelta(seconds=seconds), format="narrow", threshold=1.1, locale=get_locale())
 
 
 def money(amount: Any, currency: str | None = None) -> str:

@@ -129,7 +129,9 @@ def slack_blocks(blocks: Any) -> list[SlackBlock]:
             shown.append(SlackBlock("section", _text_object(block.get("text")), fields))
         elif kind == "context":
             elements = [e for e in block.get("elements") or [] if isinstance(e, dict)]
-            text = Markup(" · ").join(_text_object(e) if "text" in e else Markup(escape(e.get("alt_text", ""))) for e in elements)
+            text = Markup(" · ").join(
+                _text_object(e) if "text" in e else Markup(escape(e.get("alt_text", ""))) for e in elements
+            )
             shown.append(SlackBlock("context", text))
         elif kind == "image":
             shown.append(SlackBlock("other", Markup(escape(f"[{block.get('alt_text') or 'image'}]"))))
@@ -151,7 +153,10 @@ class SlackPreview:
 def slack_preview(fields: dict[str, Any], settings: Any) -> SlackPreview:
     channel = str(fields.get("channel") or getattr(settings, "channel", None) or "")
     return SlackPreview(
-        channel, mrkdwn(str(fields.get("text") or "")), slack_blocks(fields.get("blocks")), str(fields.get("thread_key") or "")
+        channel,
+        mrkdwn(str(fields.get("text") or "")),
+        slack_blocks(fields.get("blocks")),
+        str(fields.get("thread_key") or ""),
     )
 
 
@@ -264,7 +269,10 @@ def hide_url_secrets(url: str) -> str:
     if parts.username:
         netloc = f"{HIDDEN}@{netloc}"
     query = urlencode([(k, HIDDEN if SECRET_WORDS.search(k) else v) for k, v in parse_qsl(parts.query, True)])
-    path = "/".join(HIDDEN if len(p) >= 20 and re.search(r"\d", p) and re.search(r"[A-Za-z]", p) else p for p in parts.path.split("/"))
+    path = "/".join(
+        HIDDEN if len(p) >= 20 and re.search(r"\d", p) and re.search(r"[A-Za-z]", p) else p
+        for p in parts.path.split("/")
+    )
     return urlunsplit((parts.scheme, netloc, path, query, ""))
 
 

@@ -131,7 +131,9 @@ def _redis_error(exc: RedisError) -> tuple[str, int]:
 
 
 def _unavailable() -> tuple[str, int]:
-    message = _("The database (Redis) does not answer right now, and the event log is kept there. Try again in a minute.")
+    message = _(
+        "The database (Redis) does not answer right now, and the event log is kept there. Try again in a minute."
+    )
     return render_template("admin/message.html", title=_("Database unavailable"), message=message), 503
 
 
@@ -516,7 +518,12 @@ def booking(tenant: str, booking_id: str) -> str | tuple[str, int]:
     timeline = [(record, _happened(record), scoped(action_views(rt, record, label), record.key)) for record in records]
     sends = [s for s in listing(rt.redis, rt.store, subject.code or booking_id) if s.event in {r.key for r in records}]
     calendar = next(
-        (a.preview for _r, _t, actions in timeline for a in reversed(actions) if isinstance(a.preview, previews.CalendarPreview) and a.preview.link),
+        (
+            a.preview
+            for _r, _t, actions in timeline
+            for a in reversed(actions)
+            if isinstance(a.preview, previews.CalendarPreview) and a.preview.link
+        ),
         None,
     )
     return render_template(
@@ -576,4 +583,5 @@ def replay_action(key: str) -> Response | str | tuple[str, int]:
 def replay_messages(action_id: str) -> list[tuple[str, str]]:
     """The confirmation (or refusal) of a "Send again" of this action, as (tone, text), shown in its panel."""
     wanted = [f"{REPLAY_FLASH}{tone}:{action_id}" for tone in ("ok", "error")]
-    return [(c.split(":")[1], m) for c, m in get_flashed_messages(with_categories=True, category_filter=wanted)]
+    flashed: list[tuple[str, str]] = get_flashed_messages(with_categories=True, category_filter=wanted)  # type: ignore[assignment]
+    return [(category.split(":")[1], message) for category, message in flashed]
