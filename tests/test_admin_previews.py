@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import base64
 import re
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -41,8 +43,22 @@ EMAIL_HTML = (
 )
 
 
-def salon_config(slack: FakeSlack, smtp: SmtpServer, crm_url: str, language: str | None = "en") -> str:
-    """Slack for the staff, an e-mail to the customer, the booking's calendar entry and a CRM call."""
+REMINDER = """
+  - name: recordatorio
+    on: ["booking.created"]
+    schedule: {at: "booking.start - 1h"}
+    actions:
+      - connector: crm
+        name: remind
+        body: {code: "{{ booking.codigo }}"}
+"""
+
+
+def salon_config(
+    slack: FakeSlack, smtp: SmtpServer, crm_url: str, language: str | None = "en", reminder: bool = False
+) -> str:
+    """Slack for the staff, an e-mail to the customer, the booking's calendar entry and a CRM call
+    (and with `reminder`, a CRM call an hour before the appointment)."""
     admin = f'admin:\n  username: owner\n  password_hash: "{PASSWORD_HASH}"\n'
     if language:
         admin += f"  language: {language}\n"
@@ -109,7 +125,7 @@ mappings:
         body:
           codigo: "{{{{ booking.codigo }}}}"
           cliente: "{{{{ booking.cliente.nombre }}}}"
-"""
+{REMINDER if reminder else ""}"""
 
 
 @pytest.fixture
@@ -136,8 +152,8 @@ def salon(
     google: FakeGoogle,  # noqa: F811
     key_file: Any,  # noqa: F811
 ) -> Callable[..., Bridge]:
-    def make(language: str | None = "en") -> Bridge:
-        return make_bridge(salon_config(slack, smtp, destination.url, language))
+    def make(language: str | None = "en", reminder: bool = False) -> Bridge:
+        return make_bridge(salon_config(slack, smtp, destination.url, language, reminder))
 
     return make
 
@@ -334,6 +350,21 @@ def test_the_booking_page_has_its_whole_timeline(salon: Callable[..., Bridge]) -
     assert f'id="action-{event_key(created["id"])}-recepcion-post"'.replace("_", "-") in html
     assert client.get(f"/admin/bookings/{TENANT}/99999").status_code == 404
     assert client.get("/admin/bookings/other-tenant/12345").status_code == 404
+
+
+def test_the_booking_page_lists_its_scheduled_sends(salon: Callable[..., Bridge]) -> None:
+    bridge = salon(reminder=True)
+    day = (datetime.now(ZoneInfo("Europe/Madrid")) + timedelta(days=10)).date().isoformat()
+    event = booking(code="FUT001", fecha=day, hora_inicio="17:30", hora_fin="18:00")
+    bridge.post(event)
+    bridge.drain()
+    assert bridge.record(event["id"]).actions["recordatorio/remind"].status == "scheduled"
+    html = signed_in(bridge).get(f"/admin/bookings/{TENANT}/12345").text
+    due = datetime.fromisoformat(f"{day}T16:30").replace(tzinfo=ZoneInfo("Europe/Madrid"))  # an hour before
+    expected = f"Scheduled for {due.day} {due:%b %Y, %H:%M %z}"
+    assert f'data-status="scheduled">{expected}</span>' in html
+    sends = html[html.index("<h2>Scheduled sends</h2>") :]
+    assert f"{expected[len('Scheduled for ') :]} · <code>recordatorio/remind</code> · Waiting for its time" in sends
 
 
 def test_a_fallback_is_shown_under_its_first_action(salon: Callable[..., Bridge]) -> None:

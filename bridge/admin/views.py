@@ -517,15 +517,10 @@ def booking(tenant: str, booking_id: str) -> str | tuple[str, int]:
     label = booking_label(subject)
     timeline = [(record, _happened(record), scoped(action_views(rt, record, label), record.key)) for record in records]
     sends = [s for s in listing(rt.redis, rt.store, subject.code or booking_id) if s.event in {r.key for r in records}]
-    calendar = next(
-        (
-            a.preview
-            for _r, _t, actions in timeline
-            for a in reversed(actions)
-            if isinstance(a.preview, previews.CalendarPreview) and a.preview.link
-        ),
-        None,
-    )
+    cards = [
+        a.preview for _r, _t, actions in timeline for a in actions if isinstance(a.preview, previews.CalendarPreview)
+    ]
+    calendar = next((card for card in reversed(cards) if card.link), None)  # the newest entry written
     return render_template(
         "admin/booking.html",
         label=label,
