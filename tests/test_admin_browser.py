@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -45,16 +46,22 @@ def admin_bridge(make_bridge: Callable[[str], Bridge], destination: CapturingSer
     return make_bridge(admin_config(destination.url))
 
 
-@pytest.fixture
-def live_admin(admin_bridge: Bridge) -> Iterator[str]:
+@contextmanager
+def serving(bridge: Bridge) -> Iterator[str]:
     """The bridge's Flask app on a real localhost port."""
-    server = make_server("127.0.0.1", 0, admin_bridge.app, threaded=True)
+    server = make_server("127.0.0.1", 0, bridge.app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_port}"
     server.shutdown()
     server.server_close()
     thread.join()
+
+
+@pytest.fixture
+def live_admin(admin_bridge: Bridge) -> Iterator[str]:
+    with serving(admin_bridge) as url:
+        yield url
 
 
 def chromium(folder: Path, language: str) -> WebDriver:
@@ -168,13 +175,8 @@ def salon_admin(salon: Callable[..., Bridge], request: pytest.FixtureRequest) ->
 
 @pytest.fixture
 def live_salon(salon_admin: Bridge) -> Iterator[str]:
-    server = make_server("127.0.0.1", 0, salon_admin.app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with serving(salon_admin) as url:
+        yield url
 
 
 @pytest.mark.parametrize("size", [DESKTOP, PHONE], ids=["1280px", "390px"])

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import base64
 import re
-from datetime import datetime, timedelta
-from zoneinfo import ZoneInfo
 from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from flask import get_template_attribute
@@ -26,6 +26,7 @@ from tests.fakes.slack_server import DEFAULT_TOKEN, FakeSlack
 from tests.fakes.smtp_server import SmtpServer
 from tests.harness import Bridge, sample
 from tests.test_admin import PASSWORD_HASH, login
+from tests.test_email import smtp  # noqa: F401 - fixture
 from tests.test_google_calendar import CARLOS, HEADER, google, key_file, private_key  # noqa: F401 - fixtures
 
 TENANT = "uuid-tenant"
@@ -55,7 +56,11 @@ REMINDER = """
 
 
 def salon_config(
-    slack: FakeSlack, smtp: SmtpServer, crm_url: str, language: str | None = "en", reminder: bool = False
+    slack: FakeSlack,
+    mail_server: SmtpServer,
+    crm_url: str,
+    language: str | None = "en",
+    reminder: bool = False,
 ) -> str:
     """Slack for the staff, an e-mail to the customer, the booking's calendar entry and a CRM call
     (and with `reminder`, a CRM call an hour before the appointment)."""
@@ -72,8 +77,8 @@ connectors:
     timeout: 2
   mailer:
     type: email
-    host: "{smtp.host}"
-    port: {smtp.port}
+    host: "{mail_server.host}"
+    port: {mail_server.port}
     security: none
     from: "Salón Lucía <hola@salon.example>"
     timeout: 5
@@ -137,17 +142,10 @@ def slack() -> Iterator[FakeSlack]:
 
 
 @pytest.fixture
-def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer("plain").start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def salon(
     make_bridge: Callable[[str], Bridge],
     slack: FakeSlack,
-    smtp: SmtpServer,
+    smtp: SmtpServer,  # noqa: F811
     destination: CapturingServer,
     google: FakeGoogle,  # noqa: F811
     key_file: Any,  # noqa: F811
@@ -244,7 +242,7 @@ def test_urls_are_shown_without_their_secrets(url: str, shown: str) -> None:
 def test_each_action_shows_what_its_recipient_saw(
     salon: Callable[..., Bridge],
     slack: FakeSlack,
-    smtp: SmtpServer,
+    smtp: SmtpServer,  # noqa: F811
     google: FakeGoogle,  # noqa: F811
 ) -> None:
     bridge = salon()
