@@ -248,7 +248,12 @@ class ActionView:
 def _delivery(state: ActionState) -> list[dict[str, Any]]:
     """`ActionState.delivery` (issue 17: status callbacks), read defensively: absent on older records."""
     entries = getattr(state, "delivery", None) or []
-    return [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
+    shown = []
+    for entry in entries if isinstance(entries, list) else []:
+        if isinstance(entry, dict):
+            at = entry.get("at")
+            shown.append({**entry, "at": at if isinstance(at, (int, float)) else None})
+    return shown
 
 
 def action_view(rt: Runtime, record: EventRecord, action_id: str, state: ActionState, what: str = "") -> ActionView:
