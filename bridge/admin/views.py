@@ -239,11 +239,6 @@ class ActionView:
     def failed(self) -> bool:
         return self.state.status in FAILED_STATUSES
 
-    @property
-    def summary(self) -> str:
-        """ "Fallido: El cliente no tiene e-mail…", or the status label alone."""
-        return f"{self.label}: {self.reason}" if self.failed and self.reason else self.label
-
 
 def _delivery(state: ActionState) -> list[dict[str, Any]]:
     """`ActionState.delivery` (issue 17: status callbacks), read defensively: absent on older records."""
@@ -290,6 +285,7 @@ def action_view(rt: Runtime, record: EventRecord, action_id: str, state: ActionS
 
 
 def scoped(actions: list[ActionView], scope: str) -> list[ActionView]:
+    """The actions with anchors unique on a page that shows several events (the booking page)."""
     for action in actions:
         action.scope = scope + "-"
         if action.fallback is not None:
