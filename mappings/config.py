@@ -206,6 +206,7 @@ class AdminModel(_Strict):
     secure_cookie: bool | None = None  # None: Secure when the request came over HTTPS
     login_max_failures: int = Field(default=5, ge=1)
     login_window: Duration = 15 * 60
+    language: Literal["es", "en"] | None = None  # None: the browser's Accept-Language, else Spanish
 
     @field_validator("password_hash")
     @classmethod

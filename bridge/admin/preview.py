@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from zoneinfo import ZoneInfo
-
 from flask import render_template, request
+from flask_babel import gettext as _
 
+from bridge.admin.i18n import when
 from bridge.admin.views import _rt, blueprint
 from bridge.preview import preview, render_text
 from mappings.config import ConfigError, load_config, parse_duration
@@ -23,15 +22,14 @@ def config_preview() -> str | tuple[str, int]:
         try:
             since = float(parse_duration(since_text))
         except (ValueError, TypeError):
-            problems.append(f"since: a duration like 7d, 12h or 30m, got {since_text!r}")
+            problems.append(_("since: a duration like 7d, 12h or 30m, got %(value)s", value=repr(since_text)))
         else:
             try:
                 new = load_config(path, unused=("admin", "metrics"))
             except ConfigError as exc:
                 problems = exc.problems
             else:
-                zone = ZoneInfo(rt.config.model.timezone)
                 result = preview(rt, new, since, 1000)
-                shown = render_text(result, lambda t: datetime.fromtimestamp(t, zone).strftime("%Y-%m-%d %H:%M"))
-                text = f"{result.events} stored event(s) compared; nothing was sent.\n\n{shown}"
+                shown = render_text(result, when)
+                text = _("%(count)s stored event(s) compared; nothing was sent.", count=result.events) + f"\n\n{shown}"
     return render_template("admin/preview.html", path=path, since=since_text, problems=problems, text=text)

@@ -15,10 +15,12 @@ from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from flask_babel import gettext as _
 from redis.exceptions import RedisError
 
 from bridge import metrics
 from bridge.runtime import Runtime
+from bridge.state import entity_parts, event_time
 from bridge.store import DEAD_INDEX, EVENTS_INDEX, EventRecord, Status, text
 
 PAGE_SIZE = 25
@@ -71,7 +73,7 @@ def parse_filters(args: Any, statuses: list[str]) -> tuple[Filters, list[str]]:
     )
     status = str(args.get("status", "")).strip()
     if status and status not in statuses:
-        problems.append(f"unknown status {status!r}; choose one of the list")
+        problems.append(_("unknown status %(status)s; choose one of the list", status=repr(status)))
     else:
         filters.status = status
     for name, attribute in (("from", "date_from"), ("to", "date_to")):
@@ -80,13 +82,13 @@ def parse_filters(args: Any, statuses: list[str]) -> tuple[Filters, list[str]]:
             try:
                 setattr(filters, attribute, date.fromisoformat(raw))
             except ValueError:
-                problems.append(f"the date {raw[:20]!r} is not a date like 2024-01-25")
+                problems.append(_("the date %(date)s is not a date like 2024-01-25", date=repr(raw[:20])))
     before = str(args.get("before", "")).strip()
     if before:
         try:
             filters.before = float(before)
         except ValueError:
-            problems.append("the page link is damaged; showing the newest events")
+            problems.append(_("the page link is damaged; showing the newest events"))
     return filters, problems
 
 
@@ -177,12 +179,40 @@ def find_events(rt: Runtime, filters: Filters, zone: ZoneInfo, page_size: int = 
             return Page(found, last_score if last_score is not None else entries[-1][1], scanned, capped=True)
 
 
+def booking_events(rt: Runtime, tenant: str, booking_id: str) -> list[EventRecord]:
+    """Every stored event about one booking, oldest first (at most SCAN_CAP events looked at)."""
+    found: list[EventRecord] = []
+    for start in range(0, SCAN_CAP, BATCH):
+        keys = [text(k) for k in rt.redis.zrevrange(EVENTS_INDEX, start, start + BATCH - 1)]
+        for record in rt.store.load_many(keys, EVENTS_INDEX):
+            if record.tenant_id == tenant and ("booking", booking_id) in _entities(record):
+                found.append(record)
+        if len(keys) < BATCH:
+            break
+    return sorted(found, key=lambda r: (_created(r), r.received_at))
+
+
+def _entities(record: EventRecord) -> set[tuple[str, str]]:
+    return {(kind, str(obj["id"])) for kind, obj in entity_parts(record.envelope)}
+
+
+def _created(record: EventRecord) -> float:
+    try:
+        return event_time(record.envelope)
+    except (KeyError, TypeError, ValueError):
+        return record.received_at
+
+
 @dataclass
 class Dashboard:
+    """The figures `salon-bridge` itself reports: events and actions done in the last 24 h, dead
+    letters waiting (as `dead-letters` lists them, not failed attempts), test runs as such."""
+
     events_24h: int = 0
     done_24h: int = 0
-    failed_24h: int = 0
-    dead_waiting: int = 0
+    dry_run_24h: int = 0
+    dead_letters: int = 0
+    dry_run: bool = False  # the whole bridge runs in dry run: nothing is sent
     queue: metrics.QueueStatus | None = None
     problems: list[str] = field(default_factory=list)
 
@@ -197,5 +227,13 @@ def dashboard(rt: Runtime, now: float | None = None) -> Dashboard:
         outcomes = metrics.recent_outcomes(rt.redis, now)
         queue = metrics.queue_status(rt.queue, now)
     except RedisError as exc:
-        return Dashboard(problems=[f"Redis does not answer ({type(exc).__name__}); figures unavailable"])
-    return Dashboard(int(events), outcomes.get(Status.DONE, 0), outcomes.get(Status.DEAD, 0), int(dead), queue)
+        message = _("The database (Redis) does not answer (%(error)s); figures unavailable", error=type(exc).__name__)
+        return Dashboard(problems=[message])
+    return Dashboard(
+        int(events),
+        outcomes.get(Status.DONE, 0),
+        outcomes.get(Status.DRY_RUN, 0),
+        int(dead),
+        bool(rt.dry_run),
+        queue,
+    )

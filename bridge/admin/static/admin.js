@@ -16,6 +16,25 @@ document.addEventListener("submit", (event) => {
   form.appendChild(confirmed);
 });
 
+// The e-mail's "as sent" / "text version" tabs; without this file both are shown one below the other.
+function setUpTabs(root) {
+  for (const list of root.querySelectorAll(".tabs")) {
+    const buttons = [...list.querySelectorAll("[data-tab]")];
+    const show = (chosen) => {
+      for (const button of buttons) {
+        const selected = button === chosen;
+        button.setAttribute("aria-selected", String(selected));
+        const panel = document.getElementById(button.dataset.tab);
+        if (panel) panel.hidden = !selected;
+      }
+    };
+    for (const button of buttons) button.addEventListener("click", () => show(button));
+    list.hidden = false;
+    show(buttons[0]);
+  }
+}
+setUpTabs(document);
+
 // While an action is queued, sending or retrying, refresh the actions every few seconds.
 (function liveActions() {
   const section = document.getElementById("actions");
@@ -30,6 +49,7 @@ document.addEventListener("submit", (event) => {
       const fresh = page.getElementById("actions");
       if (!fresh) return;
       section.innerHTML = fresh.innerHTML;
+      setUpTabs(section);
       if (!fresh.dataset.live) {
         delete section.dataset.live;
         return;
