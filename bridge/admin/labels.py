@@ -37,7 +37,7 @@ CONNECTOR_NAMES = {
     "whatsapp": _l("WhatsApp"),
 }
 # Badge colour per status.
-TONES = {
+TONES: dict[str, str] = {
     Status.PENDING: "wait",
     Status.SENDING: "wait",
     Status.RETRYING: "warn",
@@ -83,7 +83,7 @@ def event_type_name(event_type: str) -> str:
 
 def status_name(status: str) -> str:
     """The short name of a status, without its time (for the status filter)."""
-    names = {
+    names: dict[str, str] = {
         Status.PENDING: _("Queued"),
         Status.SENDING: _("Sending"),
         Status.RETRYING: _("Retrying"),
