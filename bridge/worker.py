@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from redis import Redis
 from redis.client import Pipeline
 from redis.exceptions import ConnectionError, OutOfMemoryError, RedisError, TimeoutError
 from rq import Queue, SimpleWorker, worker_registration
@@ -121,6 +122,15 @@ class BridgeWorker(SimpleWorker):
     _born = False
     _trouble: RedisTrouble | None = None
     config_source: reload.ConfigSource | None = None  # set by run_worker: a changed config is taken on between jobs
+
+    def _set_connection(self, connection: Redis) -> Redis:
+        """RQ raises the socket timeout above its blocking wait for a job, but only for connections
+        opened after that: one already in the pool kept 5 s, and every idle wait ended in a
+        "could not connect to Redis" error and a back-off. Reopen them with the new timeout."""
+        connection = super()._set_connection(connection)
+        connection.connection_pool.disconnect()
+        connection.connection_pool.reset()  # the pool's connections keep their timeout when reopened
+        return connection
 
     @property
     def trouble(self) -> RedisTrouble:

@@ -188,3 +188,21 @@ def test_another_worker_takes_over_the_scheduler_soon_after_its_worker_is_killed
             if worker.poll() is None:
                 os.killpg(worker.pid, signal.SIGKILL)
             worker.communicate()
+
+
+def test_a_worker_waits_for_a_job_longer_than_the_usual_socket_timeout(redis_url: str) -> None:
+    """RQ raises the socket timeout above its wait for a job (dequeue_timeout); a connection the
+    runtime had already opened kept 5 s, and every idle wait ended in "could not connect"."""
+    from rq.serializers import JSONSerializer
+
+    from bridge.queue import connect, work_queue
+    from bridge.worker import BridgeWorker
+
+    redis = connect(redis_url)
+    try:
+        redis.ping()  # opened before the worker, as the runtime's checks do
+        worker = BridgeWorker([work_queue(redis)], connection=redis, serializer=JSONSerializer, worker_ttl=25)
+        assert worker.dequeue_timeout > 5
+        assert redis.blmove("sb:test:nothing", "sb:test:nowhere", 6) is None  # waited 6 s, no TimeoutError
+    finally:
+        redis.close()
