@@ -24,7 +24,7 @@ from bridge.queue import PROCESS_EVENT, enqueue
 from bridge.store import DEAD_INDEX, EVENT_ACTION, EVENTS_INDEX, ActionState, Status, event_key, record_key
 from bridge.worker import BridgeWorker
 from tests.conftest import http_config
-from tests.fakes.http_server import Reply
+from tests.fakes.http_server import CapturingServer, Reply
 from tests.harness import EVENT_TYPES, Bridge, encode, sample
 from tests.test_state import SHIPPED_NOTICE
 
@@ -228,6 +228,20 @@ def _worker_process(config: Path, redis_url: str, *extra: str) -> subprocess.Pop
     )
 
 
+def kill_while_calling(config: Path, redis_url: str, destination: CapturingServer) -> None:
+    """Start a worker, and SIGKILL it (and its scheduler, as a crash would) once it has called the
+    destination (which should hang: the call is then in flight)."""
+    worker = _worker_process(config, redis_url)
+    try:
+        assert destination.received.wait(30), "the worker never called the destination"
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.communicate(timeout=10)
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.communicate()
+
+
 def _redis_url_config(config_text: str, redis_url: str) -> str:
     return config_text.replace("connectors:", f'redis_url: "{redis_url}"\nconnectors:', 1)
 
@@ -251,15 +265,7 @@ def test_a_killed_workers_job_runs_again(make_bridge, destination, redis_url, wr
     destination.respond_with(200, delay=30)  # the destination hangs while we kill the worker
     event = sample("booking.created")
     bridge.post(event)
-    worker = _worker_process(write_config(text, "worker.yaml"), redis_url)
-    try:
-        assert destination.received.wait(30), "the worker never called the destination"
-        os.killpg(worker.pid, signal.SIGKILL)  # the worker and its scheduler, as a crash would
-        worker.communicate(timeout=10)
-    finally:
-        if worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.communicate()
+    kill_while_calling(write_config(text, "worker.yaml"), redis_url, destination)
     interrupted = bridge.record(event["id"]).actions["all-to-crm/notify"]
     assert (interrupted.status, interrupted.attempts) == (Status.SENDING, 1)  # handed over, never recorded
     # RQ's maintenance finds the job once its heartbeat expires; the dead scheduler's lock and the

@@ -473,14 +473,12 @@ def test_a_worker_killed_while_sending_a_reminder_gives_one_send(
 ) -> None:
     """Killed mid-call: the reminder is the same action tried again (same Idempotency-Key, counted as
     a possible duplicate), never a second fire of the plan."""
-    import os
-    import signal
 
     from rq.registry import StartedJobRegistry
     from rq.scheduler import RQScheduler
 
     from bridge.jobs import POSSIBLE_DUPLICATES_KEY
-    from tests.test_jobs import _worker_process
+    from tests.test_jobs import kill_while_calling
 
     start, offset = soon_booking(lead=6)
     text = reminder_config(destination.url, offset)
@@ -488,15 +486,7 @@ def test_a_worker_killed_while_sending_a_reminder_gives_one_send(
     destination.respond_with(200, delay=30)  # the destination hangs while we kill the worker
     bridge.post(created_for(start))
     bridge.post(created_for(start))  # the platform's duplicate
-    worker = _worker_process(write_config(text, "worker.yaml"), redis_url)
-    try:
-        assert destination.received.wait(30), "the worker never sent the reminder"
-        os.killpg(worker.pid, signal.SIGKILL)  # the worker and its scheduler, as a crash would
-        worker.communicate(timeout=10)
-    finally:
-        if worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.communicate()
+    kill_while_calling(write_config(text, "worker.yaml"), redis_url, destination)
     assert bridge.record("evt_c1").actions["recordatorio/send"].status == Status.SENDING
     # What minutes of waiting would do: RQ finds the abandoned job, the locks expire, and the
     # plan (snoozed while its job was queued) is looked at again.
