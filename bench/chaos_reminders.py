@@ -155,10 +155,6 @@ class Reminders:
             story.allowed, story.required = set(times), {times[1]}  # the first: sent unless overtaken
         # cancelled, stale_after_cancel: nothing may go out
 
-    @property
-    def last_due(self) -> float:
-        return max(due for story in self.stories for due in story.due.values())
-
 
 def _label(start: datetime) -> str:
     return f"{start.date().isoformat()} {start.strftime('%H:%M')}"
