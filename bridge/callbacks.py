@@ -16,7 +16,6 @@ import time
 from typing import Any
 from urllib.parse import parse_qsl
 
-import msgpack
 from flask import Flask, Response, jsonify, request
 from redis import Redis
 from redis.exceptions import RedisError
@@ -24,7 +23,7 @@ from rq import Queue
 from twilio.request_validator import RequestValidator
 
 from bridge.deliveries import callback_key
-from bridge.ingest import RETRY_AFTER_SECONDS, STORE_IF_NEW, signature_matches
+from bridge.ingest import RETRY_AFTER_SECONDS, STORE_IF_NEW, packed_commands, signature_matches
 from bridge.queue import PROCESS_CALLBACK, enqueue, work_queue
 from bridge.store import seen_key
 from connectors.sms import SmsSettings
@@ -59,11 +58,8 @@ class CallbackStore:
         recorder.hset(callback_key(key), mapping=fields)  # type: ignore[arg-type]
         recorder.expire(callback_key(key), int(self.config.model.retention.events))
         enqueue(self.queue, PROCESS_CALLBACK, key, job_id=key, pipeline=recorder)
-        commands = [[a if isinstance(a, bytes | str) else repr(a) for a in args] for args, _ in recorder.command_stack]
-        recorder.reset()
-        packed = msgpack.packb(commands, use_bin_type=False)
         window = int(self.config.webhook.dedupe_window)
-        return bool(self._store_if_new(keys=[seen_key(key)], args=[now, window, packed]))
+        return bool(self._store_if_new(keys=[seen_key(key)], args=[now, window, packed_commands(recorder)]))
 
 
 def whatsapp_connectors(config: BridgeConfig) -> dict[str, WhatsAppSettings]:

@@ -13,6 +13,7 @@ from typing import Any
 
 import msgpack
 from redis import Redis
+from redis.client import Pipeline
 from redis.exceptions import RedisError
 from rq import Queue
 
@@ -129,6 +130,15 @@ def replace_lone_surrogates(value: Any, path: str, replaced: list[str]) -> Any:
 # arrays of strings (raw strings, binary-safe: Redis's cmsgpack does not read the newer bin type).
 # One argument instead of ~75: redis-py packs each argument in Python, and that
 # was a quarter of a webhook's CPU.
+def packed_commands(recorder: Pipeline) -> bytes:
+    """The commands queued on `recorder` (never executed) as STORE_IF_NEW's last argument; empties it."""
+    # Numbers as redis-py would send them (repr), so Redis stores the same text.
+    commands = [[a if isinstance(a, bytes | str) else repr(a) for a in args] for args, _ in recorder.command_stack]
+    recorder.reset()
+    packed: bytes = msgpack.packb(commands, use_bin_type=False)
+    return packed
+
+
 STORE_IF_NEW = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return 0
@@ -224,11 +234,7 @@ class Ingestor:
         recorder.expire(record_key(key), int(self.config.model.retention.events))
         recorder.zadd(EVENTS_INDEX, {key: now})
         enqueue(self.queue, PROCESS_EVENT, key, job_id=key, pipeline=recorder)
-        # Numbers as redis-py would send them (repr), so Redis stores the same text.
-        commands = [[a if isinstance(a, bytes | str) else repr(a) for a in args] for args, _ in recorder.command_stack]
-        recorder.reset()
         accepted = self._store_if_new(
-            keys=[seen_key(key)],
-            args=[now, int(self.config.webhook.dedupe_window), msgpack.packb(commands, use_bin_type=False)],
+            keys=[seen_key(key)], args=[now, int(self.config.webhook.dedupe_window), packed_commands(recorder)]
         )
         return bool(accepted)
