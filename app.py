@@ -81,8 +81,14 @@ def create_app(config: BridgeConfig | str | None = None, redis: Redis | None = N
         outcome = ingestor.handle(body, signature)
         elapsed = time.perf_counter() - started
         web_metrics.observe(outcome.label, outcome.envelope, elapsed)
+        # An accepted event is in the event log (admin, `salon-bridge events`) and its actions log
+        # their own lines; a line here cost as much CPU as the rest of the request (docs/performance.md).
+        level = logging.DEBUG if outcome.label == "accepted" else logging.INFO
+        if not log.isEnabledFor(level):
+            return outcome
         envelope = outcome.envelope or {}
-        log.info(
+        log.log(
+            level,
             "webhook event=%s type=%s tenant=%s outcome=%s status=%d duration_ms=%.1f%s",
             envelope.get("id", "-"),
             envelope.get("type", "-"),

@@ -1,6 +1,6 @@
 """Ingest benchmark: accepted events/s and ack latency of `salon-bridge serve`, against a baseline.
 
-    .venv/bin/python bench/ingest.py                          # 3 rounds of 20 s, bridge vs baseline
+    .venv/bin/python bench/ingest.py                          # 3 rounds of 20 s: bridge, floor, baseline
     .venv/bin/python bench/ingest.py --seconds 5 --rounds 3   # a quick look
     .venv/bin/python bench/ingest.py --targets bridge,baseline,watch3
     .venv/bin/python bench/ingest.py --targets bridge@2x4,bridge@4x1,bridge@3x4,baseline
@@ -9,6 +9,7 @@
 Targets (NAME or NAME@WORKERSxTHREADS; default size from --workers/--threads):
   bridge    `salon-bridge serve`, as deployed: the CLI, a config file, granian, INFO logs to a file
   baseline  bench/baseline_app.py: HMAC check, SET NX, RQ enqueue (3 round trips), same server options
+  floor     bench/floor_app.py: HMAC check and one script (SET NX, HSET, EXPIRE, LPUSH), behind serve's front
   watch3    the bridge with the earlier 3-round-trip ingest (bench/prototypes/watch_ingest.py)
 
 Every target runs as its own server for the whole benchmark; the load goes to one at a time,
@@ -16,7 +17,8 @@ interleaved (A, B, A, B, ...). Before each measurement the bench Redis database 
 the server warmed up. The load: wrk (or the Python generator), 16 keep-alive connections,
 distinct signed events of the 13 types, 1-2 KB each. Reported per target: the median over the
 rounds of accepted (202) events/s and of p50/p99/p99.9 ack latency; errors (anything but a 2xx,
-socket errors, timeouts over 10 s) summed; the median of the per-round ratios to the baseline;
+socket errors, timeouts over 10 s) summed; the median of the per-round ratios to the floor and to
+the baseline;
 the resident memory of the server processes after the last round.
 """
 
@@ -54,13 +56,16 @@ from bench.common import (  # noqa: E402
 )
 from bench.loadgen import LoadResult, ceiling, have_wrk, run_load, write_bodies  # noqa: E402
 
-QUEUE_OF = {
-    "bridge": "salon-bridge",
-    "watch3": "salon-bridge",
-    "baseline": "bench-baseline",
+# Where each target leaves what it accepted: the list whose length is checked against the 202s.
+STORED_IN = {
+    "bridge": "rq:queue:salon-bridge",
+    "watch3": "rq:queue:salon-bridge",
+    "baseline": "rq:queue:bench-baseline",
+    "floor": "bench-floor",
 }
-P99_TARGET_MS = 25.0
-RATIO_TARGET = 1.5
+P99_TARGET_MS = 15.0
+RATIO_TARGET = 1.5  # to the baseline (issue 9)
+FLOOR_TARGET = 0.8  # to the floor (issue 22)
 
 
 @dataclass
@@ -85,15 +90,16 @@ class Target:
         if self.kind == "watch3":
             script = BENCH_DIR / "prototypes" / "watch_ingest.py"
             return [PYTHON, str(script), "serve", "--config", str(config), *where, *size]
-        return [PYTHON, str(BENCH_DIR / "baseline_app.py"), *where, *size, "--redis-url", redis_url]
+        app = "floor_app.py" if self.kind == "floor" else "baseline_app.py"
+        return [PYTHON, str(BENCH_DIR / app), *where, *size, "--redis-url", redis_url]
 
 
 def parse_targets(text: str, workers: int, threads: int) -> list[Target]:
     targets = []
     for spec in [s.strip() for s in text.split(",") if s.strip()]:
         kind, _, size = spec.partition("@")
-        if kind not in QUEUE_OF:
-            raise SystemExit(f"unknown target {kind!r}: choose among {', '.join(QUEUE_OF)}")
+        if kind not in STORED_IN:
+            raise SystemExit(f"unknown target {kind!r}: choose among {', '.join(STORED_IN)}")
         w, t = (int(n) for n in size.split("x")) if size else (workers, threads)
         targets.append(Target(spec, kind, w, t))
     if len({t.spec for t in targets}) != len(targets):
@@ -153,7 +159,7 @@ def _run(args: argparse.Namespace, targets: list[Target], workdir: Path, bench_r
                 spy.process.wait(args.seconds + 60)
                 spy.stop()
             target.child.check_alive()
-            stored = int(redis.llen(f"rq:queue:{QUEUE_OF[target.kind]}"))
+            stored = int(redis.llen(STORED_IN[target.kind]))
             target.results.append(result)
             target.stored.append(stored)
             print(
@@ -193,33 +199,42 @@ def _start_py_spy(args: argparse.Namespace, target: Target, workdir: Path) -> Ch
     return Child(f"py-spy-{target.spec.replace('@', '-')}", command, workdir)
 
 
+def _reference(target: Target, targets: list[Target], kind: str) -> Target | None:
+    """The `kind` target with the same server settings as `target`, else the first of that kind."""
+    of_kind = [t for t in targets if t.kind == kind]
+    same = [t for t in of_kind if (t.workers, t.threads) == (target.workers, target.threads)]
+    return (same or of_kind or [None])[0]
+
+
+def _ratio(target: Target, reference: Target | None) -> float:
+    """Median over the rounds of accepted/s against the reference's, round by round (interleaved)."""
+    if reference is None or reference is target:
+        return float("nan")
+    pairs = zip(target.results, reference.results, strict=True)
+    return median(a.rate(202) / b.rate(202) for a, b in pairs if b.rate(202))
+
+
 def report(args: argparse.Namespace, targets: list[Target], gen: LoadResult | None) -> dict[str, Any]:
-    baselines = [t for t in targets if t.kind == "baseline"]
     rows, summary = [], {}
     for target in targets:
-        # Compared with the baseline under the same server settings, else the first baseline.
-        same = [b for b in baselines if (b.workers, b.threads) == (target.workers, target.threads)]
-        baseline = (same or baselines or [None])[0]
-        accepted = [r.rate(202) for r in target.results]
-        ratio = (
-            median(a / b.rate(202) for a, b in zip(accepted, baseline.results, strict=True) if b.rate(202))
-            if baseline is not None and target.kind != "baseline"
-            else float("nan")
-        )
+        baseline, floor = _reference(target, targets, "baseline"), _reference(target, targets, "floor")
         figures = {
-            "accepted_per_s": median(accepted),
+            "accepted_per_s": median(r.rate(202) for r in target.results),
             "p50_ms": median(r.p50_ms for r in target.results),
             "p99_ms": median(r.p99_ms for r in target.results),
             "p999_ms": median(r.p999_ms for r in target.results),
             "errors": sum(r.errors for r in target.results),
             "wrapped": any(r.wrapped for r in target.results),
-            "ratio_to_baseline": ratio,
-            "baseline": baseline.spec if baseline is not None else None,
+            "ratio_to_baseline": _ratio(target, baseline),
+            "ratio_to_floor": _ratio(target, floor),
+            "baseline": baseline.spec if baseline is not None and baseline is not target else None,
+            "floor": floor.spec if floor is not None and floor is not target else None,
             "rss_mb": target.rss,
             "server": f"{target.workers} workers x {target.threads} threads",
         }
         summary[target.spec] = figures
         workers_rss = [v for k, v in target.rss.items() if k != "master"]
+        ratios = [f"{figures[f'ratio_to_{kind}']:.2f}x" if figures[kind] else "-" for kind in ("floor", "baseline")]
         rows.append(
             [
                 target.spec,
@@ -229,22 +244,13 @@ def report(args: argparse.Namespace, targets: list[Target], gen: LoadResult | No
                 figures["p99_ms"],
                 figures["p999_ms"],
                 figures["errors"],
-                f"{ratio:.2f}x ({baseline.spec})" if ratio == ratio and baseline is not None else "-",
+                *ratios,
                 f"{target.rss.get('master', 0):.0f} / {max(workers_rss, default=0):.0f}",
             ]
         )
     print_header(f"Ingest: median of {args.rounds} rounds of {args.seconds:g} s, {args.connections} connections")
-    headers = [
-        "target",
-        "server",
-        "accepted/s",
-        "p50 ms",
-        "p99 ms",
-        "p99.9 ms",
-        "errors",
-        "vs baseline",
-        "RSS MB master / worker",
-    ]
+    headers = ["target", "server", "accepted/s", "p50 ms", "p99 ms", "p99.9 ms", "errors", "vs floor", "vs baseline",
+               "RSS MB master / worker"]  # fmt: skip
     print(table(headers, rows))
     if gen is not None:
         fastest = max(s["accepted_per_s"] for s in summary.values())
@@ -256,11 +262,10 @@ def report(args: argparse.Namespace, targets: list[Target], gen: LoadResult | No
     for spec, figures in summary.items():
         if not spec.startswith("bridge"):
             continue
-        if figures["baseline"] is not None:
-            ratio = figures["ratio_to_baseline"]
-            checks.append(
-                Check(f"ingest {spec} / baseline", f"{ratio:.2f}x", f">= {RATIO_TARGET}x", ratio >= RATIO_TARGET)
-            )
+        for kind, wanted in (("floor", FLOOR_TARGET), ("baseline", RATIO_TARGET)):
+            if figures[kind] is not None:
+                ratio = figures[f"ratio_to_{kind}"]
+                checks.append(Check(f"ingest {spec} / {kind}", f"{ratio:.2f}x", f">= {wanted}x", ratio >= wanted))
         p99 = figures["p99_ms"]
         checks.append(
             Check(f"ingest {spec} p99 ack", f"{p99:.1f} ms", f"<= {P99_TARGET_MS:g} ms", p99 <= P99_TARGET_MS)
@@ -279,7 +284,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; figures are medians (default 3)")
     p.add_argument("--connections", type=int, default=16, help="concurrent keep-alive connections (default 16)")
     p.add_argument("--warmup", type=float, default=2, help="seconds of load before each run, not counted (default 2)")
-    p.add_argument("--targets", default="bridge,baseline", help="comma-separated (default bridge,baseline)")
+    p.add_argument("--targets", default="bridge,floor,baseline", help="comma-separated (default bridge,floor,baseline)")
     p.add_argument("--workers", type=int, default=2, help="web worker processes of every target (default 2, as serve)")
     p.add_argument("--threads", type=int, default=4, help="threads per web worker (default 4, as serve)")
     p.add_argument("--redis-url", default=DEFAULT_REDIS_URL, help=f"an empty database (default {DEFAULT_REDIS_URL})")

@@ -75,6 +75,7 @@ def process_event(key: str) -> str:
         if record.data_lost:
             return fail_event(rt, key, EVENT_ACTION, LOST_IN_REDIS)
         with EntityWork(rt, record, remember=True) as work:
+            rt.store.pack_body_on(work.writes, record)
             outcomes = [f"{action_id}={status}" for action_id, status in _first_attempts(rt, work)]
             outcomes += [f"{mapping}={status}" for mapping, status in plan_sends(rt, work)]
             event_state = work.record.actions.get(EVENT_ACTION)

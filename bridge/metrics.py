@@ -322,6 +322,7 @@ class WebMetrics:
             buckets=ACK_BUCKETS,
             registry=own,
         )
+        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
 
     def observe(self, label: str, envelope: dict[str, Any] | None, seconds: float) -> None:
         """Count one delivery: `label` is bridge.ingest's Outcome.label."""
@@ -330,10 +331,16 @@ class WebMetrics:
         if envelope is not None and outcome != "rejected":
             raw = envelope.get("type")
             event_type = raw if isinstance(raw, str) and _EVENT_TYPE.match(raw) else "other"
-        self.received.labels(event_type, outcome).inc()
+        counters = self._children.get((event_type, outcome))
+        if counters is None:  # labels() takes a lock and builds its key each time: looked up once
+            counters = self._children[(event_type, outcome)] = (
+                self.received.labels(event_type, outcome),
+                self.ack.labels(outcome),
+            )
+        counters[0].inc()
         if outcome == "rejected":
             self.rejected.labels(label).inc()
-        self.ack.labels(outcome).observe(seconds)
+        counters[1].observe(seconds)
 
 
 class Exposition:

@@ -20,6 +20,8 @@ from typing import Any
 from redis import Redis
 from redis.client import Pipeline
 
+from bridge import compact
+
 PREFIX = "sb:"
 EVENTS_INDEX = PREFIX + "events"
 DEAD_INDEX = PREFIX + "dead"
@@ -116,9 +118,14 @@ class ActionState:
     def to_json(self) -> str:
         return json.dumps(vars(self), ensure_ascii=False, default=str)  # asdict() would deep-copy first
 
+    def stored(self) -> bytes:
+        """The form kept in the event record (bridge.compact)."""
+        return compact.pack(self.to_json().encode())
+
     @classmethod
     def from_json(cls, text: str | bytes) -> ActionState:
-        data = json.loads(text)
+        """From its JSON or its stored form."""
+        data = json.loads(compact.unpack(text.encode() if isinstance(text, str) else text))
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
@@ -133,6 +140,7 @@ class EventRecord:
     actions: dict[str, ActionState]
     note: str = ""  # what ingest had to change to store the event (e.g. a replaced lone surrogate)
     data_lost: bool = False  # the body is gone (evicted, or Redis restarted mid-action): only action states remain
+    plain_body: bytes | None = None  # the body as ingest stored it, until a worker packs it (`pack_body_on`)
 
     @property
     def id(self) -> str:
@@ -171,7 +179,7 @@ class EventStore:
         member = f"{key} {action_id}"
         own_pipe = pipe is None
         pipe = self.redis.pipeline(transaction=True) if pipe is None else pipe
-        pipe.hset(record_key(key), "a:" + action_id, state.to_json())
+        pipe.hset(record_key(key), "a:" + action_id, state.stored())
         if state.status in GAVE_UP:
             pipe.zadd(DEAD_INDEX, {member: state.updated_at})
             pipe.expire(record_key(key), self.dead_retention)
@@ -179,6 +187,12 @@ class EventStore:
             pipe.zrem(DEAD_INDEX, member)
         if own_pipe:
             pipe.execute()
+
+    def pack_body_on(self, pipe: Pipeline, record: EventRecord) -> None:
+        """Queue replacing a body stored as received with its packed form. Ingest stores it as it
+        came (packing costs a tenth of a webhook's CPU); the worker packs it for the retention."""
+        if record.plain_body is not None:
+            pipe.hset(record_key(record.key), "body", compact.pack(record.plain_body))
 
     def recent(self, limit: int = 50, offset: int = 0) -> list[EventRecord]:
         """Newest first; drops index entries whose event has expired."""
@@ -222,11 +236,15 @@ def load_record(key: str, raw: dict[bytes, bytes], envelope: dict[str, Any] | No
     """The record from its hash; `envelope` when the body was parsed already (it never changes)."""
     actions = {name.decode()[2:]: ActionState.from_json(value) for name, value in raw.items() if name.startswith(b"a:")}
     body = raw.get(b"body")
+    plain = body if body is not None and not compact.is_packed(body) else None
+    if envelope is None:
+        envelope = json.loads(compact.unpack(body)) if body is not None else {}
     return EventRecord(
         key=key,
-        envelope=envelope if envelope is not None else json.loads(body) if body is not None else {},
+        envelope=envelope,
         received_at=float(raw.get(b"received_at", b"0")),
         actions=actions,
         note=text(raw.get(b"note", b"")),
         data_lost=body is None,
+        plain_body=plain,
     )

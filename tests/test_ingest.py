@@ -336,3 +336,72 @@ def test_a_chunked_delivery_over_the_limit_is_413_not_a_signature_error(make_bri
     assert response.status_code == 413
     assert "larger than 2000 bytes" in response.get_json()["error"]
     assert bridge.keys_written() == []
+
+
+def test_the_job_ingest_writes_is_the_one_rqs_enqueue_would(bridge: Bridge) -> None:
+    """Ingest writes RQ's job hash from a template (bridge.queue.JobRecord), not through RQ: the
+    job must be field for field what `enqueue` writes, but for the times and RQ's empty fields."""
+    from rq.job import Job
+    from rq.serializers import JSONSerializer
+
+    from bridge.queue import PROCESS_EVENT, enqueue
+
+    event = sample("booking.created")
+    assert bridge.post(event).status_code == 202
+    key = event_key(event["id"])
+    written = bridge.redis.hgetall(f"rq:job:{key}")
+    queue = work_queue(bridge.redis)
+    pipe = bridge.redis.pipeline(transaction=True)
+    pipe.multi()
+    enqueue(queue, PROCESS_EVENT, key, job_id=key, pipeline=pipe)
+    hset = {args[1] for args, _ in pipe.command_stack if args[0] == "HSET"}
+    assert hset == {f"rq:job:{key}"}
+    encode = bridge.redis.connection_pool.get_encoder().encode
+    by_rq = {}
+    for args, _ in pipe.command_stack:
+        if args[0] == "HSET":
+            by_rq |= {encode(k): encode(v) for k, v in zip(args[2::2], args[3::2], strict=True)}
+    pipe.reset()
+    by_rq = {k: v for k, v in by_rq.items() if v}  # RQ reads a missing field as an empty one
+    times = {b"created_at", b"enqueued_at"}
+    assert set(written) == set(by_rq)
+    assert {k: v for k, v in written.items() if k not in times | {b"data"}} == {
+        k: v for k, v in by_rq.items() if k not in times | {b"data"}
+    }
+    assert written[b"created_at"] == written[b"enqueued_at"]
+    job = Job.fetch(key, connection=bridge.redis, serializer=JSONSerializer)
+    assert (job.func_name, job.args, job.kwargs) == (PROCESS_EVENT, [key], {})
+    assert (job.retries_left, job.retry_intervals, job.timeout) == (3, [10, 60, 300], 120)
+    assert (job.result_ttl, job.failure_ttl, job.origin) == (0, 30 * 86400, "salon-bridge")
+    assert job.failure_callback is not None and job.get_status() == "queued"
+    assert abs(job.enqueued_at.timestamp() - float(bridge.redis.zscore(EVENTS_INDEX, key))) < 0.001
+    bridge.drain()
+    assert not bridge.redis.exists(f"rq:job:{key}", f"rq:results:{key}")  # done: deleted, no result kept
+
+
+def test_a_processed_event_keeps_its_body_packed_and_reads_the_same(bridge: Bridge, destination) -> None:  # noqa: ANN001
+    from bridge import compact
+
+    event = sample("booking.created")
+    bridge.post(event)
+    key = record_key(event_key(event["id"]))
+    assert bridge.redis.hget(key, "body") == encode(event)  # as it came: packing is the worker's
+    bridge.drain()
+    stored = bridge.redis.hget(key, "body")
+    assert compact.is_packed(stored) and len(stored) < len(encode(event)) / 2
+    record = bridge.record(event["id"])
+    assert record.envelope == event and record.plain_body is None
+    [state] = record.actions.values()
+    assert state.status == "done" and compact.is_packed(bridge.redis.hget(key, f"a:{next(iter(record.actions))}"))
+
+
+def test_records_written_before_packing_are_read_as_they_are(bridge: Bridge) -> None:
+    """An install that upgrades keeps the event records it stored as JSON."""
+    from bridge.store import ActionState
+
+    event = sample("payment.failed")
+    key = event_key(event["id"])
+    state = ActionState(status="done", connector="crm", attempts=1, detail="HTTP 200")
+    bridge.redis.hset(record_key(key), mapping={"body": encode(event), "received_at": "1.5", "a:x/y": state.to_json()})
+    record = bridge.record(event["id"])
+    assert record.envelope == event and record.actions["x/y"] == state and record.received_at == 1.5
