@@ -2,7 +2,8 @@
 
 Keys (all under `sb:`):
   sb:seen:<key>    dedupe mark of an accepted event id (expires after webhook.dedupe_window)
-  sb:event:<key>   hash: the raw body and envelope fields, plus one `a:<action id>` JSON field per action
+  sb:event:<key>   hash: the body (as received, packed by the worker that processes it: bridge.compact),
+                   received_at, a note, and one `a:<action id>` field per action (its packed JSON)
   sb:events        sorted set of event keys by time received (for listing)
   sb:dead          sorted set of "<key> <action id>" by the time the action gave up (dead or failed after sending)
 """
