@@ -88,7 +88,7 @@ if m.s ~= version then
   redis.call('HSET', KEYS[5], 'at', now[1])
   keep(KEYS[5])
 end
-if marks then redis.call('SET', KEYS[1], cmsgpack.pack(m), 'KEEPTTL') end
+if marks then redis.call('SET', KEYS[1], pack(m), 'KEEPTTL') end
 return score
 """
 )

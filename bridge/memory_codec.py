@@ -25,34 +25,113 @@ from typing import Any
 import msgpack
 from redis.client import Pipeline
 
+# The platform's usual field names and event types, each stored as one control character (code
+# 1, 2, ...): they are most of a booking's bytes otherwise. APPEND ONLY: a code's meaning is in
+# every installed Redis. A one-character name that is a code, or a name starting with NUL, is
+# stored with a NUL in front.
+FIELD_NAMES = (
+    "id", "codigo", "fecha", "hora_inicio", "hora_fin", "servicios", "profesional.id", "profesional.nombre",
+    "cliente.id", "cliente.nombre", "cliente.email", "cliente.telefono", "total", "estado", "notas",
+    "created_at", "completed_at", "marked_at", "updated_at", "nombre", "email", "telefono", "source",
+    "numero", "items", "subtotal", "envio", "tracking_number", "tracking_url", "shipped_at", "delivered_at",
+)  # fmt: skip
+EVENT_TYPES = (
+    "booking.created", "booking.updated", "booking.cancelled", "booking.completed", "booking.no_show",
+    "payment.completed", "payment.failed", "payment.refunded", "order.created", "order.shipped",
+    "order.delivered", "customer.created", "customer.updated",
+)  # fmt: skip
+
+
+def _codes(names: tuple[str, ...]) -> dict[str, str]:
+    assert len(names) < 32, "codes are the control characters 1-31"
+    return {name: chr(n) for n, name in enumerate(names, 1)}
+
+
+_FIELD_CODES, _TYPE_CODES = _codes(FIELD_NAMES), _codes(EVENT_TYPES)
+_FIELD_NAMES, _TYPE_NAMES = ({c: n for n, c in codes.items()} for codes in (_FIELD_CODES, _TYPE_CODES))
+
+
+def _encode(name: str, codes: dict[str, str]) -> str:
+    if name in codes:
+        return codes[name]
+    if name[:1] == "\0" or (len(name) == 1 and name < " "):
+        return "\0" + name
+    return name
+
+
+def _decode(stored: str, names: dict[str, str]) -> str:
+    if stored in names:
+        return names[stored]
+    return stored[1:] if stored[:1] == "\0" else stored
+
+
+def field_code(name: str) -> str:
+    """How a flattened field name is stored."""
+    return _encode(name, _FIELD_CODES)
+
+
+def type_code(event_type: str) -> str:
+    """How an event type is stored (in `e`)."""
+    return _encode(event_type, _TYPE_CODES)
+
+
+def _lua_table(codes: dict[str, str]) -> str:
+    return "{" + ", ".join(f'["{name}"] = "\\{ord(code)}"' for name, code in codes.items()) + "}"
+
+
 # Lua helpers shared by the merge, the note and the agenda index (prepended to each script).
-# `load` gives the entity as the map above, converting a hash of the earlier layout (and deleting
-# it: the caller writes the map back); `days` is days since 1970-01-01 of a `YYYY-MM-DD` text.
-LUA_HELPERS = """
+# `load` gives the entity with `m.f` = {stored name: {time, JSON text}}, converting a hash of the
+# earlier layout (and deleting it: the caller writes the entity back); `save` packs it, grouping
+# the fields by the merge time that set them; `days` is days since 1970-01-01 of a `YYYY-MM-DD`.
+LUA_HELPERS = (
+    "local FIELDS, TYPES = "
+    + _lua_table(_FIELD_CODES)
+    + ", "
+    + _lua_table(_TYPE_CODES)
+    + """
+local function code(name, codes)
+  if codes[name] then return codes[name] end
+  local first = string.byte(name, 1)
+  if first == 0 or (#name == 1 and first < 32) then return '\\0' .. name end
+  return name
+end
 local function load(key)
   local kind = redis.call('TYPE', key).ok
-  if kind == 'string' then return cmsgpack.unpack(redis.call('GET', key)) end
-  local m = {f = {}, t = {}, v = 0, e = {}}
+  local m = {f = {}, v = 0, e = {}}
+  if kind == 'string' then
+    local packed = cmsgpack.unpack(redis.call('GET', key))
+    for _, group in ipairs(packed.g) do
+      for name, value in pairs(group[2]) do m.f[name] = {group[1], value} end
+    end
+    m.v, m.e, m.p, m.s = packed.v, packed.e, packed.p, packed.s
+    return m
+  end
   if kind ~= 'hash' then return m end
-  local raw, at, times = redis.call('HGETALL', key), {}, {}
-  local h = {}
+  local raw, h = redis.call('HGETALL', key), {}
   for i = 1, #raw, 2 do h[raw[i]] = raw[i + 1] end
   for k, v in pairs(h) do
     if k == '~~version' then m.v = tonumber(v)
     elseif k == '~~agenda.pro' then m.p = v
     elseif k == '~~agenda.seen' then m.s = v
-    elseif string.sub(k, 1, 5) == '~~ev:' then m.e[string.sub(k, 6)] = v
+    elseif string.sub(k, 1, 5) == '~~ev:' then m.e[code(string.sub(k, 6), TYPES)] = v
     elseif string.sub(k, 1, 1) ~= '~' then
-      local ts = tonumber(h['~' .. k] or '0')
-      if not at[ts] then times[#times + 1] = ts; at[ts] = #times end
       local name = k
       if string.sub(k, 1, 1) == '\\\\' then name = string.sub(k, 2) end
-      m.f[name] = {at[ts], v}
+      m.f[code(name, FIELDS)] = {tonumber(h['~' .. k] or '0'), v}
     end
   end
-  m.t = times
   redis.call('DEL', key)
   return m
+end
+local function pack(m)
+  local at, groups = {}, {}
+  for name, cur in pairs(m.f) do
+    local group = at[cur[1]]
+    if not group then group = {cur[1], {}}; at[cur[1]] = group; groups[#groups + 1] = group end
+    group[2][name] = cur[2]
+  end
+  table.sort(groups, function(a, b) return a[1] < b[1] end)
+  return cmsgpack.pack({g = groups, v = m.v, e = m.e, p = m.p, s = m.s})
 end
 local function days(fecha)
   if type(fecha) ~= 'string' then return nil end
@@ -66,18 +145,19 @@ local function days(fecha)
   return era * 146097 + yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy - 719468
 end
 local function decoded(m, name)
-  local cur = m.f[name]
+  local cur = m.f[code(name, FIELDS)]
   if not cur then return nil end
   local ok, value = pcall(cjson.decode, cur[2])
   if ok then return value end
   return nil
 end
 """
+)
 
 # KEYS: the entity's memory, the key whose lifetime it must at least match (a booking, for its
 # customer; else the entity itself). ARGV: the event's `created`, now, seconds kept after the last
-# event, seconds kept after the appointment day (0: not a booking kept by its date), then
-# (name, JSON text) pairs. Per field: take the value when this event is at least as new as the one
+# event, seconds kept after the appointment day (0: not a booking kept by its date), then (stored
+# name, JSON text) pairs. Per field: take the value when this event is at least as new as the one
 # that set it; the version rises when a value really changed. Returns the count of changed values.
 MERGE = (
     LUA_HELPERS
@@ -85,25 +165,15 @@ MERGE = (
 local m = load(KEYS[1])
 local ts, now = tonumber(ARGV[1]), tonumber(ARGV[2])
 local after_event, after_day = tonumber(ARGV[3]), tonumber(ARGV[4])
-local at = nil
-for i, t in ipairs(m.t) do if t == ts then at = i end end
-if not at then m.t[#m.t + 1] = ts; at = #m.t end
 local changed = 0
 for i = 5, #ARGV, 2 do
   local cur = m.f[ARGV[i]]
-  if (not cur) or m.t[cur[1]] <= ts then
+  if (not cur) or cur[1] <= ts then
     if (not cur) or cur[2] ~= ARGV[i + 1] then changed = changed + 1 end
-    m.f[ARGV[i]] = {at, ARGV[i + 1]}
+    m.f[ARGV[i]] = {ts, ARGV[i + 1]}
   end
 end
 if changed > 0 then m.v = m.v + 1 end
-local used, renumber, times = {}, {}, {}
-for _, cur in pairs(m.f) do used[cur[1]] = true end
-for i, t in ipairs(m.t) do
-  if used[i] then times[#times + 1] = t; renumber[i] = #times end
-end
-for _, cur in pairs(m.f) do cur[1] = renumber[cur[1]] end
-m.t = times
 local keep = now + after_event
 if after_day > 0 then
   local day = days(decoded(m, 'fecha'))
@@ -113,13 +183,13 @@ if KEYS[2] ~= KEYS[1] then
   local left = redis.call('TTL', KEYS[2])
   if left > 0 then keep = math.max(keep, now + left) end
 end
-redis.call('SET', KEYS[1], cmsgpack.pack(m), 'EX', math.max(math.floor(keep - now), 1))
+redis.call('SET', KEYS[1], pack(m), 'EX', math.max(math.floor(keep - now), 1))
 return changed
 """
 )
 
-# The latest event of a type about a booking (ARGV: type, event key). The merge came first in the
-# same pipeline, so the entity exists; if it expired meanwhile there is nothing to note it on.
+# The latest event of a type about a booking (ARGV: stored type, event key). The merge came first
+# in the same pipeline, so the entity exists; if it expired meanwhile there is nothing to note.
 NOTE = (
     LUA_HELPERS
     + """
@@ -127,7 +197,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local m = load(KEYS[1])
 if m.e[ARGV[1]] == ARGV[2] then return 0 end
 m.e[ARGV[1]] = ARGV[2]
-redis.call('SET', KEYS[1], cmsgpack.pack(m), 'KEEPTTL')
+redis.call('SET', KEYS[1], pack(m), 'KEEPTTL')
 return 1
 """
 )
@@ -167,16 +237,13 @@ def decode(raw: bytes | list[bytes] | None) -> Remembered | None:
     if isinstance(raw, list):
         return _from_hash(dict(zip(raw[::2], raw[1::2], strict=True)))
     m = msgpack.unpackb(raw, raw=False)
-    times = m.get("t") or []
-    values = {name: cur[1] for name, cur in (m.get("f") or {}).items()}
-    marks = {name: str(m[key]) for name, key in (("pro", "p"), ("seen", "s")) if key in m}
-    return Remembered(
-        values,
-        int(m.get("v") or 0),
-        dict(m.get("e") or {}),  # an empty map comes back from Lua as an empty list
-        float(max(times, default=0.0)),
-        marks,
-    )
+    values, times = {}, []
+    for moment, group in m.get("g") or []:
+        times.append(moment)
+        values.update({_decode(name, _FIELD_NAMES): text for name, text in group.items()})
+    events = {_decode(t, _TYPE_NAMES): key for t, key in (m.get("e") or {}).items()}  # {} comes back as []
+    marks = {name: str(m[key]) for name, key in (("pro", "p"), ("seen", "s")) if m.get(key) is not None}
+    return Remembered(values, int(m.get("v") or 0), events, float(max(times, default=0.0)), marks)
 
 
 def _from_hash(raw: dict[bytes, bytes]) -> Remembered:

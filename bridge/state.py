@@ -170,7 +170,7 @@ class EntityMemory:
             after_day = self.keep.after_day if kind == "booking" else 0
             args: list[Any] = [created, now, self.keep.after_event[kind], after_day]
             for name, value in _flatten(obj):
-                args += [name, json.dumps(value, ensure_ascii=False)]
+                args += [memory_codec.field_code(name), json.dumps(value, ensure_ascii=False)]
             # A booking's customer lives at least as long as the booking (its views merge them).
             floor = booking_key if kind == "customer" and booking_key else key
             # EVAL, not EVALSHA: Redis caches the compiled script by its hash anyway, and a
@@ -184,7 +184,8 @@ class EntityMemory:
         """Queue noting the latest event of each type of a booking, to which a scheduled mapping
         added later attaches its sends (bridge.schedules)."""
         if subject.primary is not None and subject.primary[0] == "booking":
-            pipe.eval(memory_codec.NOTE, 1, self.key(subject.tenant, *subject.primary), event_type, key)
+            memory = self.key(subject.tenant, *subject.primary)
+            pipe.eval(memory_codec.NOTE, 1, memory, memory_codec.type_code(event_type), key)
 
     def read_on(self, pipe: Pipeline, key: str) -> None:
         """Queue reading one entity's memory (`memory_fields`, `load_raw` take the answer)."""
