@@ -3,17 +3,18 @@ merged and re-encoded in Lua (cmsgpack, in Redis 6.2's Lua too), read back here.
 
 The map, with one-letter keys to stay small (a booking is ~500 bytes, docs/performance.md):
 
-- `f`: {dotted field name: [merge index, JSON text]}: each value is the JSON text the event
-  carried, opaque to Lua, so `25.0` stays `25.0`; the index points into `t`;
-- `t`: the `created` times (epoch seconds) of the merges that still own a field: one per merge,
-  not one per field, and those no field refers to any more are dropped;
+- `g`: [[created, {field: value}], ...]: the fields grouped by the merge that set them, one
+  `created` time (epoch seconds) per merge rather than one per field. A field's name is its
+  dotted name or a one-byte code of a usual one (`FIELD_NAMES`); its value is its JSON text
+  (`value_text`: a plain string bare), opaque to Lua, so `25.0` stays `25.0`;
 - `v`: the version, raised when a merge really changed a value;
-- `e`: {event type: event key}: the latest event of each type about a booking (bridge.schedules);
+- `e`: {event type (or its code): event key (`event_text`)}: the latest event of each type
+  about a booking;
 - `p`, `s`: the agenda's marks (the professional set it is in, the version counted in `rev`).
 
 Data names and bookkeeping live in different maps, so event data never reaches bookkeeping.
 Memory written by earlier versions (one hash per entity, a `~field` time beside each field) is
-read as it is and converted by the next merge (`LOAD` below).
+read as it is and converted by the next merge (`load` in `LUA_HELPERS`).
 """
 
 from __future__ import annotations
@@ -75,6 +76,41 @@ def type_code(event_type: str) -> str:
     return _encode(event_type, _TYPE_CODES)
 
 
+_JSON_START = frozenset('"[{-0123456789tfnNI')  # how a JSON text can start (NaN, Infinity: Python's)
+
+
+def value_text(value: Any) -> str:
+    """How a field's value is stored: its JSON text (compact), but a string that is not itself
+    JSON text is stored bare (`2026-12-14`, `Juan`: two quotes fewer per string field)."""
+    if isinstance(value, str) and value and not _is_json(value):
+        return value
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def value_of(text: str) -> Any:
+    """The value `value_text` stored: JSON text when it parses, else a bare string."""
+    return json.loads(text) if _is_json(text) else text
+
+
+def _is_json(text: str) -> bool:
+    if text[:1] not in _JSON_START:
+        return False
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
+
+
+def event_text(key: str) -> str:
+    """How an event key is stored in `e`: without the `e-` nearly every key starts with."""
+    return key[2:] if key.startswith("e-") else "\0" + key
+
+
+def _event_key(stored: str) -> str:
+    return stored[1:] if stored[:1] == "\0" else "e-" + stored
+
+
 def _lua_table(codes: dict[str, str]) -> str:
     return "{" + ", ".join(f'["{name}"] = "\\{ord(code)}"' for name, code in codes.items()) + "}"
 
@@ -113,7 +149,9 @@ local function load(key)
     if k == '~~version' then m.v = tonumber(v)
     elseif k == '~~agenda.pro' then m.p = v
     elseif k == '~~agenda.seen' then m.s = v
-    elseif string.sub(k, 1, 5) == '~~ev:' then m.e[code(string.sub(k, 6), TYPES)] = v
+    elseif string.sub(k, 1, 5) == '~~ev:' then
+      if string.sub(v, 1, 2) == 'e-' then v = string.sub(v, 3) else v = '\\0' .. v end
+      m.e[code(string.sub(k, 6), TYPES)] = v
     elseif string.sub(k, 1, 1) ~= '~' then
       local name = k
       if string.sub(k, 1, 1) == '\\\\' then name = string.sub(k, 2) end
@@ -149,7 +187,7 @@ local function decoded(m, name)
   if not cur then return nil end
   local ok, value = pcall(cjson.decode, cur[2])
   if ok then return value end
-  return nil
+  return cur[2]  -- a bare string (`value_text`)
 end
 """
 )
@@ -221,7 +259,7 @@ class Remembered:
 
     def data(self) -> dict[str, Any]:
         """The nested object the fields were flattened from."""
-        return unflatten({name: json.loads(text) for name, text in self.values.items()})
+        return unflatten({name: value_of(text) for name, text in self.values.items()})
 
 
 def read_on(pipe: Pipeline, key: str) -> None:
@@ -241,7 +279,7 @@ def decode(raw: bytes | list[bytes] | None) -> Remembered | None:
     for moment, group in m.get("g") or []:
         times.append(moment)
         values.update({_decode(name, _FIELD_NAMES): text for name, text in group.items()})
-    events = {_decode(t, _TYPE_NAMES): key for t, key in (m.get("e") or {}).items()}  # {} comes back as []
+    events = {_decode(t, _TYPE_NAMES): _event_key(key) for t, key in (m.get("e") or {}).items()}  # {} comes back as []
     marks = {name: str(m[key]) for name, key in (("pro", "p"), ("seen", "s")) if m.get(key) is not None}
     return Remembered(values, int(m.get("v") or 0), events, float(max(times, default=0.0)), marks)
 

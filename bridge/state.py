@@ -11,7 +11,6 @@ for a while after its own appointment day, a customer and an order after their l
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import uuid
@@ -170,7 +169,7 @@ class EntityMemory:
             after_day = self.keep.after_day if kind == "booking" else 0
             args: list[Any] = [created, now, self.keep.after_event[kind], after_day]
             for name, value in _flatten(obj):
-                args += [memory_codec.field_code(name), json.dumps(value, ensure_ascii=False)]
+                args += [memory_codec.field_code(name), memory_codec.value_text(value)]
             # A booking's customer lives at least as long as the booking (its views merge them).
             floor = booking_key if kind == "customer" and booking_key else key
             # EVAL, not EVALSHA: Redis caches the compiled script by its hash anyway, and a
@@ -185,7 +184,7 @@ class EntityMemory:
         added later attaches its sends (bridge.schedules)."""
         if subject.primary is not None and subject.primary[0] == "booking":
             memory = self.key(subject.tenant, *subject.primary)
-            pipe.eval(memory_codec.NOTE, 1, memory, memory_codec.type_code(event_type), key)
+            pipe.eval(memory_codec.NOTE, 1, memory, memory_codec.type_code(event_type), memory_codec.event_text(key))
 
     def read_on(self, pipe: Pipeline, key: str) -> None:
         """Queue reading one entity's memory (`memory_fields`, `load_raw` take the answer)."""
@@ -243,7 +242,7 @@ class EntityMemory:
         versions = [str(own.version if own else 0)]
         own_customer = own.values.get("cliente.id") if own else None
         if own_customer is not None and entity[0] != "customer":
-            own_customer_id = text(json.loads(own_customer))
+            own_customer_id = str(memory_codec.value_of(own_customer))
             if own_customer_id == customer_id:
                 customer = found.get("customer")
             else:  # memory's customer differs from the one the event names
