@@ -1,7 +1,8 @@
 """The agenda index: each tenant's bookings by start time, for the whole salon and per professional.
 
 Kept from entity memory in the step that merges an event into it (`index_on`, queued on the same
-pipeline right after the booking's merge, so it always sees the merged, newest fields):
+pipeline right after the booking's merge, so it always sees the merged, newest fields; the
+booking's own marks, which set it is in and the version counted in `rev`, are kept in its memory):
 
 - `sb:agenda:<tenant>:all`: a sorted set of booking ids, scored by start;
 - `sb:agenda:<tenant>:pro:<professional id>`: the same, one per professional;
@@ -13,7 +14,8 @@ The score is the start as the salon's wall clock, in seconds since 1970-01-01 00
 `wall_score` turns any moment into the same scale. A move changes the score; a new
 `profesional.id` moves the booking to the other professional's set; a cancelled or no-show
 booking stays, with its status in memory. A booking without date or time is in no set.
-Entries older than `retention.entities` are trimmed at each write; the sets expire with it too.
+Entries whose memory is gone (older than `retention.bookings` after their day) are trimmed at each
+write; the sets live as long as the latest booking's memory.
 Cost per booking: see docs/performance.md ("Agenda index").
 """
 
@@ -26,75 +28,70 @@ from zoneinfo import ZoneInfo
 from redis import Redis
 from redis.client import Pipeline
 
+from bridge import memory_codec
+from bridge.memory_codec import Remembered
 from bridge.store import PREFIX, key_part, text
 from mappings.templates import EntityView
 
 TENANTS_KEY = f"{PREFIX}agenda:tenants"
 OWNERS_KEY = f"{PREFIX}agenda:owners"  # raised when a tenant or professional first enters the index
-AGENDA_FIELD = "~~agenda.pro"  # in the booking's memory hash: the professional set it is in
-SEEN_FIELD = "~~agenda.seen"  # the memory version last counted in the tenant's `rev`
 
-# KEYS: the booking's memory hash, the salon's set, the professionals' set, the tenants' set,
-# the tenant's revision, the count of new owners (feeds look tokens up again when it rises).
-# ARGV: booking id, prefix of professional sets, ttl, oldest score kept, tenant.
-_INDEX = """
-local function decode(raw)
-  if not raw then return nil end
-  local ok, value = pcall(cjson.decode, raw)
-  if ok then return value end
-  return nil
+# KEYS: the booking's memory, the salon's set, the professionals' set, the tenants' set, the
+# tenant's revision, the count of new owners (feeds look tokens up again when it rises).
+# ARGV: booking id, prefix of professional sets, oldest score kept, tenant. Each set lives at least
+# as long as the booking's memory (extended, never shortened: other bookings may be later).
+_INDEX = (
+    memory_codec.LUA_HELPERS
+    + """
+local id, prefix, oldest = ARGV[1], ARGV[2], tonumber(ARGV[3])
+if redis.call('EXISTS', KEYS[1]) == 0 then return nil end
+local ttl = redis.call('TTL', KEYS[1])
+local function keep(key)
+  if ttl > 0 and redis.call('TTL', key) < ttl then redis.call('EXPIRE', key, ttl) end
 end
-local id, prefix, ttl, oldest = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-local fecha = decode(redis.call('HGET', KEYS[1], 'fecha'))
-local hora = decode(redis.call('HGET', KEYS[1], 'hora_inicio'))
-local pro = decode(redis.call('HGET', KEYS[1], 'profesional.id'))
+local m = load(KEYS[1])
+local fecha, hora, pro = decoded(m, 'fecha'), decoded(m, 'hora_inicio'), decoded(m, 'profesional.id')
 if type(pro) == 'number' then pro = string.format('%d', pro)
 elseif type(pro) ~= 'string' or pro == '' then pro = nil end
 local score = nil
-if type(fecha) == 'string' and type(hora) == 'string' then
-  local y, m, d = string.match(fecha, '^(%d%d%d%d)-(%d%d)-(%d%d)$')
+local day = days(fecha)
+if day and type(hora) == 'string' then
   local hh, mm = string.match(hora, '^(%d%d?):(%d%d)')
-  if y and hh then
-    y, m, d = tonumber(y), tonumber(m), tonumber(d)
-    if m <= 2 then y = y - 1 end  -- days from the civil date (H. Hinnant's algorithm)
-    local era = math.floor(y / 400)
-    local yoe = y - era * 400
-    local doy = math.floor((153 * ((m + 9) % 12) + 2) / 5) + d - 1
-    local days = era * 146097 + yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy - 719468
-    score = days * 86400 + tonumber(hh) * 3600 + tonumber(mm) * 60
-  end
+  if hh then score = day * 86400 + tonumber(hh) * 3600 + tonumber(mm) * 60 end
 end
-local old = redis.call('HGET', KEYS[1], '~~agenda.pro')
+local old, marks = m.p, false
 if old and old ~= pro then redis.call('ZREM', prefix .. old, id) end
 if score then
   redis.call('ZADD', KEYS[2], score, id)
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. oldest)
-  redis.call('EXPIRE', KEYS[2], ttl)
-  if redis.call('SADD', KEYS[4], ARGV[5]) == 1 then redis.call('INCR', KEYS[6]) end
-  redis.call('EXPIRE', KEYS[4], ttl)
+  keep(KEYS[2])
+  if redis.call('SADD', KEYS[4], ARGV[4]) == 1 then redis.call('INCR', KEYS[6]) end
+  keep(KEYS[4])
 else
   redis.call('ZREM', KEYS[2], id)
 end
 if score and pro then
   redis.call('ZADD', prefix .. pro, score, id)
   redis.call('ZREMRANGEBYSCORE', prefix .. pro, '-inf', '(' .. oldest)
-  redis.call('EXPIRE', prefix .. pro, ttl)
+  keep(prefix .. pro)
   if redis.call('SADD', KEYS[3], pro) == 1 then redis.call('INCR', KEYS[6]) end
-  redis.call('EXPIRE', KEYS[3], ttl)
-  redis.call('HSET', KEYS[1], '~~agenda.pro', pro)
+  keep(KEYS[3])
+  if old ~= pro then m.p, marks = pro, true end
 elseif old then
-  redis.call('HDEL', KEYS[1], '~~agenda.pro')
+  m.p, marks = nil, true
 end
-local version = redis.call('HGET', KEYS[1], '~~version') or '0'
-if redis.call('HGET', KEYS[1], '~~agenda.seen') ~= version then
-  redis.call('HSET', KEYS[1], '~~agenda.seen', version)
+local version = tostring(m.v)
+if m.s ~= version then
+  m.s, marks = version, true
   local now = redis.call('TIME')
   redis.call('HINCRBY', KEYS[5], 'n', 1)
   redis.call('HSET', KEYS[5], 'at', now[1])
-  redis.call('EXPIRE', KEYS[5], ttl)
+  keep(KEYS[5])
 end
+if marks then redis.call('SET', KEYS[1], pack(m), 'KEEPTTL') end
 return score
 """
+)
 
 
 def _tenant_prefix(tenant: str) -> str:
@@ -114,7 +111,7 @@ def revision_key(tenant: str) -> str:
 
 
 def memory_key(tenant: str, booking_id: str) -> str:
-    """The booking's entity memory hash (as bridge.state.EntityMemory.key)."""
+    """The booking's entity memory key (as bridge.state.EntityMemory.key)."""
     return f"{PREFIX}mem:{key_part(tenant)}:booking:{key_part(booking_id)}"
 
 
@@ -128,9 +125,10 @@ def day_score(day: date) -> int:
     return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp())
 
 
-def index_on(pipe: Pipeline, memory_key: str, tenant: str, booking_id: str, ttl: int, zone: ZoneInfo) -> None:
-    """Queue the booking's place in the agenda, computed from its merged memory hash."""
-    oldest = wall_score(datetime.now(UTC), zone) - ttl
+def index_on(pipe: Pipeline, memory_key: str, tenant: str, booking_id: str, window: int, zone: ZoneInfo) -> None:
+    """Queue the booking's place in the agenda, computed from its merged memory; bookings that
+    started more than `window` seconds ago are trimmed (their memory is gone by then)."""
+    oldest = wall_score(datetime.now(UTC), zone) - window
     keys = (
         memory_key,
         salon_key(tenant),
@@ -140,7 +138,7 @@ def index_on(pipe: Pipeline, memory_key: str, tenant: str, booking_id: str, ttl:
         OWNERS_KEY,
     )
     # EVAL, not EVALSHA, as for the merge (bridge.state).
-    pipe.eval(_INDEX, len(keys), *keys, booking_id, _tenant_prefix(tenant) + "pro:", ttl, oldest, tenant)
+    pipe.eval(_INDEX, len(keys), *keys, booking_id, _tenant_prefix(tenant) + "pro:", oldest, tenant)
 
 
 def booking_ids(redis: Redis, tenant: str, start: int, end: int, professional: str | None = None) -> list[str]:
@@ -149,20 +147,17 @@ def booking_ids(redis: Redis, tenant: str, start: int, end: int, professional: s
     return [text(member) for member in redis.zrangebyscore(key, start, f"({end}")]
 
 
-def load_bookings(redis: Redis, tenant: str, ids: Iterable[str]) -> list[tuple[EntityView, dict[str, str]]]:
-    """Each booking's newest state and its memory bookkeeping (`~` fields), skipping expired ones."""
-    from bridge.state import _fields  # bridge.state queues the index: imported late
-
+def load_bookings(redis: Redis, tenant: str, ids: Iterable[str]) -> list[tuple[EntityView, Remembered]]:
+    """Each booking's newest state and its memory as read (version, times), skipping expired ones."""
     ids = list(ids)
     pipe = redis.pipeline(transaction=False)
     for booking_id in ids:
-        pipe.hgetall(memory_key(tenant, booking_id))
+        memory_codec.read_on(pipe, memory_key(tenant, booking_id))
     found = []
     for booking_id, raw in zip(ids, pipe.execute(), strict=True):
-        data = _fields(raw)
-        if data is not None:
-            marks = {k.decode(): text(v) for k, v in raw.items() if k.startswith(b"~")}
-            found.append((EntityView(data, "booking", booking_id), marks))
+        remembered = memory_codec.decode(raw)
+        if remembered is not None and remembered.values:
+            found.append((EntityView(remembered.data(), "booking", booking_id), remembered))
     return found
 
 

@@ -29,7 +29,8 @@ from icalendar import Calendar, Event
 from redis import Redis
 from werkzeug.http import http_date, parse_date
 
-from bridge import agenda
+from bridge import agenda, memory_codec
+from bridge.memory_codec import Remembered
 from connectors.base import wall_clock
 from mappings.config import BridgeConfig, CalendarFeedsModel
 from mappings.templates import EntityView, money
@@ -41,7 +42,6 @@ CACHE_CONTROL = "max-age=300"  # short: a change shows at the next poll of clien
 REFRESH = timedelta(hours=1)  # REFRESH-INTERVAL / X-PUBLISHED-TTL (Google ignores both)
 CACHED_FEEDS = 512
 CACHED_EVENTS = 50_000  # rendered VEVENTs (~450 bytes each) kept by booking and version
-VERSION_MARK = "~~version"  # entity memory's change counter (bridge.state.VERSION_FIELD)
 DEFAULT_MINUTES = 30  # a booking with neither hora_fin nor service durations
 CANCELLED = frozenset({"cancelada", "cancelled", "canceled"})
 NO_SHOW = frozenset({"no_show", "no-show"})
@@ -161,7 +161,7 @@ class Feeds:
     def render(self, tenant: str, professional: str | None, today: date) -> bytes:
         """The calendar: one VEVENT per booking from `past_days` before today to `future_days` after.
 
-        Each VEVENT is icalendar's text of one version of its booking (memory's `~~version`, raised
+        Each VEVENT is icalendar's text of one version of its booking (memory's version, raised
         by every change), kept while that version is current: after a change only the changed
         bookings are read in full and rendered again."""
         start = agenda.day_score(today - timedelta(days=self.settings.past_days))
@@ -172,9 +172,9 @@ class Feeds:
         with self._lock:
             texts = {key: self._events[key] for key in keys if key in self._events}
         missing = [key for key in keys if key not in texts]
-        for view, marks in agenda.load_bookings(self.redis, tenant, [key[1] for key in missing]):
-            event = self.event(tenant, view, marks, with_professional)
-            key = (tenant, view.entity_id, with_professional, marks.get(VERSION_MARK, "0"))
+        for view, remembered in agenda.load_bookings(self.redis, tenant, [key[1] for key in missing]):
+            event = self.event(tenant, view, remembered, with_professional)
+            key = (tenant, view.entity_id, with_professional, str(remembered.version))
             texts[key] = event.to_ical() if event is not None else b""
         with self._lock:
             for key in missing:
@@ -198,8 +198,9 @@ class Feeds:
         """Each booking's memory version (bookings whose memory expired are left out)."""
         pipe = self.redis.pipeline(transaction=False)
         for booking_id in ids:
-            pipe.hget(agenda.memory_key(tenant, booking_id), VERSION_MARK)
-        return [(i, v.decode()) for i, v in zip(ids, pipe.execute(), strict=True) if v is not None]
+            memory_codec.read_on(pipe, agenda.memory_key(tenant, booking_id))
+        found = [(i, memory_codec.decode(raw)) for i, raw in zip(ids, pipe.execute(), strict=True)]
+        return [(i, str(remembered.version)) for i, remembered in found if remembered is not None]
 
     def _calendar_name(self, tenant: str, professional: str | None, ids: list[str]) -> str:
         if professional is None:
@@ -217,7 +218,7 @@ class Feeds:
         probe.add_missing_timezones(first_date=first, last_date=last)
         return probe.walk("VTIMEZONE")[0]
 
-    def event(self, tenant: str, booking: EntityView, marks: dict[str, str], with_professional: bool) -> Event | None:
+    def event(self, tenant: str, booking: EntityView, remembered: Remembered, with_professional: bool) -> Event | None:
         """One booking as a VEVENT (None when hidden, or when its date or times do not parse)."""
         estado = str(booking.get("estado") or "").lower()
         cancelled = estado in CANCELLED
@@ -230,11 +231,10 @@ class Feeds:
         except (KeyError, ValueError) as exc:
             log.warning("tenant %s booking %s left out of the feed: %s", tenant, booking.entity_id, exc)
             return None
-        changed = [float(v) for k, v in marks.items() if k.startswith("~") and not k.startswith("~~")]
-        modified = datetime.fromtimestamp(max(changed, default=0.0), UTC).replace(microsecond=0)
+        modified = datetime.fromtimestamp(remembered.modified, UTC).replace(microsecond=0)
         event = Event()
         event.add("uid", f"booking-{booking.entity_id}.{tenant}@salon-bridge")
-        event.add("sequence", int(marks.get("~~version", "0")))
+        event.add("sequence", remembered.version)
         event.add("dtstamp", modified)
         event.add("last-modified", modified)
         event.add("dtstart", start)

@@ -323,7 +323,7 @@ def _drop_removed(rt: Runtime, pipe: Pipeline, found: schedules.Plan, record: Ev
 
 def _replan_booking(rt: Runtime, memory_key: str) -> int:
     """Re-plan one remembered booking whose appointment is still ahead; the plans changed."""
-    raw: dict[bytes, bytes] = rt.redis.hgetall(memory_key)  # type: ignore[assignment]
+    raw = rt.memory.load_raw(memory_key)
     events = rt.memory.events_of(raw)
     times = booking_times(memory_fields(raw), rt.planner.zone)
     if not events or isinstance(times, str) or times[0].timestamp() < time.time():
@@ -463,7 +463,7 @@ class EntityWork:
         envelope = self.record.envelope
         keys = self.rt.memory.keys(self.subject)
         for key in keys.values():
-            pipe.hgetall(key)
+            self.rt.memory.read_on(pipe, key)
         pipe.hgetall(record_key(self.record.key))
         answers = pipe.execute()
         raw_record, hashes = answers[-1], answers[-1 - len(keys) : -1]

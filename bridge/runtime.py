@@ -15,7 +15,7 @@ from rq import Queue
 
 from bridge.queue import connect, resolve_redis_url, work_queue
 from bridge.schedules import Planner
-from bridge.state import EntityMemory, Ordering
+from bridge.state import EntityMemory, Keep, Ordering
 from bridge.store import EventStore
 from connectors.base import Connector
 from mappings.config import BridgeConfig, default_config_path, load_config
@@ -39,8 +39,8 @@ class Runtime:
         self.queue = work_queue(self.redis)
         retention = self.config.model.retention
         self.store = EventStore(self.redis, retention.events, retention.dead_letters)
-        self.memory = EntityMemory(self.redis, retention.entities, ZoneInfo(self.config.model.timezone))
-        self.ordering = Ordering(self.redis, retention.entities)
+        self.memory = EntityMemory(self.redis, Keep.of(self.config), ZoneInfo(self.config.model.timezone))
+        self.ordering = Ordering(self.redis, retention.longest())
         self.planner = Planner(self.redis, self.store, ZoneInfo(self.config.model.timezone))
 
     @classmethod

@@ -2,41 +2,43 @@
 customer (entity memory), which event was last applied to an external object (ordering), the
 per-entity lock, and the connectors' own key-value stores.
 
-Entity memory: one hash per (tenant, kind, id) at `sb:mem:<tenant>:<kind>:<id>` (each part
-escaped by `key_part`). Nested objects are flattened to dotted fields (`cliente.nombre`); each
-field keeps the `created` time of the event that set it (`~cliente.nombre`) and only a newer event
-overwrites it, atomically (Lua). Fields starting with `~` are memory's own bookkeeping: a data
-field that would start with `~` or `\\` is stored with a `\\` in front, so event data never
-reaches them.
+Entity memory: one key per (tenant, kind, id) at `sb:mem:<tenant>:<kind>:<id>` (each part
+escaped by `key_part`), laid out by `bridge.memory_codec`. Nested objects are flattened to dotted
+fields (`cliente.nombre`); each field takes the value of the newest event that set it (by the
+envelope's `created`), merged atomically in Lua, so events may come in any order. A booking is kept
+for a while after its own appointment day, a customer and an order after their last event (`Keep`).
 """
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from redis import Redis
 from redis.client import Pipeline
 
-from bridge import agenda
+from bridge import agenda, memory_codec
+from bridge.memory_codec import Remembered
 from bridge.store import PREFIX, key_part, text
 from connectors.base import CODE_FIELDS, KINDS, Subject
 from mappings.templates import EntityView
+
+if TYPE_CHECKING:
+    from mappings.config import BridgeConfig
+
+RawMemory = bytes | list[bytes] | None  # one entity's memory as `EntityMemory.read_on` answers
 
 # Seconds an entity lock lives without renewal: short enough that a killed worker's lock frees the
 # entity soon. A connector call can take longer (timeouts up to 120 s, several calls in a row), so
 # the lock is renewed while a call is in flight (`EntityLock.held_during`).
 LOCK_TIMEOUT = 75
-VERSION_FIELD = "~~version"
-EVENT_FIELD = "~~ev:"  # + event type: the key of that type's latest event about a booking
-
 # Event types accepted for memory even when no mapping acts on them (so later events can use them).
 MEMORY_TYPES = frozenset(
     {
@@ -53,27 +55,6 @@ MEMORY_TYPES = frozenset(
         "customer.updated",
     }
 )
-
-# Per field: take the value when this event is at least as new as the one that set it. Counts the
-# fields whose value really changed and, if any did, bumps the entity's version.
-_MERGE = """
-local ts = tonumber(ARGV[1])
-local changed = 0
-for i = 3, #ARGV, 2 do
-  local seen = redis.call('HGET', KEYS[1], '~' .. ARGV[i])
-  if (not seen) or tonumber(seen) <= ts then
-    if redis.call('HGET', KEYS[1], ARGV[i]) ~= ARGV[i + 1] then
-      changed = changed + 1
-    end
-    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1], '~' .. ARGV[i], ARGV[1])
-  end
-end
-if changed > 0 then
-  redis.call('HINCRBY', KEYS[1], '~~version', 1)
-end
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-return changed
-"""
 
 
 def event_time(envelope: dict[str, Any]) -> float:
@@ -133,11 +114,6 @@ def subject_of(envelope: dict[str, Any], views: dict[str, EntityView | None] | N
     return Subject(str(envelope.get("tenant_id", "")), entities, code, name)
 
 
-def _data_field(name: str) -> str:
-    """The hash field of a flattened data name: never one of memory's own `~` fields."""
-    return "\\" + name if name[:1] in ("~", "\\") else name
-
-
 def _flatten(obj: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
     for key, value in obj.items():
         if isinstance(value, dict) and value:
@@ -146,28 +122,38 @@ def _flatten(obj: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]
             yield f"{prefix}{key}", value
 
 
-def _unflatten(fields: dict[str, Any]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for dotted, value in sorted(fields.items()):
-        node = result
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            child = node.get(part)
-            if not isinstance(child, dict):
-                child = node[part] = {}
-            node = child
-        node[leaf] = value
-    return result
+@dataclass(frozen=True)
+class Keep:
+    """How long entity memory keeps each kind, in seconds: the config's `retention`, resolved."""
+
+    after_event: dict[str, int]  # per kind; for a booking kept by its date, the least after its last event
+    after_day: int = 0  # a booking: kept this long after its appointment day (0: by its last event)
+
+    @classmethod
+    def uniform(cls, ttl: float) -> Keep:
+        """Every kind kept `ttl` after its last event (the earlier `retention.entities`)."""
+        return cls(dict.fromkeys(KINDS, int(ttl)))
+
+    @classmethod
+    def of(cls, config: BridgeConfig) -> Keep:
+        retention = config.model.retention
+        after_day = config.booking_retention()
+        return cls({kind: int(retention.after_event(kind)) for kind in KINDS}, int(after_day or 0))
+
+    @property
+    def agenda_window(self) -> int:
+        """How far back the agenda index keeps bookings (their memory is gone after that)."""
+        return self.after_day or self.after_event["booking"]
 
 
 class EntityMemory:
     """Reads and merges entity memory. A job does both in the one pipeline that also takes the
-    entity lock (`bridge.jobs`): `remember_on` and `keys` queue the commands, `read` makes the
+    entity lock (`bridge.jobs`): `remember_on` and `read_on` queue the commands, `read` makes the
     views and the version of what came back."""
 
-    def __init__(self, redis: Redis, ttl: float, zone: ZoneInfo | None = None):
+    def __init__(self, redis: Redis, keep: Keep | float, zone: ZoneInfo | None = None):
         self.redis = redis
-        self.ttl = int(ttl)
+        self.keep = keep if isinstance(keep, Keep) else Keep.uniform(keep)
         self.zone = zone or ZoneInfo("UTC")  # the salon's: bookings' wall-clock times are in it
 
     def key(self, tenant: str, kind: str, entity_id: str) -> str:
@@ -175,28 +161,39 @@ class EntityMemory:
 
     def remember_on(self, pipe: Pipeline, envelope: dict[str, Any]) -> None:
         """Queue the merge of what the event says; each field keeps the newest event's value."""
-        created = repr(event_time(envelope))
+        created, now = repr(event_time(envelope)), int(time.time())
+        tenant = str(envelope["tenant_id"])
+        booking_key = None
         for kind, obj in entity_parts(envelope):
-            args: list[str] = [created, str(self.ttl)]
+            key = self.key(tenant, kind, str(obj["id"]))
+            after_day = self.keep.after_day if kind == "booking" else 0
+            args: list[Any] = [created, now, self.keep.after_event[kind], after_day]
             for name, value in _flatten(obj):
-                args += [_data_field(name), json.dumps(value, ensure_ascii=False)]
+                args += [memory_codec.field_code(name), memory_codec.value_text(value)]
+            # A booking's customer lives at least as long as the booking (its views merge them).
+            floor = booking_key if kind == "customer" and booking_key else key
             # EVAL, not EVALSHA: Redis caches the compiled script by its hash anyway, and a
             # restarted Redis that forgot its scripts cannot fail the pipeline with NOSCRIPT.
-            key = self.key(envelope["tenant_id"], kind, str(obj["id"]))
-            pipe.eval(_MERGE, 1, key, *args)
+            pipe.eval(memory_codec.MERGE, 2, key, floor, *args)
             if kind == "booking":  # the agenda follows the merged, newest state, in the same pipeline
-                agenda.index_on(pipe, key, str(envelope["tenant_id"]), str(obj["id"]), self.ttl, self.zone)
+                booking_key = key
+                agenda.index_on(pipe, key, tenant, str(obj["id"]), self.keep.agenda_window, self.zone)
 
     def note_event_on(self, pipe: Pipeline, subject: Subject, event_type: str, key: str) -> None:
-        """Queue noting the latest event of each type of a booking (`~~ev:<type>`), to which a
-        scheduled mapping added later attaches its sends (bridge.schedules)."""
+        """Queue noting the latest event of each type of a booking, to which a scheduled mapping
+        added later attaches its sends (bridge.schedules)."""
         if subject.primary is not None and subject.primary[0] == "booking":
-            pipe.hset(self.key(subject.tenant, *subject.primary), EVENT_FIELD + event_type, key)
+            memory = self.key(subject.tenant, *subject.primary)
+            pipe.eval(memory_codec.NOTE, 1, memory, memory_codec.type_code(event_type), memory_codec.event_text(key))
 
-    def events_of(self, raw: dict[bytes, bytes]) -> dict[str, str]:
-        """The latest event key of each type, from a booking's memory hash."""
-        prefix = EVENT_FIELD.encode()
-        return {k[len(prefix) :].decode(): text(v) for k, v in raw.items() if k.startswith(prefix)}
+    def read_on(self, pipe: Pipeline, key: str) -> None:
+        """Queue reading one entity's memory (`memory_fields`, `load_raw` take the answer)."""
+        memory_codec.read_on(pipe, key)
+
+    def events_of(self, raw: RawMemory) -> dict[str, str]:
+        """The latest event key of each type, from a booking's memory (as `read_on` answered)."""
+        found = memory_codec.decode(raw)
+        return dict(found.events) if found is not None else {}
 
     def remember(self, envelope: dict[str, Any]) -> None:
         pipe = self.redis.pipeline(transaction=False)
@@ -207,25 +204,25 @@ class EntityMemory:
         """The memory key of each kind of entity the event names (its first of each kind)."""
         return {kind: self.key(subject.tenant, kind, entity_id) for kind, entity_id in subject.entities}
 
-    def read(self, subject: Subject, hashes: dict[str, dict[bytes, bytes]]) -> tuple[dict[str, EntityView | None], str]:
+    def read(self, subject: Subject, answers: dict[str, RawMemory]) -> tuple[dict[str, EntityView | None], str]:
         """The merged `booking`, `order` and `customer` views the event refers to (None when it
         refers to none), and the version of what is known of its primary entity and that entity's
         customer (it changes whenever memory learns something new about either).
 
-        `hashes`: HGETALL of `keys(subject)`, by kind. A customer the event does not name but
+        `answers`: `read_on` of `keys(subject)`, by kind. A customer the event does not name but
         memory knows (a booking's `cliente.id`) is read here: one more round trip."""
         tenant = subject.tenant
         ids = dict(subject.entities)
-        merged: dict[str, dict[str, Any] | None] = {kind: _fields(hashes.get(kind)) for kind in ("booking", "order")}
-        hashes = dict(hashes)
+        found = {kind: memory_codec.decode(raw) for kind, raw in answers.items()}
+        merged: dict[str, dict[str, Any] | None] = {kind: _data(found.get(kind)) for kind in ("booking", "order")}
         if "customer" not in ids:
             for kind in ("booking", "order"):
                 cliente = (merged[kind] or {}).get("cliente")
                 if isinstance(cliente, dict) and "id" in cliente:
                     ids["customer"] = str(cliente["id"])
-                    hashes["customer"] = self._hgetall(self.key(tenant, "customer", ids["customer"]))
+                    found["customer"] = self._load(self.key(tenant, "customer", ids["customer"]))
                     break
-        customer = _fields(hashes.get("customer"))
+        customer = _data(found.get("customer"))
         for kind in ("booking", "order"):
             view = merged[kind]
             cliente = (view or {}).get("cliente")
@@ -235,22 +232,22 @@ class EntityMemory:
                     view["cliente"] = {**cliente, **customer}
         merged["customer"] = customer
         views = {kind: EntityView(data, kind, ids[kind]) if data else None for kind, data in merged.items()}
-        return views, self._version(subject, hashes, ids.get("customer"))
+        return views, self._version(subject, found, ids.get("customer"))
 
-    def _version(self, subject: Subject, hashes: dict[str, dict[bytes, bytes]], customer_id: str | None) -> str:
+    def _version(self, subject: Subject, found: dict[str, Remembered | None], customer_id: str | None) -> str:
         entity = subject.primary
         if entity is None:
             return ""
-        own = hashes.get(entity[0]) or {}
-        versions = [text(own.get(VERSION_FIELD.encode(), b"0"))]
-        own_customer = own.get(b"cliente.id")
+        own = found.get(entity[0])
+        versions = [str(own.version if own else 0)]
+        own_customer = own.values.get("cliente.id") if own else None
         if own_customer is not None and entity[0] != "customer":
-            own_customer_id = text(json.loads(own_customer))
+            own_customer_id = str(memory_codec.value_of(own_customer))
             if own_customer_id == customer_id:
-                customer = hashes.get("customer") or {}
+                customer = found.get("customer")
             else:  # memory's customer differs from the one the event names
-                customer = self._hgetall(self.key(subject.tenant, "customer", own_customer_id))
-            versions.append(text(customer.get(VERSION_FIELD.encode(), b"0")))
+                customer = self._load(self.key(subject.tenant, "customer", own_customer_id))
+            versions.append(str(customer.version if customer else 0))
         return ".".join(versions)
 
     def views(self, subject: Subject) -> dict[str, EntityView | None]:
@@ -258,27 +255,31 @@ class EntityMemory:
         keys = self.keys(subject)
         pipe = self.redis.pipeline(transaction=False)
         for key in keys.values():
-            pipe.hgetall(key)
+            self.read_on(pipe, key)
         return self.read(subject, dict(zip(keys, pipe.execute(), strict=True)))[0]
 
     def load(self, tenant: str, kind: str, entity_id: str) -> dict[str, Any] | None:
-        return _fields(self._hgetall(self.key(tenant, kind, entity_id)))
+        return _data(self._load(self.key(tenant, kind, entity_id)))
 
-    def _hgetall(self, key: str) -> dict[bytes, bytes]:
-        return self.redis.hgetall(key)  # type: ignore[return-value]
+    def load_raw(self, key: str) -> RawMemory:
+        """One entity's memory as `read_on` answers it, in a round trip of its own."""
+        pipe = self.redis.pipeline(transaction=False)
+        self.read_on(pipe, key)
+        return pipe.execute()[0]
+
+    def _load(self, key: str) -> Remembered | None:
+        return memory_codec.decode(self.load_raw(key))
 
 
-def memory_fields(raw: dict[bytes, bytes] | None) -> dict[str, Any] | None:
-    """A memory hash (HGETALL) as the nested object it was flattened from."""
-    return _fields(raw)
+def memory_fields(raw: RawMemory) -> dict[str, Any] | None:
+    """One entity's memory (as `read_on` answered) as the nested object it was flattened from."""
+    return _data(memory_codec.decode(raw))
 
 
-def _fields(raw: dict[bytes, bytes] | None) -> dict[str, Any] | None:
-    """A memory hash as the nested object it was flattened from (None when empty)."""
-    if not raw:
+def _data(found: Remembered | None) -> dict[str, Any] | None:
+    if found is None:
         return None
-    fields = {k.decode(): json.loads(v) for k, v in raw.items() if not k.startswith(b"~")}
-    return _unflatten({k[1:] if k.startswith("\\") else k: v for k, v in fields.items()})
+    return found.data() or None
 
 
 class EntityBusy(Exception):

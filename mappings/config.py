@@ -108,9 +108,40 @@ class RetryModel(_Strict):
 
 
 class RetentionModel(_Strict):
+    """How long Redis keeps things (README, "Retention"). Entity memory is kept for what it serves:
+    a booking for a while after its own appointment day, a customer or an order after their last
+    event. `entities` is the earlier setting (every kind kept that long after its last event)."""
+
     events: Duration = 7 * 86400
     dead_letters: Duration = 30 * 86400
-    entities: Duration = 400 * 86400
+    bookings: Duration | None = None  # after the appointment day (default 45d)
+    customers: Duration | None = None  # after their last event (default 400d)
+    orders: Duration | None = None  # after their last event (default 90d)
+    entities: Duration | None = None
+
+    @model_validator(mode="after")
+    def _one_style(self) -> RetentionModel:
+        newer = [name for name in ("bookings", "customers", "orders") if getattr(self, name) is not None]
+        if self.entities is not None and newer:
+            raise ValueError(
+                f"`entities` keeps every kind after its last event; it cannot be combined with {', '.join(newer)}: "
+                "remove `entities` and set bookings, customers and orders"
+            )
+        return self
+
+    def after_event(self, kind: str) -> float:
+        """Seconds a customer or an order (or, with `entities`, any kind) is kept after its last event."""
+        if self.entities is not None:
+            return self.entities
+        return {"customer": self.customers or 400 * 86400, "order": self.orders or 90 * 86400}.get(kind, self.events)
+
+    def after_appointment(self) -> float | None:
+        """Seconds a booking is kept after its appointment day (None with `entities`)."""
+        return None if self.entities is not None else self.bookings or 45 * 86400
+
+    def longest(self) -> float:
+        """The longest any entity is kept after its last event (sync marks live that long)."""
+        return max(self.after_event(kind) for kind in ("booking", "customer", "order"))
 
 
 class TemplatesModel(_Strict):
@@ -359,6 +390,21 @@ class BridgeConfig:
 
     def mapping(self, name: str) -> MappingSpec | None:
         return next((m for m in self.mappings if m.name == name), None)
+
+    def booking_retention(self) -> float | None:
+        """Seconds a booking is kept after its appointment day: `retention.bookings`, raised to what
+        this config reads of past bookings (the feeds' past days, a send scheduled after the
+        appointment). None with the earlier `retention.entities` (kept after the last event)."""
+        keep = self.model.retention.after_appointment()
+        if keep is None:
+            return None
+        needs = [keep]
+        if self.model.calendar_feeds is not None:
+            needs.append((self.model.calendar_feeds.past_days + 1) * 86400)
+        for mapping in self.mappings:
+            if mapping.schedule is not None and mapping.schedule.on_booking:
+                needs.append(mapping.schedule.offset + mapping.schedule.grace + 86400)
+        return max(needs)
 
     def action(self, action_id: str) -> ActionSpec | None:
         """A configured action by id, a fallback (`<action id>/fallback`) too."""

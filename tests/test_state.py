@@ -56,7 +56,7 @@ def at(event: dict, created: str) -> dict:
 
 
 def test_memory_keeps_the_newest_value_of_each_field(redis_url: str) -> None:
-    memory = EntityMemory(Redis.from_url(redis_url), ttl=3600)
+    memory = EntityMemory(Redis.from_url(redis_url), 3600)
     created = at(sample("booking.created"), "2024-01-20T10:30:00Z")
     updated = at(sample("booking.updated"), "2024-01-20T11:00:00Z")
     memory.remember(updated)
@@ -75,7 +75,7 @@ def test_memory_keeps_the_newest_value_of_each_field(redis_url: str) -> None:
 
 
 def test_customer_changes_reach_the_booking_view(redis_url: str) -> None:
-    memory = EntityMemory(Redis.from_url(redis_url), ttl=3600)
+    memory = EntityMemory(Redis.from_url(redis_url), 3600)
     memory.remember(sample("booking.created"))
     memory.remember(sample("customer.updated"))  # renames customer 456 two days later
     views = memory.views(subject_of(sample("booking.no_show")))
@@ -86,7 +86,7 @@ def test_customer_changes_reach_the_booking_view(redis_url: str) -> None:
 
 def test_memory_is_per_tenant_and_expires(redis_url: str) -> None:
     redis = Redis.from_url(redis_url)
-    memory = EntityMemory(redis, ttl=3600)
+    memory = EntityMemory(redis, 3600)
     memory.remember(sample("order.created"))
     assert memory.load("another-salon", "order", "789") is None
     assert 3500 < redis.ttl(memory.key("uuid-tenant", "order", "789")) <= 3600
@@ -253,7 +253,7 @@ def test_an_event_whose_booking_is_locked_waits_its_turn(bridge: Bridge, destina
 
 def test_memory_survives_a_redis_that_forgot_its_scripts(redis_url: str) -> None:
     redis = Redis.from_url(redis_url)
-    memory = EntityMemory(redis, ttl=3600)
+    memory = EntityMemory(redis, 3600)
     redis.script_flush()  # as after a Redis restart
     memory.remember(sample("order.created"))
     assert memory.load("uuid-tenant", "order", "789")["numero"] == "PED-2024-0789"
@@ -331,7 +331,7 @@ def test_event_data_never_reaches_memorys_own_bookkeeping(make_bridge, destinati
 
 def test_distinct_tenants_and_ids_never_share_memory(redis_url: str) -> None:
     """Tenant `acme` with booking `customer:77` against tenant `acme:booking` with customer 77."""
-    memory = EntityMemory(Redis.from_url(redis_url), ttl=3600)
+    memory = EntityMemory(Redis.from_url(redis_url), 3600)
     one = {"id": "1", "created": "2024-01-20T10:00:00Z", "tenant_id": "acme", "type": "booking.created"}
     one["data"] = {"booking": {"id": "customer:77", "estado": "confirmada"}}
     other = {"id": "2", "created": "2024-01-20T10:00:00Z", "tenant_id": "acme:booking", "type": "customer.created"}
@@ -387,7 +387,7 @@ def test_what_an_event_is_about_is_worked_out_once(event_type: str, label: str) 
 
 
 def test_memory_gives_the_label_an_event_lacks(redis_url: str) -> None:
-    memory = EntityMemory(Redis.from_url(redis_url), ttl=3600)
+    memory = EntityMemory(Redis.from_url(redis_url), 3600)
     memory.remember(sample("booking.created"))
     no_show = sample("booking.no_show")
     subject = subject_of(no_show)

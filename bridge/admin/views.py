@@ -319,7 +319,7 @@ def remembered_subjects(rt: Runtime, records: list[EventRecord]) -> list[Subject
     pipe = rt.redis.pipeline(transaction=False)
     for subject in subjects:
         if subject.primary is not None:
-            pipe.hgetall(rt.memory.key(subject.tenant, *subject.primary))
+            rt.memory.read_on(pipe, rt.memory.key(subject.tenant, *subject.primary))
     found = iter(pipe.execute())
     result = []
     for record, subject in zip(records, subjects, strict=True):
