@@ -16,10 +16,10 @@ Every target runs as its own server for the whole benchmark; the load goes to on
 interleaved (A, B, A, B, ...). Before each measurement the bench Redis database is emptied and
 the server warmed up. The load: wrk (or the Python generator), 16 keep-alive connections,
 distinct signed events of the 13 types, 1-2 KB each. Reported per target: the median over the
-rounds of accepted (202) events/s and of p50/p99/p99.9 ack latency; errors (anything but a 2xx,
-socket errors, timeouts over 10 s) summed; the median of the per-round ratios to the floor and to
-the baseline;
-the resident memory of the server processes after the last round.
+rounds of accepted (202) events/s, of p50/p99/p99.9 ack latency and of the CPU time per accepted
+event of the server's processes and of Redis; errors (anything but a 2xx, socket errors, timeouts
+over 10 s) summed; the median of the per-round ratios to the floor and to the baseline; the
+resident memory of the server processes after the last round.
 """
 
 from __future__ import annotations
@@ -43,12 +43,14 @@ from bench.common import (  # noqa: E402
     BenchRedis,
     Check,
     Child,
+    cpu_seconds,
     descendants,
     free_port,
     machine_table,
     make_events,
     median,
     print_header,
+    redis_cpu_seconds,
     rss_mb,
     table,
     wait_for_port,
@@ -80,7 +82,14 @@ class Target:
     child: Child | None = None
     results: list[LoadResult] = field(default_factory=list)
     stored: list[int] = field(default_factory=list)
+    # Per round, CPU milliseconds per accepted event: of the server's processes, of Redis.
+    server_cpu_ms: list[float] = field(default_factory=list)
+    redis_cpu_ms: list[float] = field(default_factory=list)
     rss: dict[str, float] = field(default_factory=dict)
+
+    def processes(self) -> list[int]:
+        assert self.child is not None
+        return [self.child.pid, *descendants(self.child.pid)]
 
     def command(self, config: Path, redis_url: str) -> list[str]:
         size = ["--workers", str(self.workers), "--threads", str(self.threads)]
@@ -154,7 +163,11 @@ def _run(args: argparse.Namespace, targets: list[Target], workdir: Path, bench_r
             run_load(url, warm, args.connections, args.warmup, python=args.python)
             bench_redis.reset()
             spy = _start_py_spy(args, target, workdir) if args.py_spy and round_number == 1 else None
+            cpu_before, redis_before = cpu_seconds(target.processes()), redis_cpu_seconds(redis)
             result = run_load(url, bodies, args.connections, args.seconds, python=args.python)
+            accepted = max(result.count(202), 1)
+            target.server_cpu_ms.append((cpu_seconds(target.processes()) - cpu_before) * 1000 / accepted)
+            target.redis_cpu_ms.append((redis_cpu_seconds(redis) - redis_before) * 1000 / accepted)
             if spy is not None:
                 spy.process.wait(args.seconds + 60)
                 spy.stop()
@@ -165,7 +178,8 @@ def _run(args: argparse.Namespace, targets: list[Target], workdir: Path, bench_r
             print(
                 f"round {round_number} {target.spec:<14} accepted {result.rate(202):8,.0f}/s  "
                 f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms  p99.9 {result.p999_ms:6.2f} ms  "
-                f"errors {result.errors}  statuses {dict(sorted(result.statuses.items()))}  queued {stored:,}"
+                f"errors {result.errors}  statuses {dict(sorted(result.statuses.items()))}  queued {stored:,}  "
+                f"CPU/event server {target.server_cpu_ms[-1]:.3f} ms, Redis {target.redis_cpu_ms[-1]:.3f} ms"
                 + ("  BODIES WRAPPED (raise --max-rate)" if result.wrapped else ""),
                 flush=True,
             )
@@ -231,6 +245,8 @@ def report(args: argparse.Namespace, targets: list[Target], gen: LoadResult | No
             "floor": floor.spec if floor is not None and floor is not target else None,
             "rss_mb": target.rss,
             "server": f"{target.workers} workers x {target.threads} threads",
+            "server_cpu_ms": median(target.server_cpu_ms),
+            "redis_cpu_ms": median(target.redis_cpu_ms),
         }
         summary[target.spec] = figures
         workers_rss = [v for k, v in target.rss.items() if k != "master"]
@@ -245,12 +261,13 @@ def report(args: argparse.Namespace, targets: list[Target], gen: LoadResult | No
                 figures["p999_ms"],
                 figures["errors"],
                 *ratios,
+                f"{figures['server_cpu_ms']:.3f} / {figures['redis_cpu_ms']:.3f}",
                 f"{target.rss.get('master', 0):.0f} / {max(workers_rss, default=0):.0f}",
             ]
         )
     print_header(f"Ingest: median of {args.rounds} rounds of {args.seconds:g} s, {args.connections} connections")
     headers = ["target", "server", "accepted/s", "p50 ms", "p99 ms", "p99.9 ms", "errors", "vs floor", "vs baseline",
-               "RSS MB master / worker"]  # fmt: skip
+               "CPU ms/event server / Redis", "RSS MB master / worker"]  # fmt: skip
     print(table(headers, rows))
     if gen is not None:
         fastest = max(s["accepted_per_s"] for s in summary.values())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import socket
 import subprocess
@@ -405,3 +406,19 @@ def test_records_written_before_packing_are_read_as_they_are(bridge: Bridge) -> 
     bridge.redis.hset(record_key(key), mapping={"body": encode(event), "received_at": "1.5", "a:x/y": state.to_json()})
     record = bridge.record(event["id"])
     assert record.envelope == event and record.actions["x/y"] == state and record.received_at == 1.5
+
+
+def test_an_accepted_delivery_logs_at_debug_and_any_other_outcome_at_info(
+    bridge: Bridge, caplog: pytest.LogCaptureFixture
+) -> None:
+    event = sample("booking.created")
+    with caplog.at_level(logging.DEBUG, logger="salon_bridge.web"):
+        bridge.post(event)
+        bridge.post(event)
+        bridge.post(event, secret="wrong")
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records if r.getMessage().startswith("webhook ")]
+    assert [(level, message.split(" outcome=")[1].split()[0]) for level, message in lines] == [
+        (logging.DEBUG, "accepted"),
+        (logging.INFO, "duplicate"),
+        (logging.INFO, "bad_signature"),
+    ]
