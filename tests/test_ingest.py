@@ -422,3 +422,13 @@ def test_an_accepted_delivery_logs_at_debug_and_any_other_outcome_at_info(
         (logging.INFO, "duplicate"),
         (logging.INFO, "bad_signature"),
     ]
+
+
+def test_ingest_goes_on_when_redis_has_forgotten_its_script(bridge: Bridge) -> None:
+    """A restarted Redis has no scripts: ingest loads its own again (EVALSHA answered NOSCRIPT)."""
+    first, second = sample("booking.created"), sample("booking.cancelled")
+    assert bridge.post(first).status_code == 202
+    bridge.redis.script_flush()
+    assert bridge.post(second).status_code == 202
+    assert bridge.post(second).status_code == 200  # and still dedupes
+    assert work_queue(bridge.redis).job_ids == [event_key(first["id"]), event_key(second["id"])]
