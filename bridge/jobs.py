@@ -443,8 +443,7 @@ class EntityWork:
         envelope = self.record.envelope
         pipe = self.rt.redis.pipeline(transaction=False)
         if self.remember:
-            self.rt.memory.remember_on(pipe, envelope)
-            self.rt.memory.note_event_on(pipe, self.subject, self.record.type, self.record.key)
+            self.rt.memory.remember_on(pipe, envelope, self.record.key)
         if self.lock is not None:
             self.lock.acquire_on(pipe)
         try:

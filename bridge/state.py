@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
+import msgpack
 from redis import Redis
 from redis.client import Pipeline
 
@@ -159,32 +160,30 @@ class EntityMemory:
     def key(self, tenant: str, kind: str, entity_id: str) -> str:
         return f"{PREFIX}mem:{key_part(tenant)}:{kind}:{key_part(entity_id)}"
 
-    def remember_on(self, pipe: Pipeline, envelope: dict[str, Any]) -> None:
-        """Queue the merge of what the event says; each field keeps the newest event's value."""
+    def remember_on(self, pipe: Pipeline, envelope: dict[str, Any], event_key: str | None = None) -> None:
+        """Queue the merge of what the event says; each field keeps the newest event's value.
+        With `event_key`, the booking also notes the event as the latest of its type, to which a
+        scheduled mapping added later attaches its sends (bridge.schedules)."""
         created, now = repr(event_time(envelope)), int(time.time())
         tenant = str(envelope["tenant_id"])
         booking_key = None
         for kind, obj in entity_parts(envelope):
             key = self.key(tenant, kind, str(obj["id"]))
             after_day = self.keep.after_day if kind == "booking" else 0
-            args: list[Any] = [created, now, self.keep.after_event[kind], after_day]
-            for name, value in _flatten(obj):
-                args += [memory_codec.field_code(name), memory_codec.value_text(value)]
+            note = ["", ""]
+            if kind == "booking" and booking_key is None and event_key is not None:
+                note = [memory_codec.type_code(str(envelope["type"])), memory_codec.event_text(event_key)]
+            given = [part for name, value in _flatten(obj) for part in memory_codec.field_pair(name, value)]
+            args: list[Any] = [created, now, self.keep.after_event[kind], after_day, *note]
+            args.append(msgpack.packb(given, use_bin_type=False))
             # A booking's customer lives at least as long as the booking (its views merge them).
             floor = booking_key if kind == "customer" and booking_key else key
             # EVAL, not EVALSHA: Redis caches the compiled script by its hash anyway, and a
             # restarted Redis that forgot its scripts cannot fail the pipeline with NOSCRIPT.
             pipe.eval(memory_codec.MERGE, 2, key, floor, *args)
-            if kind == "booking":  # the agenda follows the merged, newest state, in the same pipeline
+            if kind == "booking" and booking_key is None:  # the agenda follows the merged, newest state
                 booking_key = key
                 agenda.index_on(pipe, key, tenant, str(obj["id"]), self.keep.agenda_window, self.zone)
-
-    def note_event_on(self, pipe: Pipeline, subject: Subject, event_type: str, key: str) -> None:
-        """Queue noting the latest event of each type of a booking, to which a scheduled mapping
-        added later attaches its sends (bridge.schedules)."""
-        if subject.primary is not None and subject.primary[0] == "booking":
-            memory = self.key(subject.tenant, *subject.primary)
-            pipe.eval(memory_codec.NOTE, 1, memory, memory_codec.type_code(event_type), memory_codec.event_text(key))
 
     def read_on(self, pipe: Pipeline, key: str) -> None:
         """Queue reading one entity's memory (`memory_fields`, `load_raw` take the answer)."""
@@ -195,9 +194,9 @@ class EntityMemory:
         found = memory_codec.decode(raw)
         return dict(found.events) if found is not None else {}
 
-    def remember(self, envelope: dict[str, Any]) -> None:
+    def remember(self, envelope: dict[str, Any], event_key: str | None = None) -> None:
         pipe = self.redis.pipeline(transaction=False)
-        self.remember_on(pipe, envelope)
+        self.remember_on(pipe, envelope, event_key)
         pipe.execute()
 
     def keys(self, subject: Subject) -> dict[str, str]:

@@ -10,7 +10,7 @@ import pytest
 from redis import Redis
 
 from bridge import memory_codec
-from bridge.state import EntityMemory, Keep, subject_of
+from bridge.state import EntityMemory, Keep
 from bridge.store import event_key
 from mappings.config import RetentionModel
 from tests.harness import sample
@@ -121,10 +121,7 @@ def test_memory_of_the_earlier_layout_is_read_then_converted_by_the_next_merge(r
     assert memory.events_of(memory.load_raw(key)) == {"booking.created": "e-evt_abc123"}
 
     updated = at(sample("booking.updated"), "2024-01-20T11:00:00Z")  # between the two legacy times
-    memory.remember(updated)
-    pipe = redis.pipeline()
-    memory.note_event_on(pipe, subject_of(updated), "booking.updated", event_key(updated["id"]))
-    pipe.execute()
+    memory.remember(updated, event_key(updated["id"]))
     assert redis.type(key) == b"string"
     new = remembered(memory, key)
     booking = new.data()
@@ -193,10 +190,7 @@ def test_a_realistic_booking_takes_at_most_600_bytes(redis_url: str) -> None:
     for n, event in enumerate(events):
         event["id"] = f"evt_{n:02d}_3f9a2c71d4e8b6a05c1e"
         event["tenant_id"] = "6f1d2c3b-9a8e-4f7d-b6c5-a4b3c2d1e0f9"
-        memory.remember(event)
-        pipe = redis.pipeline()
-        memory.note_event_on(pipe, subject_of(event), event["type"], event_key(event["id"]))
-        pipe.execute()
+        memory.remember(event, event_key(event["id"]))
     key = memory.key(events[0]["tenant_id"], "booking", "12345")
     assert len(remembered(memory, key).events) == 4
     assert redis.memory_usage(key, samples=0) <= 600
