@@ -162,6 +162,22 @@ def seed_memory(redis: Redis, count: int) -> float:
     return time.monotonic() - started
 
 
+def routing_micros(config_path: Path) -> float:
+    """Microseconds per `mappings_for` of the drained events' types and salons, in-process (the
+    lookup each job and each webhook makes), after one warm-up pass."""
+    from mappings.config import EVENT_TYPES, load_config
+
+    config = load_config(config_path)
+    pairs = [(t, f"salon-{n}") for t in EVENT_TYPES for n in range(7)]
+    for event_type, tenant in pairs:
+        config.mappings_for(event_type, tenant)
+    started = time.perf_counter()
+    for _ in range(50):
+        for event_type, tenant in pairs:
+            config.mappings_for(event_type, tenant)
+    return (time.perf_counter() - started) / (50 * len(pairs)) * 1e6
+
+
 def part_flat(args: argparse.Namespace, bench_redis: BenchRedis, workdir: Path) -> dict[str, Any]:
     from bench.drain import drain_once  # bench.drain runs this part: imported late
 
@@ -176,6 +192,8 @@ def part_flat(args: argparse.Namespace, bench_redis: BenchRedis, workdir: Path) 
         configs = {
             m: write_flat_config(workdir / f"config-flat-{m}.yaml", args.redis_url, url, m) for m in (1, 20, 200)
         }
+        for m, path in configs.items():
+            print(f"routing, {m} mapping(s): {routing_micros(path):.2f} us per lookup", flush=True)
         for round_number in range(1, args.rounds + 1):
             drains = {}
             for variant in variants(args.flat_bookings):
