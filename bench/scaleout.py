@@ -94,9 +94,10 @@ class Layout:
 
 @dataclass
 class RedisUse:
-    """Redis's work between two readings: commands by name and CPU seconds."""
+    """Redis's work between two readings: commands by name, their time, and CPU seconds."""
 
     commands: Counter[str] = field(default_factory=Counter)
+    usec: Counter[str] = field(default_factory=Counter)  # a script's own includes its commands'
     cpu: float = 0.0
 
     @property
@@ -132,21 +133,22 @@ class Run:
 # Redis's own counters
 
 
-def redis_reading(redis: Redis) -> tuple[Counter[str], float]:
-    """Commands processed so far, by name (INFO commandstats), and the Redis process's CPU seconds."""
-    stats = redis.info("commandstats")
-    calls: Counter[str] = Counter()
-    for name, value in stats.items():
+def redis_reading(redis: Redis) -> RedisUse:
+    """Commands processed so far by name, with their microseconds (INFO commandstats), and the Redis
+    process's CPU seconds (INFO cpu)."""
+    reading = RedisUse()
+    for name, value in redis.info("commandstats").items():
         command = name.removeprefix("cmdstat_")
         if command not in NOT_THE_PRODUCTS:
-            calls[command] = int(value["calls"])
+            reading.commands[command] = int(value["calls"])
+            reading.usec[command] = int(value["usec"])
     cpu = redis.info("cpu")
-    return calls, float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"])
+    reading.cpu = float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"])
+    return reading
 
 
-def redis_use(before: tuple[Counter[str], float], after: tuple[Counter[str], float]) -> RedisUse:
-    commands = Counter({k: n - before[0].get(k, 0) for k, n in after[0].items() if n > before[0].get(k, 0)})
-    return RedisUse(commands, after[1] - before[1])
+def redis_use(before: RedisUse, after: RedisUse) -> RedisUse:
+    return RedisUse(after.commands - before.commands, after.usec - before.usec, after.cpu - before.cpu)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -435,17 +437,17 @@ def report(args: argparse.Namespace, runs: list[Run]) -> dict[str, Any]:
     print(table(headers, rows))
     first = next(r for r in runs if not r.live)
     n = first.events
-    print_header(f"Redis commands per event, {first.layout.name} (round 1)")
+    print_header(f"Redis commands and their time per event, {first.layout.name} (round 1)")
+    use = {"ingest": first.ingest, "drain": first.drain}
     names = sorted(
-        set(first.ingest.commands) | set(first.drain.commands),
-        key=lambda c: -(first.ingest.commands[c] + first.drain.commands[c]),
+        set(first.ingest.commands) | set(first.drain.commands), key=lambda c: -sum(u.usec[c] for u in use.values())
     )
-    print(
-        table(
-            ["command", "ingest", "drain"],
-            [[c, f"{first.ingest.commands[c] / n:.2f}", f"{first.drain.commands[c] / n:.2f}"] for c in names[:20]],
-        )
-    )
+    rows = [
+        [c, *(f"{u.commands[c] / n:.2f}" for u in use.values()), *(f"{u.usec[c] / n:.1f}" for u in use.values())]
+        for c in names[:25]
+    ]
+    print(table(["command", "calls ingest", "calls drain", "us ingest", "us drain"], rows))
+    print("(commandstats counts a script's commands and the script itself: `eval`/`evalsha` time includes theirs)")
     return {"scaleout": summary, "checks": checks}
 
 
