@@ -5,6 +5,7 @@
     .venv/bin/python bench/drain.py --part slow --slow-events 1200
     .venv/bin/python bench/drain.py --part fast --worker-class fork   # RQ's forking Worker, both sides
     .venv/bin/python bench/drain.py --part fast --variants bridge,fork   # the forking worker, same rounds
+    .venv/bin/python bench/drain.py --part flat --rounds 3   # cost per job in config and memory size
 
 Part `fast`: a backlog of --events accepted events (default 20,000; the product's own ingest,
 in-process), each mapped to one `http` action on bench/fake_destination.py answering at once.
@@ -20,6 +21,10 @@ drains --slow-events events. With --throttle-every N the destination also answer
 429 with Retry-After: 30, to show a throttled call does not hold a worker (its action is
 rescheduled, the worker moves on).
 
+Part `flat` (bench/drain_flat.py, not in `all`): one worker drains the same backlog with configs
+of 1, 20 and 200 mappings (one matches each event) and after 50,000 bookings remembered;
+jobs/s against the 1-mapping/empty run of the same round, whose repeat gives the noise.
+
 Memory: resident MB of every worker process (and of RQ's scheduler process, forked by the one
 worker that holds the scheduler lock) once the backlog is drained, before the workers stop.
 """
@@ -33,6 +38,7 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -216,26 +222,40 @@ def worker_command(kind: str, worker_class: str, config: Path, redis_url: str) -
 
 
 def drain_once(
-    kind: str, workers: int, args: argparse.Namespace, bench_redis: BenchRedis, config: Path, port: int, workdir: Path
+    kind: str,
+    workers: int,
+    args: argparse.Namespace,
+    bench_redis: BenchRedis,
+    config: Path,
+    port: int,
+    workdir: Path,
+    events: int | None = None,
+    seed: Callable[[Redis], None] | None = None,
+    label: str | None = None,
 ) -> Drain:
+    """One backlog of `events` (default --events) drained by `workers` fresh worker processes;
+    `seed` fills the emptied database first (part flat: entity memory)."""
     bench_redis.reset()
     redis = bench_redis.redis
+    if seed is not None:
+        seed(redis)
+    events = args.events if events is None else events
     before = destination_calls(port)["requests"]
     on_bridge = kind != "bare"
     if on_bridge:
-        ids = bridge_backlog(config, redis, make_events(args.events, prefix=f"drain{workers}"))
+        ids = bridge_backlog(config, redis, make_events(events, prefix=f"drain{workers}"))
     else:
-        ids = noop_backlog(redis, args.events)
+        ids = noop_backlog(redis, events)
     queue_name = BRIDGE_QUEUE if on_bridge else NOOP_QUEUE
     command, env = worker_command(kind, args.worker_class, config, args.redis_url)
-    label = kind.replace("=", "-").replace("+", "-")
+    label = label or kind.replace("=", "-").replace("+", "-")
     started = time.monotonic()
     children = [
         Child(f"{label}-{args.worker_class}-w{workers}-{n}", command, workdir, env=env) for n in range(1, workers + 1)
     ]
     spy = _py_spy(args, children[0], f"drain-{label}-{args.worker_class}-w{workers}", workdir) if args.py_spy else None
     try:
-        wait_drained(redis, queue_name, len(ids), children, timeout=max(120.0, args.events / 20))
+        wait_drained(redis, queue_name, len(ids), children, timeout=max(120.0, events / 20))
         wall = time.monotonic() - started
         rss = worker_rss(children)
     finally:
@@ -500,6 +520,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             fast = part_fast(args, bench_redis, workdir)
             outcome["fast"] = fast["fast"]
             outcome["checks"] += fast["checks"]
+        if args.part == "flat":
+            from bench.drain_flat import part_flat
+
+            flat = part_flat(args, bench_redis, workdir)
+            outcome["flat"] = flat["flat"]
+            outcome["checks"] += flat["checks"]
         if args.part in ("slow", "all"):
             slow = part_slow(args, bench_redis, workdir)
             outcome["slow"] = slow["slow"]
@@ -511,7 +537,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--part", choices=["fast", "slow", "all"], default="all")
+    p.add_argument("--part", choices=["fast", "slow", "all", "flat"], default="all", help="all = fast + slow")
     p.add_argument("--events", type=int, default=20_000, help="backlog of the fast part (default 20,000)")
     p.add_argument(
         "--workers",
@@ -532,6 +558,10 @@ def parser() -> argparse.ArgumentParser:
         choices=["simple", "fork"],
         default="simple",
         help="RQ worker class on both sides of the fast part (default simple, as the product)",
+    )
+    p.add_argument("--flat-events", type=int, default=3000, help="backlog of each flat-part drain (default 3,000)")
+    p.add_argument(
+        "--flat-bookings", type=int, default=50_000, help="flat part: bookings remembered first (default 50,000)"
     )
     p.add_argument("--slow-events", type=int, default=1200, help="backlog of the slow part (default 1200)")
     p.add_argument("--slow-rounds", type=int, default=3, help="rounds of the slow part (default 3)")

@@ -4,6 +4,8 @@
     .venv/bin/python bench/fake_destination.py --port 9100 --delay-ms 100  # a slow CRM
     .venv/bin/python bench/fake_destination.py --port 9100 --throttle-every 10 --retry-after 30
     curl http://127.0.0.1:9100/stats    # {"requests": N, "throttled": M}
+    .venv/bin/python bench/fake_destination.py --port 9100 --record   # also count calls per key
+    curl http://127.0.0.1:9100/calls    # {"<Idempotency-Key>": calls, ...}: what bench/scaleout.py checks
 
 Real HTTP/1.1 with keep-alive over asyncio (one process, no thread per request), so that a
 zero-latency destination costs the machine far less than the workers that call it, and a 100 ms
@@ -22,6 +24,7 @@ class Counters:
     def __init__(self) -> None:
         self.requests = 0
         self.throttled = 0
+        self.calls: dict[str, int] = {}  # per Idempotency-Key (the bridge's event/action), with --record
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -45,6 +48,7 @@ class HttpProtocol(asyncio.Protocol):
             head = self.buffer[:end].decode("latin-1")
             length = 0
             close = False
+            idempotency_key = ""
             for line in head.split("\r\n")[1:]:
                 name, _, value = line.partition(":")
                 name = name.strip().lower()
@@ -52,18 +56,26 @@ class HttpProtocol(asyncio.Protocol):
                     length = int(value.strip())
                 elif name == "connection" and value.strip().lower() == "close":
                     close = True
+                elif name == "idempotency-key":
+                    idempotency_key = value.strip()
             if len(self.buffer) < end + 4 + length:
                 return
             self.buffer = self.buffer[end + 4 + length :]
             path = head.split(" ", 2)[1] if " " in head else "/"
-            self.answer(path, close)
+            self.answer(path, close, idempotency_key)
 
-    def answer(self, path: str, close: bool) -> None:
+    def answer(self, path: str, close: bool, idempotency_key: str = "") -> None:
         if path == "/stats":
             body = json.dumps({"requests": self.counters.requests, "throttled": self.counters.throttled}).encode()
             self.send(200, body, {}, close)
             return
+        if path == "/calls":
+            self.send(200, json.dumps(self.counters.calls).encode(), {}, close)
+            return
         self.counters.requests += 1
+        if self.args.record:
+            calls = self.counters.calls
+            calls[idempotency_key] = calls.get(idempotency_key, 0) + 1
         every = self.args.throttle_every
         if every and self.counters.requests % every == 0:
             self.counters.throttled += 1
@@ -108,6 +120,7 @@ def main() -> None:
     parser.add_argument("--delay-ms", type=float, default=0.0, help="time before each answer (default 0)")
     parser.add_argument("--status", type=int, default=200, help="HTTP status of the answers (default 200)")
     parser.add_argument("--throttle-every", type=int, default=0, help="answer every Nth call 429 (default never)")
+    parser.add_argument("--record", action="store_true", help="count calls per Idempotency-Key (GET /calls)")
     parser.add_argument("--retry-after", type=int, default=30, help="Retry-After of a 429, seconds (default 30)")
     try:
         asyncio.run(serve(parser.parse_args()))

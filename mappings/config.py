@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from connectors.base import ActionFields, Connector, ConnectorConfigError, Settings, connector_class
+from mappings.index import MappingIndex
 from mappings.schedule import Daily, Schedule, parse_at, parse_daily, parse_quiet_hours
 from mappings.templates import (
     DEFAULT_RENDER_TIMEOUT,
@@ -376,20 +377,26 @@ class BridgeConfig:
     connectors: dict[str, ConnectorSpec]
     mappings: list[MappingSpec]
     warnings: list[str] = field(default_factory=list)
+    # Built once: a job's lookups stay flat in the number of mappings (mappings.index).
+    index: MappingIndex = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.index = MappingIndex(self.mappings)
 
     @property
     def webhook(self) -> WebhookModel:
         return self.model.webhook
 
     def mappings_for(self, event_type: str, tenant_id: str) -> list[MappingSpec]:
-        return [m for m in self.mappings if m.matches(event_type, tenant_id)]
+        """The mappings an event matches, in config order."""
+        return self.index.matching(event_type, tenant_id)
 
     def staff_entry(self, professional: str) -> StaffModel | None:
         """The `staff:` entry of a professional id (as the platform sends it, e.g. "5"), if any."""
         return self.model.staff.get(str(professional))
 
     def mapping(self, name: str) -> MappingSpec | None:
-        return next((m for m in self.mappings if m.name == name), None)
+        return self.index.mapping(name)
 
     def booking_retention(self) -> float | None:
         """Seconds a booking is kept after its appointment day: `retention.bookings`, raised to what
@@ -408,12 +415,7 @@ class BridgeConfig:
 
     def action(self, action_id: str) -> ActionSpec | None:
         """A configured action by id, a fallback (`<action id>/fallback`) too."""
-        for mapping in self.mappings:
-            for action in mapping.actions:
-                for spec in action.chain():
-                    if spec.id == action_id:
-                        return spec
-        return None
+        return self.index.action(action_id)
 
 
 def default_config_path(explicit: str | None = None) -> str:
