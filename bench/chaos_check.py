@@ -16,6 +16,7 @@ from redis import Redis
 from bench.chaos_events import ESTADO_BY_TYPE, FUTURE_TYPE, TENANT, Event
 from bench.chaos_fakes import BIG_ORDER, CALENDARS, DEFAULT_CALENDAR, EXPECTED_ACTIONS, Destinations
 from bench.chaos_send import Delivery
+from bridge import compact
 from bridge.store import event_key, record_key
 from connectors.google_calendar import google_event_id
 
@@ -47,7 +48,7 @@ def load_records(redis: Redis, events: list[Event]) -> dict[str, dict[str, Any] 
         if not raw:
             records[event.id] = None
             continue
-        actions = {k.decode()[2:]: json.loads(v) for k, v in raw.items() if k.startswith(b"a:")}
+        actions = {k.decode()[2:]: json.loads(compact.unpack(v)) for k, v in raw.items() if k.startswith(b"a:")}
         records[event.id] = {"received_at": float(raw.get(b"received_at", b"0")), "actions": actions}
     return records
 

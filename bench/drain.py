@@ -11,8 +11,9 @@ Part `fast`: a backlog of --events accepted events (default 20,000; the product'
 in-process), each mapped to one `http` action on bench/fake_destination.py answering at once.
 Then N `salon-bridge worker` processes (N in --workers, default 1,2,4) drain it, against N bare
 `rq worker` processes draining as many no-op jobs from the same Redis, interleaved (bridge N=1,
-bare N=1, bridge N=2, ...) for --rounds rounds (median reported). Rate = jobs / (last job's end
-- first job's start), from RQ's own job timestamps. Every action must end `done` and the
+bare N=1, bridge N=2, ...) for --rounds rounds (median reported). Rate = jobs / (the moment the
+workers' own counts reach them all - the first job taken off the queue), polled every 5 ms: both
+sides keep no finished job (result_ttl 0, as the bridge's). Every action must end `done` and the
 destination must have seen each call. --variants adds `fork` (the bridge on RQ's forking Worker,
 bench/prototypes/fork_worker.py) to the same interleaved rounds.
 
@@ -40,7 +41,6 @@ import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,8 @@ from bench.common import (  # noqa: E402
     wait_for_port,
     write_config,
 )
+from bridge import compact  # noqa: E402
+from bridge.queue import RESULT_TTL  # noqa: E402
 
 RATIO_TARGET = 0.8
 SLOW_TARGET = 60.0
@@ -127,7 +129,9 @@ def noop_backlog(redis: Redis, count: int) -> list[str]:
     for start in range(0, count, 500):
         with redis.pipeline() as pipe:
             for n in range(start, min(count, start + 500)):
-                job = queue.enqueue_call("bench.baseline_app.noop", args=[f"e-noop-{n}"], result_ttl=600, pipeline=pipe)
+                job = queue.enqueue_call(
+                    "bench.baseline_app.noop", args=[f"e-noop-{n}"], result_ttl=RESULT_TTL, pipeline=pipe
+                )
                 ids.append(job.id)
             pipe.execute()
     return ids
@@ -137,36 +141,33 @@ def noop_backlog(redis: Redis, count: int) -> list[str]:
 # Waiting and measuring
 
 
-def wait_drained(redis: Redis, queue_name: str, jobs: int, children: list[Child], timeout: float) -> None:
-    """Until every job is finished or failed (RQ's registries)."""
-    queue = Queue(queue_name, connection=redis, serializer=JSONSerializer)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for child in children:
-            child.check_alive()
-        if queue.finished_job_registry.count + queue.failed_job_registry.count >= jobs:
-            return
-        time.sleep(0.05)
-    raise BenchError(f"{queue_name}: not drained after {timeout:g} s ({queue.count} still queued)")
-
-
-def job_span(redis: Redis, job_ids: list[str]) -> float:
-    """Seconds from the first job's start to the last job's end, by RQ's timestamps."""
+def jobs_done(redis: Redis, queue_name: str) -> int:
+    """Jobs the queue's workers have finished or failed, by their own counts (rq:worker:<name>).
+    The bridge's jobs leave nothing behind when done (result_ttl 0), so no registry counts them."""
     pipe = redis.pipeline(transaction=False)
-    for job_id in job_ids:
-        pipe.hmget(f"rq:job:{job_id}", "started_at", "ended_at")
-    starts, ends = [], []
-    for started, ended in pipe.execute():
-        if started and ended:
-            starts.append(_when(started))
-            ends.append(_when(ended))
-    if len(starts) != len(job_ids):
-        raise BenchError(f"{len(job_ids) - len(starts)} jobs have no start/end time")
-    return max(ends) - min(starts)
+    for worker_key in redis.smembers(f"rq:workers:{queue_name}"):  # the set holds their keys
+        pipe.hmget(worker_key, "successful_job_count", "failed_job_count")
+    return sum(int(ok or 0) + int(failed or 0) for ok, failed in pipe.execute())
 
 
-def _when(raw: bytes) -> float:
-    return datetime.fromisoformat(raw.decode().replace("Z", "+00:00")).timestamp()
+def watch_drain(redis: Redis, queue_name: str, jobs: int, children: list[Child], timeout: float) -> float:
+    """Seconds from the first job taken off the queue until `jobs` jobs are done, polled every
+    5 ms (the workers' start-up before their first job is left out)."""
+    queue_key = f"rq:queue:{queue_name}"
+    waiting = redis.llen(queue_key)
+    started = time.monotonic()
+    first: float | None = None
+    while time.monotonic() < started + timeout:
+        now = time.monotonic()
+        if first is None and redis.llen(queue_key) < waiting:
+            first = now
+        if jobs_done(redis, queue_name) >= jobs:
+            return now - (first if first is not None else now)
+        if int(now * 4) != int((now - 0.005) * 4):  # 4 times a second is enough to notice a crash
+            for child in children:
+                child.check_alive()
+        time.sleep(0.005)
+    raise BenchError(f"{queue_name}: not drained after {timeout:g} s ({redis.llen(queue_key)} still queued)")
 
 
 def action_statuses(redis: Redis, keys: list[str]) -> dict[str, int]:
@@ -176,7 +177,7 @@ def action_statuses(redis: Redis, keys: list[str]) -> dict[str, int]:
         pipe.hgetall(f"sb:event:{key}")
     counts: Counter[str] = Counter()
     for raw in pipe.execute():
-        states = [json.loads(v)["status"] for k, v in raw.items() if k.startswith(b"a:")]
+        states = [json.loads(compact.unpack(v))["status"] for k, v in raw.items() if k.startswith(b"a:")]
         counts.update(states or ["(no action)"])
     return dict(counts)
 
@@ -255,7 +256,7 @@ def drain_once(
     ]
     spy = _py_spy(args, children[0], f"drain-{label}-{args.worker_class}-w{workers}", workdir) if args.py_spy else None
     try:
-        wait_drained(redis, queue_name, len(ids), children, timeout=max(120.0, events / 20))
+        span = watch_drain(redis, queue_name, len(ids), children, timeout=max(120.0, events / 20))
         wall = time.monotonic() - started
         rss = worker_rss(children)
     finally:
@@ -264,14 +265,14 @@ def drain_once(
         if spy is not None:
             spy.process.wait(60)
             spy.stop()
-    drain = Drain(kind, workers, len(ids), job_span(redis, ids), wall, rss=rss)
+    drain = Drain(kind, workers, len(ids), span, wall, rss=rss)
     queue = Queue(queue_name, connection=redis, serializer=JSONSerializer)
     failed = queue.failed_job_registry.count
     if on_bridge:
         drain.statuses = action_statuses(redis, ids)
         drain.destination_calls = destination_calls(port)["requests"] - before
     else:
-        drain.statuses = {"finished": queue.finished_job_registry.count}
+        drain.statuses = {"finished": len(ids) - failed}  # watch_drain saw them all done
     if failed:
         drain.statuses["failed jobs"] = failed
     return drain
@@ -477,12 +478,12 @@ def up_once(args: argparse.Namespace, bench_redis: BenchRedis, config: Path, por
     started = time.monotonic()
     up = Child(f"up-{args.up_workers}", command, workdir, env={"REDIS_URL": args.redis_url})
     try:
-        wait_drained(redis, BRIDGE_QUEUE, len(ids), [up], timeout=max(120.0, args.slow_events / 10))
+        span = watch_drain(redis, BRIDGE_QUEUE, len(ids), [up], timeout=max(120.0, args.slow_events / 10))
         wall = time.monotonic() - started
         rss = up_rss(up)
     finally:
         up.stop(grace=15)
-    drain = Drain("up", args.up_workers, len(ids), job_span(redis, ids), wall, rss=rss)
+    drain = Drain("up", args.up_workers, len(ids), span, wall, rss=rss)
     drain.statuses = action_statuses(redis, ids)
     drain.destination_calls = destination_calls(port)["requests"] - before
     return drain

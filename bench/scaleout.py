@@ -50,8 +50,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runnable as a script from the repository
 
 from redis import Redis  # noqa: E402
-from rq import Queue  # noqa: E402
-from rq.serializers import JSONSerializer  # noqa: E402
 
 from bench import drain  # noqa: E402
 from bench.common import (  # noqa: E402
@@ -229,18 +227,6 @@ async def _deliver_all(targets: list[tuple[int, list[bytes]]], connections: int)
 # One run
 
 
-def wait_drained(redis: Redis, jobs: int, children: list[Child], timeout: float) -> None:
-    queue = Queue(QUEUE, connection=redis, serializer=JSONSerializer)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for child in children:
-            child.check_alive()
-        if queue.finished_job_registry.count + queue.failed_job_registry.count >= jobs:
-            return
-        time.sleep(0.05)
-    raise BenchError(f"not drained after {timeout:g} s ({queue.count} still queued)")
-
-
 def wait_ready(port: int, child: Child, timeout: float = 30.0) -> None:
     """Until the server answers /healthz (/readyz also wants a worker: in the phased runs none is up yet)."""
     wait_for_port(port, child, timeout)
@@ -304,9 +290,9 @@ def run_once(
         after_ingest = redis_reading(redis)
         if not live:
             start_workers()
-        wait_drained(redis, args.events, [*serves, *workers], timeout=max(120.0, args.events / 20))
+        span = drain.watch_drain(redis, QUEUE, args.events, [*serves, *workers], timeout=max(120.0, args.events / 20))
         end = redis_reading(redis)
-        drain_seconds = (time.monotonic() - started) if live else job_span(redis, ids)
+        drain_seconds = (time.monotonic() - started) if live else span
     finally:
         for child in [*workers, *serves]:
             child.stop()
@@ -327,15 +313,6 @@ def run_once(
     )
     run.problems = exactly_once_problems(run, ids)
     return run
-
-
-def job_span(redis: Redis, event_ids: list[str]) -> float:
-    """From the first job's start to the last job's end, by RQ's timestamps (the drain alone)."""
-    queue = Queue(QUEUE, connection=redis, serializer=JSONSerializer)
-    job_ids = queue.finished_job_registry.get_job_ids() + queue.failed_job_registry.get_job_ids()
-    if len(job_ids) < len(event_ids):
-        raise BenchError(f"{len(job_ids)} finished or failed jobs for {len(event_ids)} events")
-    return drain.job_span(redis, job_ids)
 
 
 def action_statuses(redis: Redis, event_ids: list[str]) -> dict[str, int]:
