@@ -6,6 +6,8 @@
     curl http://127.0.0.1:9100/stats    # {"requests": N, "throttled": M}
     .venv/bin/python bench/fake_destination.py --port 9100 --record   # also count calls per key
     curl http://127.0.0.1:9100/calls    # {"<Idempotency-Key>": calls, ...}: what bench/scaleout.py checks
+    .venv/bin/python bench/fake_destination.py --port 9100 --arrivals  # also note when each call came
+    curl http://127.0.0.1:9100/arrivals # {"<body's event>": unix time, ...}, then forgets them (bench/latency.py)
 
 Real HTTP/1.1 with keep-alive over asyncio (one process, no thread per request), so that a
 zero-latency destination costs the machine far less than the workers that call it, and a 100 ms
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import time
 
 
 class Counters:
@@ -25,6 +28,7 @@ class Counters:
         self.requests = 0
         self.throttled = 0
         self.calls: dict[str, int] = {}  # per Idempotency-Key (the bridge's event/action), with --record
+        self.arrivals: dict[str, float] = {}  # the body's "event" -> when its request was read, with --arrivals
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -60,9 +64,21 @@ class HttpProtocol(asyncio.Protocol):
                     idempotency_key = value.strip()
             if len(self.buffer) < end + 4 + length:
                 return
+            body = self.buffer[end + 4 : end + 4 + length]
             self.buffer = self.buffer[end + 4 + length :]
             path = head.split(" ", 2)[1] if " " in head else "/"
+            if self.args.arrivals and body:
+                self.note_arrival(body)
             self.answer(path, close, idempotency_key)
+
+    def note_arrival(self, body: bytes) -> None:
+        arrived = time.time()  # before anything else: the wall clock the sender's schedule uses
+        try:
+            event = json.loads(body).get("event")
+        except (ValueError, AttributeError):
+            return
+        if isinstance(event, str):
+            self.counters.arrivals.setdefault(event, arrived)  # a repeat call keeps the first arrival
 
     def answer(self, path: str, close: bool, idempotency_key: str = "") -> None:
         if path == "/stats":
@@ -71,6 +87,10 @@ class HttpProtocol(asyncio.Protocol):
             return
         if path == "/calls":
             self.send(200, json.dumps(self.counters.calls).encode(), {}, close)
+            return
+        if path == "/arrivals":
+            arrivals, self.counters.arrivals = self.counters.arrivals, {}
+            self.send(200, json.dumps(arrivals).encode(), {}, close)
             return
         self.counters.requests += 1
         if self.args.record:
@@ -121,6 +141,7 @@ def main() -> None:
     parser.add_argument("--status", type=int, default=200, help="HTTP status of the answers (default 200)")
     parser.add_argument("--throttle-every", type=int, default=0, help="answer every Nth call 429 (default never)")
     parser.add_argument("--record", action="store_true", help="count calls per Idempotency-Key (GET /calls)")
+    parser.add_argument("--arrivals", action="store_true", help="note when each call came (GET /arrivals)")
     parser.add_argument("--retry-after", type=int, default=30, help="Retry-After of a 429, seconds (default 30)")
     try:
         asyncio.run(serve(parser.parse_args()))
