@@ -146,12 +146,13 @@ def booking_envelopes(count: int) -> list[dict[str, Any]]:
     return out
 
 
-def seed_memory(redis: Redis, count: int) -> float:
-    """Remember `count` bookings through the product's merge, pipelined; the seconds it took."""
-    from bridge.state import EntityMemory
-    from mappings.config import RetentionModel
+def seed_memory(redis: Redis, count: int, config_path: Path) -> float:
+    """Remember `count` bookings through the product's merge, pipelined, kept as the drained
+    config keeps them; the seconds it took."""
+    from bridge.state import EntityMemory, Keep
+    from mappings.config import load_config
 
-    memory = EntityMemory(redis, RetentionModel().entities, ZoneInfo(TIMEZONE))
+    memory = EntityMemory(redis, Keep.of(load_config(config_path)), ZoneInfo(TIMEZONE))
     started = time.monotonic()
     envelopes = booking_envelopes(count)
     for start in range(0, count, 500):
@@ -200,7 +201,7 @@ def part_flat(args: argparse.Namespace, bench_redis: BenchRedis, workdir: Path) 
 
                 def seed(redis: Redis, variant: Variant = variant) -> None:
                     if variant.bookings:
-                        took = seed_memory(redis, variant.bookings)
+                        took = seed_memory(redis, variant.bookings, configs[variant.mappings])
                         print(f"  ({variant.bookings:,} bookings remembered in {took:.1f} s)", flush=True)
 
                 drain = drain_once(

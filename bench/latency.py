@@ -21,8 +21,8 @@ call arrives, by the body's `event` field, on the same wall clock.
 
 The sides alternate (bridge, baseline, rq, bridge, ...) for --rounds rounds; the first --warmup
 seconds of each run are sent but left out of the figures. Reported per side: p50/p99/max of the
-latency (median over rounds), events lost (due but never arrived) or refused, and the bridge's p99
-over the side's, per round.
+latency (median over rounds), events lost (due but never arrived) or refused, the p50 of the web
+sides' answers (due moment to the 202 read), and the bridge's p99 over the side's, per round.
 """
 
 from __future__ import annotations
@@ -93,7 +93,8 @@ class Run:
     latencies_ms: list[float] = field(default_factory=list)  # sorted, warm-up left out
     by_due: list[float] = field(default_factory=list)  # the same in the order the events were due
     lost: int = 0
-    rejected: int = 0  # bridge: answers other than 202
+    rejected: int = 0  # answers other than 202
+    acks_ms: list[float] = field(default_factory=list)  # sorted, due -> answer, web sides only
 
     def p(self, fraction: float) -> float:
         return percentile(self.latencies_ms, fraction)
@@ -103,15 +104,15 @@ class Run:
 # Sending on schedule
 
 
-def on_schedule(count: int, rate: float, send: Callable[[int], None]) -> float:
-    """Call send(n) for n in 0..count-1 at start + n / rate; returns start (unix time)."""
+def on_schedule(count: int, rate: float, send: Callable[[int, float], None]) -> float:
+    """Call send(n, due) for n in 0..count-1 at due = start + n / rate; returns start (unix time)."""
     start = time.time() + 0.2
     for n in range(count):
         due = start + n / rate
         pause = due - time.time()
         if pause > 0:
             time.sleep(pause)
-        send(n)
+        send(n, due)
     return start
 
 
@@ -120,18 +121,20 @@ class WebhookSenders:
 
     def __init__(self, port: int):
         self.port = port
-        self.todo: stdlib_queue.Queue[bytes | None] = stdlib_queue.Queue()
+        self.todo: stdlib_queue.Queue[tuple[bytes, float] | None] = stdlib_queue.Queue()
         self.statuses: list[int] = []
+        self.acks_ms: list[float] = []  # due moment -> the whole answer read
         self.threads = [threading.Thread(target=self._send_all, daemon=True) for _ in range(SENDERS)]
         for thread in self.threads:
             thread.start()
 
-    def send(self, body: bytes) -> None:
-        self.todo.put(body)
+    def send(self, body: bytes, due: float) -> None:
+        self.todo.put((body, due))
 
     def _send_all(self) -> None:
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        while (body := self.todo.get()) is not None:
+        while (item := self.todo.get()) is not None:
+            body, due = item
             headers = {
                 "Content-Type": "application/json",
                 "X-SalonBookIt-Signature": sign(body),
@@ -142,6 +145,7 @@ class WebhookSenders:
                 answer = connection.getresponse()
                 answer.read()
                 self.statuses.append(answer.status)
+                self.acks_ms.append((time.time() - due) * 1000)
             except (OSError, http.client.HTTPException):
                 self.statuses.append(-1)
                 connection.close()
@@ -211,15 +215,16 @@ def side_run(side: str, rate: float, args: argparse.Namespace, bench_redis: Benc
             queue = Queue(RQ_QUEUE, connection=redis, serializer=JSONSerializer)
             url = ctx["destination_url"]
 
-            def send(n: int) -> None:
+            def send(n: int, due: float) -> None:
                 queue.enqueue_call("bench.latency.post", args=[url, ids[n]], result_ttl=RESULT_TTL)
 
             start = on_schedule(count, rate, send)
         else:
             senders = WebhookSenders(ctx["ports"][side])
-            start = on_schedule(count, rate, lambda n: senders.send(bodies[n]))
+            start = on_schedule(count, rate, lambda n, due: senders.send(bodies[n], due))
             senders.close()
             run.rejected = sum(1 for status in senders.statuses if status != 202)
+            run.acks_ms = sorted(senders.acks_ms[int(args.warmup * rate) :])
         collect(run, ids, start, args, ctx["destination_port"], workers)
     finally:
         for child in workers:
@@ -282,7 +287,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         print(
                             f"round {round_number} {side:<8} {rate:g} ev/s: p50 {r.p(0.5):6.1f} ms  "
                             f"p99 {r.p(0.99):6.1f} ms  max {r.p(1.0):6.1f} ms  "
-                            f"({len(r.latencies_ms):,} measured, lost {r.lost}, refused {r.rejected})",
+                            f"({len(r.latencies_ms):,} measured, lost {r.lost}, refused {r.rejected})"
+                            + (f"  ack p50 {percentile(r.acks_ms, 0.5):.1f} ms" if r.acks_ms else ""),
                             flush=True,
                         )
         finally:
@@ -311,6 +317,8 @@ def report(args: argparse.Namespace, runs: dict[tuple[str, float], list[Run]]) -
                 q: median(r.p(f) for r in side_runs) for q, f in (("p50", 0.5), ("p99", 0.99), ("max", 1.0))
             }
             figures[side]["lost"] = sum(r.lost + r.rejected for r in side_runs)
+            acks = [percentile(r.acks_ms, 0.5) for r in side_runs if r.acks_ms]
+            figures[side]["ack p50"] = median(acks) if acks else float("nan")
             ratios = p99_ratios(runs, rate, side) if side != "bridge" else []
             figures[side]["bridge p99 ratio"] = median(ratios) if ratios else 1.0
             rows.append(
@@ -321,6 +329,7 @@ def report(args: argparse.Namespace, runs: dict[tuple[str, float], list[Run]]) -
                     f"{figures[side]['p99']:.1f}",
                     f"{figures[side]['max']:.1f}",
                     int(figures[side]["lost"]),
+                    f"{figures[side]['ack p50']:.1f}" if acks else "-",
                     f"{median(ratios):.2f}x ({', '.join(f'{x:.2f}' for x in ratios)})" if ratios else "",
                 ]
             )
@@ -347,7 +356,8 @@ def report(args: argparse.Namespace, runs: dict[tuple[str, float], list[Run]]) -
         checks.append(
             Check(f"events lost or refused at {rate:g} ev/s", str(int(bridge["lost"])), "0", bridge["lost"] == 0)
         )
-    print(table(["rate", "side", "p50 ms", "p99 ms", "max ms", "lost", "bridge p99 / this"], rows))
+    headers = ["rate", "side", "p50 ms", "p99 ms", "max ms", "lost", "ack p50 ms", "bridge p99 / this"]
+    print(table(headers, rows))
     print()
     print(table(["target", "measured", "wanted", ""], [c.row() for c in checks]))
     return {"latency": summary, "checks": checks}

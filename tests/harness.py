@@ -13,13 +13,12 @@ from typing import Any
 
 from flask.testing import FlaskClient
 from redis import Redis
-from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 
 from app import create_app
 from bridge import redis_health, runtime
 from bridge.runtime import Runtime
-from bridge.worker import PlanScheduler
+from bridge.worker import BridgeWorker, PlanScheduler
 from mappings.config import BridgeConfig, load_config
 
 SECRET = "test-secret"
@@ -68,15 +67,15 @@ class Bridge:
         return self.client.post("/webhooks", data=body, headers=all_headers)
 
     def drain(self, timeout: float = 20.0) -> None:
-        """Run queued jobs in-process, and due scheduled retries and sends, until nothing is left
-        (sends planned for later stay planned)."""
+        """Run queued jobs in-process on the product's worker class, and due scheduled retries
+        and sends, until nothing is left (sends planned for later stay planned)."""
         queue = self.runtime.queue
         scheduler = PlanScheduler([queue], connection=self.redis, serializer=JSONSerializer)
         assert scheduler.acquire_locks() == {queue.name}, "another scheduler holds the lock"
         deadline = time.monotonic() + timeout
         try:
             while True:
-                SimpleWorker([queue], connection=self.redis, serializer=JSONSerializer).work(burst=True)
+                BridgeWorker([queue], connection=self.redis, serializer=JSONSerializer).work(burst=True)
                 scheduler.enqueue_scheduled_jobs()
                 if queue.count == 0 and queue.scheduled_job_registry.count == 0:
                     return

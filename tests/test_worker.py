@@ -206,3 +206,61 @@ def test_a_worker_waits_for_a_job_longer_than_the_usual_socket_timeout(redis_url
         assert redis.blmove("sb:test:nothing", "sb:test:nowhere", 6) is None  # waited 6 s, no TimeoutError
     finally:
         redis.close()
+
+
+def test_a_job_the_worker_finished_leaves_nothing_behind_and_counts_once(
+    redis_url: str, write_config: Callable[[str], Path], destination: CapturingServer
+) -> None:
+    """The success of a job is one MULTI (BridgeWorker.handle_job_success, without RQ's dependents
+    check): the job is deleted, its execution and registry entry are gone, the worker counts it."""
+    from rq.serializers import JSONSerializer
+
+    from bridge.worker import BridgeWorker
+
+    bridge = Bridge(write_config(http_config(destination.url)), redis_url)
+    try:
+        for event_type in ("booking.created", "order.created"):
+            assert bridge.post(sample(event_type)).status_code == 202
+        queue = bridge.runtime.queue
+        worker = BridgeWorker([queue], connection=bridge.redis, serializer=JSONSerializer)
+        worker.work(burst=True)
+        assert len(destination.requests) == 2
+        assert bridge.redis.keys("rq:job:*") == []
+        assert bridge.redis.keys("rq:execution*") == []
+        assert queue.started_job_registry.count == 0 and queue.failed_job_registry.count == 0
+        counts = bridge.redis.hmget(worker.key, "successful_job_count", "failed_job_count", "total_working_time")
+        assert counts[0] == b"2" and counts[1] is None
+        assert float(counts[2] or 0) > 0
+    finally:
+        bridge.close()
+
+
+def test_a_suspended_worker_takes_no_job_until_resumed(
+    private_redis: StartRedis,
+    write_config: Callable[[str], Path],
+    destination: CapturingServer,
+    start_worker: Callable[[Path, str], WorkerProcess],
+) -> None:
+    """`rq suspend` still holds though the worker looks at most once a second
+    (SUSPENSION_LOOK_EVERY) instead of before every job. (As in RQ, a worker already waiting for a
+    job takes the next one, then looks.)"""
+    from rq.suspension import resume, suspend
+
+    server = private_redis()
+    config = write_config(http_config(destination.url))
+    bridge = Bridge(config, server.url)
+    try:
+        suspend(bridge.redis)
+        worker = start_worker(config, server.url)
+        _wait_for(lambda: "suspended, run `rq resume` to resume" in worker.output())
+        bridge.post(sample("booking.created"))
+        time.sleep(3)
+        assert destination.requests == [], worker.output()
+        assert bridge.runtime.queue.count == 1
+        resume(bridge.redis)
+        _wait_for(lambda: len(destination.requests) == 1)
+        bridge.post(sample("order.created"))
+        _wait_for(lambda: len(destination.requests) == 2)
+        assert worker.process.poll() is None, worker.output()
+    finally:
+        bridge.close()
