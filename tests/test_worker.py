@@ -226,7 +226,7 @@ def test_a_job_the_worker_finished_leaves_nothing_behind_and_counts_once(
         worker.work(burst=True)
         assert len(destination.requests) == 2
         assert bridge.redis.keys("rq:job:*") == []
-        assert bridge.redis.keys("rq:execution*") == []
+        assert bridge.redis.keys("*execution*") == []  # the executions, their registries, the worker's set
         assert queue.started_job_registry.count == 0 and queue.failed_job_registry.count == 0
         counts = bridge.redis.hmget(worker.key, "successful_job_count", "failed_job_count", "total_working_time")
         assert counts[0] == b"2" and counts[1] is None
