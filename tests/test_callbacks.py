@@ -33,6 +33,7 @@ from tests.fakes.graph_server import GraphServer, hub_signature, message_callbac
 from tests.fakes.http_server import CapturingServer
 from tests.fakes.twilio_server import TwilioServer, form
 from tests.harness import Bridge, sample
+from tests.redis_server import RedisServer
 
 APP_SECRET = "meta-app-secret"
 VERIFY_TOKEN = "verify-me-please"
@@ -203,6 +204,35 @@ def test_a_redelivered_callback_is_stored_once(messaging: Bridge, graph: GraphSe
     messaging.drain()
     assert [d["status"] for d in messaging.record(first).actions["aviso/wa"].delivery] == ["delivered"]
     assert [d["status"] for d in messaging.record(second).actions["aviso/wa/fallback"].delivery] == ["delivered"]
+
+
+def test_callbacks_while_redis_is_down_are_503_with_retry_after_and_stored_once_later(
+    private_redis: Callable[..., RedisServer],
+    write_config: Callable[[str], Path],
+    graph: GraphServer,
+    twilio: TwilioServer,
+    destination: CapturingServer,
+) -> None:
+    """Meta and Twilio redeliver what was not answered 2xx: a callback that cannot be stored is
+    not acknowledged, and the redelivery after Redis is back is stored once."""
+    server = private_redis()
+    bridge = Bridge(write_config(config_text(graph.url, twilio.url, destination.url, redis_url=server.url)), server.url)
+    try:
+        whatsapp = status_callback("wamid.DOWN", "delivered")
+        twilio_params = twilio_status("SMDOWN", "delivered")
+        server.kill()
+        for answer in (post_whatsapp(bridge, whatsapp), post_twilio(bridge, twilio_params)):
+            assert answer.status_code == 503
+            assert answer.headers["Retry-After"].isdigit()
+            assert "cannot store the callback right now" in answer.json["error"]
+            assert "retry later" in answer.json["error"]
+        server.start()
+        for _ in range(2):  # the platform's redelivery, and once more
+            assert post_whatsapp(bridge, whatsapp).status_code == 200
+            assert post_twilio(bridge, twilio_params).status_code == 200
+        assert callbacks_stored(bridge) == 2
+    finally:
+        bridge.close()
 
 
 # ---- statuses on the sending action ------------------------------------------------------------------
