@@ -698,7 +698,7 @@ class ChaosRun:
         and the chaos run's own entities (median / max per kind), plus an event record."""
         assert self.probe is not None
         probe = self.probe
-        memory = EntityMemory(probe, ttl=400 * 86400)
+        memory = EntityMemory(probe, 400 * 86400)
         samples = Path(__file__).resolve().parent.parent / "bridge" / "samples"
         for path in sorted(samples.glob("*.json")):
             envelope = json.loads(path.read_text(encoding="utf-8"))
