@@ -26,12 +26,12 @@ from bench import drain, ingest, latency  # noqa: E402
 from bench.common import BENCH_DIR, DEFAULT_REDIS_URL, PYTHON, ROOT, machine_table, print_header, table  # noqa: E402
 
 QUICK = {
-    "ingest": ["--seconds", "10", "--rounds", "3"],
+    "ingest": ["--seconds", "10", "--rounds", "3", "--max-rate", "9000"],
     "latency": ["--seconds", "10", "--rounds", "3"],
     "drain": ["--events", "2000", "--rounds", "3", "--slow-events", "600", "--slow-rounds", "3"],
 }
 FULL = {
-    "ingest": ["--seconds", "20", "--rounds", "3"],
+    "ingest": ["--seconds", "20", "--rounds", "3", "--max-rate", "9000"],
     "latency": ["--seconds", "15", "--rounds", "3"],
     "drain": ["--events", "20000", "--rounds", "3", "--slow-events", "1200", "--slow-rounds", "3"],
 }
